@@ -127,6 +127,13 @@ impl Dispatcher {
     fn finished(&mut self, job: Job, outcome: Outcome, now: Now, requeue: bool) {
         let registry = &self.registry;
         registry.metrics.webhook_outcome(outcome.label());
+        // A configuration fault answered to a request sent before a reload says nothing about
+        // the new config: try again at once rather than in 30 s.
+        let fault_retry = if job.epoch == registry.epoch() {
+            now.mono + webhook::CONFIG_FAULT_RETRY
+        } else {
+            now.mono
+        };
         let settled = match outcome {
             Outcome::Delivered { .. } => Settled::Delivered,
             Outcome::Retry { after, error } => {
@@ -150,7 +157,7 @@ impl Dispatcher {
                     "backend answered {status} to X-INTERNAL-SECRET: make INTERNAL_SHARED_SECRET (or backend.secret_file) match the backend's shared secret, then reload (SIGHUP)"
                 ));
                 Settled::RetryAt(
-                    now.mono + webhook::CONFIG_FAULT_RETRY,
+                    fault_retry,
                     format!("backend refused the credentials ({status})"),
                 )
             }
@@ -160,7 +167,7 @@ impl Dispatcher {
                     "backend answered {status} for POST {url}: check backend.url (or BACKEND_INTERNAL_URL) and backend.path, then reload (SIGHUP)"
                 ));
                 Settled::RetryAt(
-                    now.mono + webhook::CONFIG_FAULT_RETRY,
+                    fault_retry,
                     format!("backend answered {status}: wrong webhook URL"),
                 )
             }

@@ -14,19 +14,27 @@
 //! - [`timers`]: one task waking each tenant's debouncer at its next deadline.
 //! - [`deliver`]: the dispatcher sending owed transitions (ordering, in-flight cap, retries).
 //! - [`webhook`]: the backend HTTP client; the only code that calls the backend.
+//! - [`status`]: the `status` command's table of tenants.
 //! - [`store`]: durable records under `state.dir` (journal + atomic snapshot).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: the admin HTTP API (`/livez`, `/readyz`, `/metrics`, `/tenants`).
+//! - [`system`]: systemd notify and the open-files limit.
+//! - [`demo`]: the `demo` command: the real engine against the simulated gateway and receiver.
 //! - [`sim`]: a simulated gateway and webhook receiver (real servers on loopback) for `demo` and tests.
 
+pub mod admin;
 pub mod config;
 pub mod debounce;
 pub mod deliver;
+pub mod demo;
 pub mod link;
 pub mod metrics;
 pub mod observe;
 pub mod registry;
 pub mod sim;
+pub mod status;
 pub mod store;
+pub mod system;
 pub mod timers;
 pub mod webhook;
 
@@ -52,6 +60,11 @@ const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("cannot listen on admin.listen = {addr}: {error} (choose a free address:port in [admin] listen)")]
+    Admin {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error("state directory: {0}")]
     Store(#[from] store::StoreError),
     #[error("backend client: {0}")]
@@ -75,6 +88,10 @@ pub struct Sidecar {
     link_tasks: TaskTracker,
     core_tasks: TaskTracker,
     delivery_wake: mpsc::UnboundedSender<TenantId>,
+    admin_addr: std::net::SocketAddr,
+    /// Stops the admin server, last of all.
+    stop_admin: CancellationToken,
+    admin_task: TaskTracker,
 }
 
 /// The running links, keyed by what they carry, with the URL they were started with.
@@ -88,12 +105,28 @@ impl Sidecar {
     /// Restores the state directory and starts every task. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
         let config = Arc::new(config);
+        let admin_listener =
+            admin::bind(config.admin.listen)
+                .await
+                .map_err(|error| StartError::Admin {
+                    addr: config.admin.listen,
+                    error,
+                })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|error| StartError::Admin {
+                addr: config.admin.listen,
+                error,
+            })?;
         let (store, restored) = Store::open(&config.state.dir)?;
         if let Some(aside) = &restored.set_aside {
             tracing::error!(path = %aside.display(), "the state file was unreadable and has been set aside; starting from the journal alone");
         }
         if restored.skipped_lines > 0 {
-            tracing::warn!(skipped = restored.skipped_lines, "skipped unreadable journal lines");
+            tracing::warn!(
+                skipped = restored.skipped_lines,
+                "skipped unreadable journal lines"
+            );
         }
         tracing::info!(
             tenants = restored.records.len(),
@@ -135,7 +168,15 @@ impl Sidecar {
             link_tasks: TaskTracker::new(),
             core_tasks: TaskTracker::new(),
             delivery_wake: delivery_tx,
+            admin_addr,
+            stop_admin: CancellationToken::new(),
+            admin_task: TaskTracker::new(),
         };
+        sidecar.admin_task.spawn(admin::serve(
+            admin_listener,
+            registry.clone(),
+            sidecar.stop_admin.clone(),
+        ));
         sidecar.core_tasks.spawn(timers::run(
             registry.clone(),
             timer_rx,
@@ -157,6 +198,11 @@ impl Sidecar {
             "sidecar running"
         );
         Ok(sidecar)
+    }
+
+    /// The address the admin API listens on (useful with port 0).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin_addr
     }
 
     /// The tenant map, for the admin API and tests.
@@ -206,8 +252,11 @@ impl Sidecar {
                 }
                 if links.shared.is_none() {
                     let stop = self.stop_links.child_token();
-                    self.link_tasks
-                        .spawn(link::run(self.link_ctx.clone(), Target::Shared, stop.clone()));
+                    self.link_tasks.spawn(link::run(
+                        self.link_ctx.clone(),
+                        Target::Shared,
+                        stop.clone(),
+                    ));
                     links.shared = Some((url, stop));
                 }
             }
@@ -257,9 +306,15 @@ impl Sidecar {
         self.core_tasks.close();
         self.core_tasks.wait().await;
         self.registry.flush_store(true, Now::read());
+        self.stop_admin.cancel();
+        self.admin_task.close();
+        self.admin_task.wait().await;
         let owed = self.registry.owing().len();
         if owed > 0 {
-            tracing::warn!(owed, "exiting with deliveries still owed; they resume at the next start");
+            tracing::warn!(
+                owed,
+                "exiting with deliveries still owed; they resume at the next start"
+            );
         }
         tracing::info!("stopped");
     }

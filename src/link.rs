@@ -146,11 +146,7 @@ pub fn ws_config(max_frame_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_size))
 }
 
-async fn connect(
-    handshakes: &Semaphore,
-    url: &str,
-    gateway: &GatewayConfig,
-) -> Result<Ws, String> {
+async fn connect(handshakes: &Semaphore, url: &str, gateway: &GatewayConfig) -> Result<Ws, String> {
     let mut request = url
         .into_client_request()
         .map_err(|e| format!("bad gateway URL {url}: {e}"))?;
@@ -289,13 +285,14 @@ async fn fetch_states(ctx: &LinkContext, target: &Target, config: &Config) {
         let Some(url) = config.state_url(&tenant) else {
             return;
         };
-        let response = ctx
-            .http
-            .get(&url)
-            .timeout(STATE_FETCH_TIMEOUT)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
+        let mut request = ctx.http.get(&url).timeout(STATE_FETCH_TIMEOUT);
+        if let Some(token) = &config.gateway.token {
+            request = request.bearer_auth(token.expose());
+        }
+        for (name, value) in &config.gateway.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().await.and_then(|r| r.error_for_status());
         let body = match response {
             Ok(r) => r.text().await,
             Err(e) => Err(e),

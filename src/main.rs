@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 use wa_status_sidecar::config::{Config, LogFormat, ProcessEnv};
-use wa_status_sidecar::Sidecar;
+use wa_status_sidecar::{status, system, Sidecar};
 
 /// Watches WhatsApp gateway sessions and calls the backend webhook on real
 /// connected/disconnected transitions.
@@ -32,6 +32,23 @@ enum Command {
         #[arg(long, short, env = "WA_SIDECAR_CONFIG")]
         config: PathBuf,
     },
+    /// Show every tenant's state from a running sidecar's admin API.
+    Status {
+        /// The admin API's base URL.
+        #[arg(
+            long,
+            env = "WA_SIDECAR_ADMIN",
+            default_value = "http://127.0.0.1:9464"
+        )]
+        admin: String,
+    },
+    /// Run the real engine against an embedded simulated gateway and webhook receiver, printing
+    /// each webhook call. No other service needed.
+    Demo {
+        /// Stop after this long (e.g. "45s", "2m").
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
 }
 
 /// Exit code for an invalid config, so systemd's ExecStartPre and scripts can tell it apart.
@@ -54,6 +71,43 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Status { admin } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime starts");
+            match runtime.block_on(status::fetch(&admin)) {
+                Ok(views) => {
+                    print!("{}", status::table(&views));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { duration } => {
+            // The engine's own logs would drown the story; RUST_LOG still overrides.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("the runtime starts");
+            let mut out = std::io::stdout();
+            match runtime.block_on(wa_status_sidecar::demo::run(duration, &mut out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let loaded = match Config::load(&config, &ProcessEnv) {
                 Ok(c) => c,
@@ -105,6 +159,16 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let links_needed = config.tenants.ids.len() as u64 + system::NOFILE_OVERHEAD;
+    match system::raise_nofile_limit() {
+        Ok(limit) if limit < links_needed => tracing::warn!(
+            limit,
+            needed = links_needed,
+            "the open-files limit is lower than the tenant count needs; raise LimitNOFILE= (systemd) or ulimit -n"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
     let sidecar = match Sidecar::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -112,23 +176,41 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!(admin = %sidecar.admin_addr(), "admin API listening");
+    system::notify("READY=1");
+    if let Some(every) = system::watchdog_interval() {
+        // Sent from a task on the runtime: if the runtime wedges, systemd stops hearing it.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                system::notify("WATCHDOG=1");
+            }
+        });
+    }
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+                system::notify("RELOADING=1");
                 match Config::load(&path, &ProcessEnv) {
                     Ok(new) => {
+                        for warning in &new.warnings {
+                            tracing::warn!("{warning}");
+                        }
                         if let Err(e) = sidecar.reload(new) {
                             tracing::error!("reload failed, keeping the old config: {e}");
                         }
                     }
                     Err(e) => tracing::error!("the new config is invalid; keeping the old one:\n{e}"),
                 }
+                system::notify("READY=1");
             }
         }
     }
+    system::notify("STOPPING=1");
     sidecar.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -17,9 +17,9 @@ use crate::observe::Ignored;
 
 type Labels = [(&'static str, &'static str); 1];
 
-
 /// The webhook outcomes, as `webhook::Outcome::label` names them.
-pub const WEBHOOK_OUTCOMES: [&str; 5] = ["delivered", "retry", "credentials", "wrong_url", "refused"];
+pub const WEBHOOK_OUTCOMES: [&str; 5] =
+    ["delivered", "retry", "credentials", "wrong_url", "refused"];
 
 /// All metrics of one sidecar process.
 pub struct Metrics {

@@ -95,6 +95,8 @@ pub struct Job {
     pub idempotency_key: String,
     pub changed_at: SystemTime,
     pub attempt: u32,
+    /// The config epoch the job was sent under (see [`Registry::epoch`]).
+    pub epoch: u64,
 }
 
 /// What the dispatcher learned from one request, in the registry's terms.
@@ -111,6 +113,9 @@ pub enum Settled {
 #[derive(Debug, Default, Clone)]
 pub struct Health {
     pub credentials_fault: Option<String>,
+    /// Since when every webhook call has failed to get an answer (connection error, timeout, 5xx).
+    pub backend_failing_since: Option<Instant>,
+    pub backend_error: Option<String>,
     pub store_error: Option<String>,
     pub state_restored: bool,
 }
@@ -119,6 +124,8 @@ pub struct Health {
 pub struct Registry {
     tenants: DashMap<TenantId, Tenant>,
     config: RwLock<Arc<Config>>,
+    /// Counts reloads, so an answer to a request sent under an older config can be told apart.
+    epoch: std::sync::atomic::AtomicU64,
     store: Mutex<Store>,
     pub metrics: Arc<Metrics>,
     health: Mutex<Health>,
@@ -141,6 +148,7 @@ impl Registry {
         let registry = Registry {
             tenants: DashMap::new(),
             config: RwLock::new(config.clone()),
+            epoch: Default::default(),
             store: Mutex::new(store),
             metrics,
             health: Mutex::new(Health::default()),
@@ -156,6 +164,11 @@ impl Registry {
         registry
     }
 
+    /// How many reloads have happened.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
     }
@@ -164,6 +177,7 @@ impl Registry {
     /// that were added and removed, so the caller can start and stop their links.
     pub fn reload(&self, config: Arc<Config>, now: Now) -> (Vec<TenantId>, Vec<TenantId>) {
         *self.config.write().unwrap() = config.clone();
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let changes = self.set_tenants(&config.tenants.ids, now);
         // New graces may move deadlines; re-arm every timer.
         for mut entry in self.tenants.iter_mut() {
@@ -183,8 +197,7 @@ impl Registry {
             if entry.configured && !is_wanted {
                 removed.push(entry.key().clone());
                 self.metrics.tenant_state(Some(entry.counted), None);
-                self.metrics
-                    .link_state(entry.link_up, None);
+                self.metrics.link_state(entry.link_up, None);
                 entry.configured = false;
             }
         }
@@ -270,7 +283,9 @@ impl Registry {
     pub fn shared_frame(&self, text: &str, now: Now) {
         match observe::parse(text) {
             Ok(frame) => match frame.tenant {
-                Some(tenant) if self.is_configured(&tenant) => self.apply(&tenant, frame.update, now),
+                Some(tenant) if self.is_configured(&tenant) => {
+                    self.apply(&tenant, frame.update, now)
+                }
                 Some(tenant) => {
                     self.metrics.frames_unknown_tenant.inc();
                     tracing::debug!(tenant = %tenant, "frame for a tenant that is not configured; ignored");
@@ -318,7 +333,8 @@ impl Registry {
         let before = entry.debounce.view(now.mono, policy);
         entry.debounce.observe(now.mono, policy, &obs);
         let after = entry.debounce.view(now.mono, policy);
-        if before.pending.is_some_and(|p| p.0 == Status::Disconnected) && after.pending.is_none()
+        if before.pending.is_some_and(|p| p.0 == Status::Disconnected)
+            && after.pending.is_none()
             && after.stable == before.stable
         {
             // A drop healed within its grace: exactly the flapping the sidecar exists to absorb.
@@ -389,7 +405,11 @@ impl Registry {
             return;
         };
         let config = self.config();
-        if entry.debounce.next_deadline(&config.debounce).is_some_and(|d| d <= now.mono) {
+        if entry
+            .debounce
+            .next_deadline(&config.debounce)
+            .is_some_and(|d| d <= now.mono)
+        {
             entry.debounce.on_timeout(now.mono, &config.debounce);
         }
         entry.scheduled = None;
@@ -407,7 +427,8 @@ impl Registry {
         if changed {
             let stable = tenant.debounce.stable();
             if tenant.configured && stable != tenant.counted {
-                self.metrics.tenant_state(Some(tenant.counted), Some(stable));
+                self.metrics
+                    .tenant_state(Some(tenant.counted), Some(stable));
             }
             tenant.counted = stable;
             self.persist(id, tenant, policy, now);
@@ -509,6 +530,7 @@ impl Registry {
             idempotency_key: owed.idempotency_key.clone(),
             changed_at: SystemTime::UNIX_EPOCH + Duration::from_millis(owed.changed_at_ms),
             attempt: t.delivery.attempts,
+            epoch: self.epoch(),
         };
         Some(job)
     }
@@ -526,7 +548,11 @@ impl Registry {
         let config = self.config();
         let t = &mut *entry;
         t.delivery.in_flight = false;
-        let current = t.record.owed.as_ref().map(|o| o.idempotency_key == job.idempotency_key);
+        let current = t
+            .record
+            .owed
+            .as_ref()
+            .map(|o| o.idempotency_key == job.idempotency_key);
         match settled {
             Settled::Delivered => {
                 if let Some(decided) = t.delivery.decided.filter(|_| current == Some(true)) {
@@ -548,10 +574,11 @@ impl Registry {
                     t.record.owed = None;
                     self.metrics.owed.dec();
                 }
-                self.clear_credentials_fault();
+                self.backend_answered();
                 tracing::info!(tenant = %job.tenant, status = job.status.as_str(), "backend acknowledged the transition");
             }
             Settled::RetryAt(at, error) => {
+                self.backend_failing(&error, now);
                 t.delivery.not_before = Some(at);
                 t.delivery.last_error = Some(error);
             }
@@ -605,11 +632,22 @@ impl Registry {
         health.credentials_fault = Some(fault);
     }
 
-    fn clear_credentials_fault(&self) {
+    /// A call succeeded: the backend is reachable and accepts our credentials.
+    fn backend_answered(&self) {
         let mut health = self.health.lock().unwrap();
         if health.credentials_fault.take().is_some() {
             tracing::info!("the backend accepts the sidecar's credentials again");
         }
+        if health.backend_failing_since.take().is_some() {
+            tracing::info!("the backend is reachable again");
+        }
+        health.backend_error = None;
+    }
+
+    fn backend_failing(&self, error: &str, now: Now) {
+        let mut health = self.health.lock().unwrap();
+        health.backend_failing_since.get_or_insert(now.mono);
+        health.backend_error = Some(error.to_string());
     }
 
     pub fn health(&self) -> Health {
@@ -762,7 +800,10 @@ fn view_of(id: &TenantId, t: &Tenant, policy: &Policy, now: Now) -> TenantView {
         },
         link_since_secs: now.mono.saturating_duration_since(t.link_since).as_secs(),
         link_error: t.link_error.clone(),
-        last_observation: t.last_observation.as_ref().map(|(o, _)| describe_observation(policy, o)),
+        last_observation: t
+            .last_observation
+            .as_ref()
+            .map(|(o, _)| describe_observation(policy, o)),
         last_observation_secs_ago: t
             .last_observation
             .as_ref()

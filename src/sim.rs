@@ -208,6 +208,8 @@ impl SimGateway {
     async fn serve(self, stream: TcpStream) {
         let mut path = String::new();
         let refusing = self.state.lock().unwrap().refusing;
+        // The Err type is tungstenite's, sized by its API; the callback runs once per handshake.
+        #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| {
             path = request.uri().path().to_string();
             if refusing {

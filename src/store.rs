@@ -248,7 +248,7 @@ impl Store {
             _lock: lock,
             journal,
             journal_len: data.len() as u64,
-            tail_clean: data.last().map_or(true, |&b| b == b'\n'),
+            tail_clean: data.last().is_none_or(|&b| b == b'\n'),
             dirty: false,
             generation,
             failure: None,

@@ -1,0 +1,110 @@
+// sim-gateway.mjs as a child process: control endpoint in, kit frames out.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { connect, fixtureFrames, http, startSim, withoutDate } from '../test-support/helpers.mjs'
+
+const T = { timeout: 30_000 }
+
+async function sim (t, args = [], env = {}) {
+  const s = await startSim(args, env)
+  t.after(() => s.stop().catch(() => {}))
+  return s
+}
+
+test('sim gateway: control actions reach a WebSocket client as real Baileys frames', T, async (t) => {
+  const { port, stop } = await sim(t, ['business_1'])
+  const ctl = (tenant, body) => http(port, 'POST', `/control/${tenant}`, { body })
+
+  let r = await http(port, 'GET', '/control/business_1')
+  assert.equal(r.status, 200)
+  assert.deepEqual(r.json, { tenant: 'business_1', generation: 1, ended: false, state: { connection: 'open', receivedPendingNotifications: true } })
+
+  const c = await connect(`ws://127.0.0.1:${port}/ws/business_1`)
+  t.after(() => c.close())
+  assert.deepEqual(await c.next(), { event: 'connection.update', data: { connection: 'open', receivedPendingNotifications: true } })
+
+  r = await ctl('business_1', { action: 'close', code: 515, message: 'Stream Errored (restart required)' })
+  assert.equal(r.status, 200)
+  assert.equal(r.json.ended, true)
+  assert.deepEqual(withoutDate(await c.next()), withoutDate(fixtureFrames()[4]))
+
+  r = await ctl('business_1', { action: 'reconnect' })
+  assert.equal(r.json.generation, 2)
+  assert.deepEqual((await c.next()).data, { connection: 'connecting', receivedPendingNotifications: false })
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  assert.deepEqual((await c.next()).data, { receivedPendingNotifications: true })
+
+  r = await ctl('business_1', { action: 'logout' })
+  assert.deepEqual(withoutDate(await c.next()), withoutDate(fixtureFrames()[5]))
+  assert.equal(r.json.state.lastDisconnect.error.output.statusCode, 401)
+
+  // After a close, the next action runs on a new socket (a gateway reconnects), which says connecting first.
+  r = await ctl('business_1', { action: 'qr', qr: '2@abc123,def456==,ghi789==,jkl012==' })
+  assert.equal(r.json.generation, 3)
+  assert.deepEqual((await c.next()).data, { connection: 'connecting', receivedPendingNotifications: false })
+  assert.deepEqual(await c.next(), fixtureFrames()[2])
+  r = await ctl('business_1', { action: 'connecting' })
+  assert.equal(r.json.generation, 3)
+  assert.deepEqual((await c.next()).data, { connection: 'connecting', receivedPendingNotifications: false })
+  assert.equal(r.json.state.qr, undefined)
+
+  r = await ctl('business_1', { action: 'emit', update: { isOnline: true } })
+  assert.deepEqual((await c.next()).data, { isOnline: true })
+  r = await ctl('business_1', { action: 'close' })
+  const close = await c.next()
+  assert.equal(close.data.lastDisconnect.error.output.statusCode, 428)
+  assert.equal(close.data.lastDisconnect.error.output.payload.message, 'Connection Closed')
+  assert.deepEqual(await c.idle(), [])
+
+  // The kit's state endpoint and the control view agree.
+  const state = await http(port, 'GET', '/sessions/business_1/status')
+  assert.deepEqual(state.json, (await http(port, 'GET', '/control/business_1')).json.state)
+
+  // Tenants are created on demand; unknown ones are 404 until then.
+  assert.equal((await http(port, 'GET', '/control/business_2')).status, 404)
+  assert.equal((await http(port, 'GET', '/sessions/business_2/status')).status, 404)
+  r = await ctl('business_2', { action: 'open' })
+  assert.equal(r.status, 200)
+  assert.deepEqual(r.json.state, { connection: 'open', receivedPendingNotifications: true })
+  r = await http(port, 'GET', '/control')
+  assert.deepEqual(r.json.map((x) => x.tenant).sort(), ['business_1', 'business_2'])
+
+  // Bad requests.
+  assert.equal((await ctl('business_1', { action: 'explode' })).status, 400)
+  assert.equal((await ctl('business_1', { action: 'close', code: 200 })).status, 400)
+  assert.equal((await ctl('business_1', '{not json')).status, 400)
+  assert.equal((await ctl('business_1', [])).status, 400)
+  assert.equal((await http(port, 'DELETE', '/control/business_1')).status, 405)
+
+  r = await ctl('business_2', { action: 'remove' })
+  assert.equal((await http(port, 'GET', '/sessions/business_2/status')).status, 404)
+
+  // SIGTERM: graceful exit 0, client told the server is going away.
+  const closed = new Promise((resolve) => c.ws.once('close', (code) => resolve(code)))
+  assert.deepEqual(await stop(), { code: 0, signal: null })
+  assert.equal(await closed, 1001)
+})
+
+test('sim gateway: token guards WebSocket, state and control; --initial none', T, async (t) => {
+  const { port } = await sim(t, ['--initial', 'none', 'b1', 'b2'], { GATEWAY_TOKEN: 'tok' })
+  const auth = { authorization: 'Bearer tok' }
+
+  assert.equal((await http(port, 'GET', '/control/b1')).status, 401)
+  assert.equal((await http(port, 'POST', '/control/b1', { body: { action: 'open' } })).status, 401)
+  assert.equal((await http(port, 'GET', '/sessions/b1/status')).status, 401)
+  await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b1`), (e) => e.status === 401)
+
+  const r = await http(port, 'GET', '/control/b1', { headers: auth })
+  assert.deepEqual(r.json.state, {})
+  const c = await connect(`ws://127.0.0.1:${port}/ws/b1`, auth)
+  t.after(() => c.close())
+  assert.deepEqual(await c.next(), { event: 'connection.update', data: {} })
+  assert.equal((await http(port, 'POST', '/control/b1', { body: { action: 'open' }, headers: auth })).status, 200)
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  assert.deepEqual((await c.next()).data, { receivedPendingNotifications: true })
+})
+
+test('sim gateway: a taken port is an error exit, not a hang', T, async (t) => {
+  const { port } = await sim(t)
+  await assert.rejects(startSim(['--port', String(port)]), /exited \(2\)/)
+})

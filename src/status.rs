@@ -1,0 +1,175 @@
+//! `wa-status-sidecar status`: a table of tenants from a running sidecar's admin API, for a
+//! person at a terminal.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::debounce::Status;
+
+/// The fields of the admin API's `/tenants` entries that the table shows.
+#[derive(Debug, Deserialize)]
+pub struct Row {
+    pub tenant: String,
+    pub link: String,
+    pub stable: Option<Status>,
+    pub reported: Option<Reported>,
+    pub owed: Option<Owed>,
+    #[serde(default)]
+    pub delivery_attempts: u32,
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub flapping: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Reported {
+    pub status: Status,
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Owed {
+    pub status: Status,
+    pub reason: Option<String>,
+    pub changed_at: String,
+}
+
+/// Fetches `/tenants` from the admin API at `admin` (e.g. `http://127.0.0.1:9464`).
+pub async fn fetch(admin: &str) -> Result<Vec<Row>, String> {
+    let url = format!("{}/tenants", admin.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client.get(&url).send().await.map_err(|e| {
+        format!("cannot reach the sidecar's admin API at {url}: {e}\n(is it running? pass --admin or set WA_SIDECAR_ADMIN to its admin.listen address)")
+    })?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("unexpected answer from {url}: {e}"))
+}
+
+/// Longest reason shown in the table; the admin API has the whole text.
+const REASON_WIDTH: usize = 60;
+
+/// Renders the rows as an aligned text table with a summary line.
+pub fn table(rows: &[Row]) -> String {
+    let mut lines = vec![[
+        "TENANT".to_string(),
+        "STATE".to_string(),
+        "SINCE".to_string(),
+        "LINK".to_string(),
+        "OWED".to_string(),
+        "REASON".to_string(),
+    ]];
+    for row in rows {
+        let state = match (row.stable, row.flapping) {
+            (Some(Status::Disconnected), true) => "flapping".to_string(),
+            (Some(s), _) => s.as_str().to_string(),
+            (None, _) => "unknown".to_string(),
+        };
+        let (since, reason) = match (&row.owed, &row.reported) {
+            (Some(o), _) => (o.changed_at.clone(), o.reason.clone()),
+            (None, Some(r)) => (r.at.clone(), r.reason.clone()),
+            (None, None) => ("-".to_string(), None),
+        };
+        let owed = match &row.owed {
+            Some(o) if row.delivery_attempts > 0 => format!(
+                "{} ({} tries{})",
+                o.status.as_str(),
+                row.delivery_attempts,
+                row.last_error
+                    .as_deref()
+                    .map(|e| format!(", {}", shorten(e, 30)))
+                    .unwrap_or_default()
+            ),
+            Some(o) => o.status.as_str().to_string(),
+            None => "-".to_string(),
+        };
+        lines.push([
+            row.tenant.clone(),
+            state,
+            since,
+            row.link.clone(),
+            owed,
+            shorten(reason.as_deref().unwrap_or("-"), REASON_WIDTH),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for line in &lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    let count = |s| rows.iter().filter(|r| r.stable == Some(s)).count();
+    out.push_str(&format!(
+        "{} tenants: {} connected, {} disconnected, {} unknown; {} deliveries owed\n",
+        rows.len(),
+        count(Status::Connected),
+        count(Status::Disconnected),
+        rows.iter().filter(|r| r.stable.is_none()).count(),
+        rows.iter().filter(|r| r.owed.is_some()).count(),
+    ));
+    out
+}
+
+fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(width - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_state_since_reason_and_owed_delivery() {
+        let rows: Vec<Row> = serde_json::from_str(
+            r#"[
+            {"tenant":"b1","link":"up","stable":"connected","reported":{"status":"connected","reason":null,"at":"2026-11-25T10:00:00.000Z"},"owed":null,"delivery_attempts":0,"last_error":null,"flapping":false},
+            {"tenant":"b2","link":"up","stable":"disconnected","reported":{"status":"connected","reason":null,"at":"2026-11-25T10:00:00.000Z"},"owed":{"status":"disconnected","reason":"logged out (code 401): Connection Failure","changed_at":"2026-11-25T10:05:00.000Z"},"delivery_attempts":3,"last_error":"backend answered 503","flapping":false},
+            {"tenant":"b3","link":"down","stable":null,"reported":null,"owed":null,"flapping":false}
+        ]"#,
+        )
+        .unwrap();
+        let table = table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("TENANT"));
+        assert!(lines[1].contains("connected") && lines[1].contains("2026-11-25T10:00:00.000Z"));
+        assert!(lines[2].contains("disconnected (3 tries, backend answered 503)"));
+        assert!(lines[2].contains("logged out (code 401): Connection Failure"));
+        assert!(lines[2].contains("2026-11-25T10:05:00.000Z"));
+        assert!(lines[3].contains("unknown") && lines[3].contains("down"));
+        assert_eq!(
+            lines[4],
+            "3 tenants: 1 connected, 1 disconnected, 1 unknown; 1 deliveries owed"
+        );
+        // Columns line up: every row's STATE column starts at the same offset.
+        let col = lines[0].find("STATE").unwrap();
+        assert_eq!(&lines[1][col..col + 9], "connected");
+    }
+
+    #[test]
+    fn long_reasons_are_shortened() {
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("abc", 4), "abc");
+    }
+}
