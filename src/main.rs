@@ -46,7 +46,7 @@ enum Command {
     /// each webhook call. No other service needed.
     Demo {
         /// Stop after this long (e.g. "45s", "2m").
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
 }
