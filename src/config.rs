@@ -663,18 +663,33 @@ impl<'a> Section<'a> {
         self.table?.get(key)
     }
 
-    fn string(&mut self, key: &'static str, p: &mut Problems) -> Result<Option<&'a str>, Invalid> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => {
+    /// The value at `key` if `pick` accepts its type; a problem saying what was `expected`
+    /// otherwise. `found` describes the wrong value (secrets must not echo it).
+    fn typed<T>(
+        &mut self,
+        key: &'static str,
+        p: &mut Problems,
+        pick: impl FnOnce(&'a Value) -> Option<T>,
+        expected: impl FnOnce(&str) -> String,
+        found: impl FnOnce(&Value) -> String,
+    ) -> Result<Option<T>, Invalid> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        match pick(value) {
+            Some(v) => Ok(Some(v)),
+            None => {
                 p.push(
                     self.path(key),
-                    format!("expected a string, found {}", describe(other)),
+                    format!("expected {}, found {}", expected(self.name), found(value)),
                 );
                 Err(Invalid)
             }
         }
+    }
+
+    fn string(&mut self, key: &'static str, p: &mut Problems) -> Result<Option<&'a str>, Invalid> {
+        self.typed(key, p, Value::as_str, |_| "a string".into(), describe)
     }
 
     /// Like [`Section::string`], but a wrong-type message does not echo the value.
@@ -683,35 +698,23 @@ impl<'a> Section<'a> {
         key: &'static str,
         p: &mut Problems,
     ) -> Result<Option<&'a str>, Invalid> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => {
-                p.push(
-                    self.path(key),
-                    format!("expected a string, found {}", article(other.type_str())),
-                );
-                Err(Invalid)
-            }
-        }
+        self.typed(
+            key,
+            p,
+            Value::as_str,
+            |_| "a string".into(),
+            |v| article(v.type_str()),
+        )
     }
 
     fn table(&mut self, key: &'static str, p: &mut Problems) -> Result<Option<&'a Table>, Invalid> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Table(table)) => Ok(Some(table)),
-            Some(other) => {
-                p.push(
-                    self.path(key),
-                    format!(
-                        "expected a table (`[{}.{key}]` with one `name = \"value\"` a line), found {}",
-                        self.name,
-                        describe(other)
-                    ),
-                );
-                Err(Invalid)
-            }
-        }
+        self.typed(
+            key,
+            p,
+            Value::as_table,
+            |section| format!("a table (`[{section}.{key}]` with one `name = \"value\"` a line)"),
+            describe,
+        )
     }
 
     fn array(
@@ -719,17 +722,13 @@ impl<'a> Section<'a> {
         key: &'static str,
         p: &mut Problems,
     ) -> Result<Option<&'a [Value]>, Invalid> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => Ok(Some(items)),
-            Some(other) => {
-                p.push(
-                    self.path(key),
-                    format!("expected an array, found {}", describe(other)),
-                );
-                Err(Invalid)
-            }
-        }
+        self.typed(
+            key,
+            p,
+            |v| v.as_array().map(Vec::as_slice),
+            |_| "an array".into(),
+            describe,
+        )
     }
 
     /// A humane duration; `default` when absent; `None` (problem recorded) when invalid or
