@@ -215,6 +215,16 @@ impl Sidecar {
     pub fn reload(&self, config: Config) -> Result<(), StartError> {
         let config = Arc::new(config);
         let webhook = new_webhook(&config)?;
+        let old = self.registry.config();
+        if old.admin.listen != config.admin.listen {
+            tracing::warn!(listen = %old.admin.listen, "admin.listen changes only at a restart; still listening on the old address");
+        }
+        if old.state.dir != config.state.dir {
+            tracing::warn!(dir = %old.state.dir.display(), "state.dir changes only at a restart; still using the old directory");
+        }
+        if old.gateway.handshake_concurrency != config.gateway.handshake_concurrency {
+            tracing::warn!("gateway.handshake_concurrency changes only at a restart");
+        }
         *self.webhook.write().unwrap() = Arc::new(webhook);
         let shared_link_up = self.registry.any_link_up();
         let (added, removed) = self.registry.reload(config.clone(), Now::read());
