@@ -344,6 +344,10 @@ impl Registry {
         entry.last_observation = Some((obs, now.mono));
         let id = entry.key().clone();
         self.settle(&id, &mut entry, policy, now);
+        if after.penalty > before.penalty + 0.5 {
+            // A flap: the penalty must survive a kill -9 even when no transition was decided.
+            self.persist(&id, &mut entry, policy, now);
+        }
     }
 
     /// The gateway link of `tenant` (or of every tenant in shared mode) is up.
