@@ -380,3 +380,51 @@ async fn garbage_from_the_gateway_changes_nothing() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flap_penalty_is_journalled_at_once_and_survives_a_restart() {
+    let rig = rig().await;
+    rig.gateway.set_snapshot("b1", sim::baileys_open());
+    let sidecar = rig.start(&["b1"]).await;
+    assert_eq!(expect_call(&rig.backend, MINUTE).await.status, "connected");
+
+    // One drop healed within the grace: no call, but a flap.
+    rig.gateway
+        .send("b1", &sim::baileys_close(428, "Connection Closed"));
+    let now = wa_status_sidecar::registry::Now::read;
+    eventually(Duration::from_secs(1), "the flap is seen", || {
+        sidecar
+            .registry()
+            .tenant_view("b1", now())
+            .unwrap()
+            .flap_penalty
+            > 900.0
+    })
+    .await;
+    rig.gateway.send("b1", &sim::baileys_open());
+
+    // Durable before any compaction: the journal's last line for b1 carries the penalty.
+    let journal = std::fs::read_to_string(rig.dir.path().join("journal.jsonl")).unwrap();
+    let last: serde_json::Value = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["tenant"] == "b1")
+        .last()
+        .expect("a journal line for b1");
+    let penalty = last["record"]["penalty"].as_f64().unwrap();
+    assert!((900.0..=1000.0).contains(&penalty), "{penalty}");
+
+    expect_no_call(&rig.backend, MINUTE).await;
+    sidecar.shutdown().await;
+    let sidecar = rig.start(&["b1"]).await;
+    let restored = sidecar
+        .registry()
+        .tenant_view("b1", now())
+        .unwrap()
+        .flap_penalty;
+    assert!(
+        restored > 800.0,
+        "the penalty survives a restart: {restored}"
+    );
+    sidecar.shutdown().await;
+}
