@@ -59,10 +59,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config, &ProcessEnv) {
             Ok(config) => {
+                // The summary lists the warnings too.
                 println!("{}", config.summary());
-                for warning in &config.warnings {
-                    println!("warning: {warning}");
-                }
                 println!("config OK");
                 ExitCode::SUCCESS
             }
@@ -93,6 +91,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .init();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -138,8 +137,10 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, never into journald or a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
