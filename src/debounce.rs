@@ -51,6 +51,12 @@ use crate::observe::{DownCause, DownKind, Observation};
 /// suppress, 750 to reuse) are expressed.
 const FLAP_PENALTY: f64 = 1000.0;
 
+/// A drop made below this penalty starts a new flapping episode, whose drops the flapping reason
+/// counts: `flap_reuse`, but never above three quarters of one flap. With a `flap_reuse` of 1000
+/// or more a single fresh flap is already below it, and the count would restart at every drop
+/// until the penalty crossed `flap_reuse` ("3 disconnects" for four). 750 is the default reuse.
+const EPISODE_FLOOR: f64 = 0.75 * FLAP_PENALTY;
+
 /// The reason of a drop in which the gateway only ever said `connecting`.
 const RECONNECTING: &str = "session reconnecting";
 
@@ -222,7 +228,8 @@ struct Damping {
     /// The instant of the last flap (or of the debouncer's creation).
     at: Instant,
     flapping: bool,
-    /// Flaps counted since the penalty was last below `flap_reuse`, for the flapping reason.
+    /// Flaps counted since the penalty was last below [`EPISODE_FLOOR`] (or a lower `flap_reuse`),
+    /// for the flapping reason.
     drops: u32,
     /// The first of those flaps.
     first_drop: Instant,
@@ -537,7 +544,7 @@ impl Debouncer {
     fn flap(&mut self, now: Instant, policy: &Policy) -> bool {
         let before = self.penalty(now, policy);
         let damping = &mut self.damping;
-        if before < policy.flap_reuse || damping.drops == 0 {
+        if before < policy.flap_reuse.min(EPISODE_FLOOR) || damping.drops == 0 {
             damping.drops = 0;
             damping.first_drop = now;
         }
@@ -986,6 +993,41 @@ mod tests {
         );
         assert_eq!(sim.since(), [190.0, 195.0]);
         assert!(!sim.d.is_flapping());
+    }
+
+    #[test]
+    fn the_flapping_reason_counts_every_drop_when_flap_reuse_is_above_one_flap() {
+        // flap_reuse may be anything below flap_suppress; at 1500 a single fresh flap (1000) is
+        // already below it, which must not restart the count at the second drop.
+        let policy = Policy {
+            flap_reuse: 1500.0,
+            ..Policy::default()
+        };
+        let mut events = vec![(0.0, Ev::Open)];
+        for k in 0..4 {
+            let t = 10.0 + f64::from(k);
+            events.push((t, RESTART_515));
+            events.push((t + 0.5, Ev::Open));
+        }
+        // Penalty at the fourth drop: about 3993.08; it decays to 1500 at about 860.52 s.
+        let p = [1000.0; 3]
+            .iter()
+            .fold(1000.0, |p, add| p * (-1.0f64 / 600.0).exp2() + add);
+        let reuse = 13.0 + 600.0 * (p / 1500.0).log2();
+        assert!((reuse - 860.523).abs() < 1e-3);
+        check_with(
+            policy,
+            connected(),
+            &events,
+            &[
+                (
+                    13.0,
+                    Disconnected,
+                    Some("flapping: 4 disconnects in 3s; last: Stream Errored (restart required) (code 515)"),
+                ),
+                (reuse, Connected, None),
+            ],
+        );
     }
 
     #[test]

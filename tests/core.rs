@@ -408,8 +408,7 @@ async fn a_flap_penalty_is_journalled_at_once_and_survives_a_restart() {
     let last: serde_json::Value = journal
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["tenant"] == "b1")
-        .last()
+        .rfind(|l| l["tenant"] == "b1")
         .expect("a journal line for b1");
     let penalty = last["record"]["penalty"].as_f64().unwrap();
     assert!((900.0..=1000.0).contains(&penalty), "{penalty}");
