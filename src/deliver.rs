@@ -186,7 +186,13 @@ impl Dispatcher {
     async fn flush(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
         self.retries.clear();
+        // A request in flight at the signal was sent before it: when it leaves its tenant still
+        // owing (it failed, or a newer transition superseded it), that tenant gets its try after.
+        let mut carried: HashSet<TenantId> = HashSet::new();
         for tenant in self.registry.retry_now() {
+            if self.registry.in_flight(&tenant) {
+                carried.insert(tenant.clone());
+            }
             self.enqueue(tenant);
         }
         let owed = self.ready.len() + self.in_flight.len();
@@ -201,7 +207,11 @@ impl Dispatcher {
             tokio::select! {
                 Some(done) = self.in_flight.join_next() => {
                     if let Ok((job, outcome)) = done {
+                        let tenant = job.tenant.clone();
                         self.finished(job, outcome, Now::read(), false);
+                        if carried.remove(&tenant) && self.registry.retry_tenant_now(&tenant) {
+                            self.enqueue(tenant);
+                        }
                     }
                 }
                 _ = sleep_until(deadline) => {

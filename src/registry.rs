@@ -616,6 +616,22 @@ impl Registry {
             .collect()
     }
 
+    /// Whether `tenant` has a request in flight now.
+    pub fn in_flight(&self, tenant: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_some_and(|t| t.delivery.in_flight)
+    }
+
+    /// Lifts `tenant`'s delivery pause; returns whether it owes a delivery.
+    pub fn retry_tenant_now(&self, tenant: &str) -> bool {
+        let Some(mut t) = self.tenants.get_mut(tenant) else {
+            return false;
+        };
+        t.delivery.not_before = None;
+        t.record.owed.is_some()
+    }
+
     /// Lifts every delivery pause (after a reload fixed the credentials, or at shutdown).
     pub fn retry_now(&self) -> Vec<TenantId> {
         let mut owing = Vec::new();

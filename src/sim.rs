@@ -291,6 +291,9 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How long the receiver waits before answering (a slow backend). The call is recorded when
+    /// it arrives, so a caller that gives up first still shows up in the record.
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -308,7 +311,14 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: body.to_string(),
+            delay: Duration::ZERO,
         }
+    }
+
+    /// Answers only after `delay`.
+    pub fn with_delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
@@ -386,6 +396,9 @@ impl SimBackend {
                     body: body_text,
                     answered: reply.status,
                 });
+                if !reply.delay.is_zero() {
+                    tokio::time::sleep(reply.delay).await;
+                }
                 let mut response = axum::response::Response::builder()
                     .status(reply.status)
                     .header("content-type", "application/json")

@@ -1,0 +1,554 @@
+//! Fault injection against the real binary (issue 5): `wa-status-sidecar run` as a child process,
+//! killed with SIGKILL, stopped with SIGTERM, reloaded with SIGHUP, against the simulated gateway
+//! and the recording backend running in this test process. Real time, short graces; every wait
+//! is a poll with a deadline.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::expect_call;
+use wa_status_sidecar::sim::{self, Call, Reply, SimBackend, SimGateway};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wa-status-sidecar");
+const SECRET: &str = "process-test-secret-81c2";
+const SECOND: Duration = Duration::from_secs(1);
+
+struct Rig {
+    gateway: SimGateway,
+    backend: SimBackend,
+    dir: tempfile::TempDir,
+    admin_port: u16,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn rig() -> Rig {
+    let rig = Rig {
+        gateway: SimGateway::start().await.unwrap(),
+        backend: SimBackend::start().await.unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+        admin_port: free_port(),
+    };
+    std::fs::write(rig.dir.path().join("secret"), SECRET).unwrap();
+    rig
+}
+
+impl Rig {
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sidecar.toml")
+    }
+
+    fn write_config(&self, tenants: &[String]) {
+        let ids: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
+        let text = format!(
+            r#"
+[gateway]
+url = "{gateway}"
+ping_interval = "1s"
+idle_timeout = "5s"
+
+[backend]
+url = "{backend}"
+secret_file = "secret"
+timeout = "2s"
+
+[debounce]
+disconnect_grace = "2s"
+connect_grace = "300ms"
+
+[tenants]
+ids = [{ids}]
+
+[state]
+dir = "state"
+
+[admin]
+listen = "127.0.0.1:{port}"
+"#,
+            gateway = self.gateway.url_template(),
+            backend = self.backend.url(),
+            ids = ids.join(", "),
+            port = self.admin_port,
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Starts `run`; its log goes to `run-N.log` in the temp dir.
+    fn spawn(&self, n: usize) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("run-{n}.log"))).unwrap();
+        Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .env_remove("INTERNAL_SHARED_SECRET")
+            .env_remove("BACKEND_INTERNAL_URL")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("WA_SIDECAR_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the binary starts")
+    }
+
+    fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("run-{n}.log"))).unwrap_or_default()
+    }
+
+    async fn readyz(&self) -> Option<u16> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        let response = reqwest::get(url).await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// Polls /readyz until it answers `status`.
+    async fn wait_readyz(&self, status: u16, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.readyz().await == Some(status) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn key(call: &Call) -> String {
+    call.header("idempotency-key").unwrap().to_string()
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not yet waited for.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({signal})");
+}
+
+/// Waits (polling, bounded) for the child to exit.
+async fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the sidecar did not exit within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn kill9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Every call arriving until none has come for `quiet` (bounded by `max`).
+async fn calls_until_quiet(backend: &SimBackend, quiet: Duration, max: Duration) -> Vec<Call> {
+    let deadline = tokio::time::Instant::now() + max;
+    let mut calls = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(quiet, backend.next_call()).await {
+            Ok(Some(call)) => calls.push(call),
+            _ => break,
+        }
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_hanging_delivery_then_restart_delivers_with_the_same_key() {
+    let rig = rig().await;
+    rig.write_config(&["b1".into()]);
+    rig.gateway.set_snapshot("b1", sim::baileys_open());
+    // The backend accepts the request and never answers in time.
+    rig.backend
+        .set_default(Reply::ok().with_delay(Duration::from_secs(3600)));
+    let mut child = rig.spawn(1);
+    let first = expect_call(&rig.backend, 20 * SECOND).await;
+    assert_eq!(first.status, "connected");
+    kill9(&mut child);
+
+    rig.backend.set_default(Reply::ok());
+    let mut child = rig.spawn(2);
+    let again = expect_call(&rig.backend, 20 * SECOND).await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        key(&again),
+        key(&first),
+        "the same transition, the same key"
+    );
+    assert_eq!(
+        again.header("x-status-changed-at"),
+        first.header("x-status-changed-at")
+    );
+    rig.wait_readyz(200, 10 * SECOND).await;
+    let more = calls_until_quiet(&rig.backend, 3 * SECOND, 10 * SECOND).await;
+    assert!(more.is_empty(), "delivered once more than needed: {more:?}");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+
+    // Delivered and acknowledged: a third run sends nothing.
+    let mut child = rig.spawn(3);
+    rig.wait_readyz(200, 10 * SECOND).await;
+    let more = calls_until_quiet(&rig.backend, 3 * SECOND, 10 * SECOND).await;
+    assert!(more.is_empty(), "{more:?}");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+}
+
+/// Records each tenant's key; a resend of a tenant's report must carry the key it had.
+fn record(calls: Vec<Call>, keys: &mut HashMap<String, String>) {
+    for call in calls {
+        assert_eq!(call.status, "connected");
+        let k = key(&call);
+        let first = keys.entry(call.tenant_id.clone()).or_insert(k.clone());
+        assert_eq!(*first, k, "{}: a resend must reuse the key", call.tenant_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_heavy_state_writes_loses_nothing_and_resends_nothing_unchanged() {
+    let rig = rig().await;
+    let tenants: Vec<String> = (0..300).map(|i| format!("tenant_{i:03}")).collect();
+    rig.write_config(&tenants);
+    for t in &tenants {
+        rig.gateway.set_snapshot(t, sim::baileys_open());
+    }
+    // Every tenant's key, as the backend saw it first; and what it acknowledged.
+    let mut keys: HashMap<String, String> = HashMap::new();
+
+    // Each call takes 50 ms, 16 in flight: the storm of 300 first reports lasts about a second.
+    rig.backend
+        .set_default(Reply::ok().with_delay(Duration::from_millis(50)));
+    // Kill the process again and again while the first reports are decided, appended to the
+    // journal, delivered and compacted into the state file (at every start).
+    let mut run = 0;
+    for delay_ms in [300u64, 100, 500, 200, 0] {
+        run += 1;
+        let mut child = rig.spawn(run);
+        // Kill a little after the storm (re)starts: the first call of this run, or 3 s if
+        // nothing is left to send.
+        let mut calls = Vec::new();
+        if let Ok(Some(call)) = tokio::time::timeout(3 * SECOND, rig.backend.next_call()).await {
+            calls.push(call);
+        }
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        kill9(&mut child);
+        while let Some(call) = rig.backend.try_next_call() {
+            calls.push(call);
+        }
+        record(calls, &mut keys);
+        if run == 1 {
+            assert!(
+                !keys.is_empty() && keys.len() < tenants.len(),
+                "the first kill should interrupt the storm: {} reports",
+                keys.len()
+            );
+        }
+    }
+    rig.backend.set_default(Reply::ok());
+
+    // A clean run finishes what is owed: every tenant is reported, each with its one key.
+    run += 1;
+    let mut child = rig.spawn(run);
+    let calls = calls_until_quiet(&rig.backend, 3 * SECOND, 60 * SECOND).await;
+    record(calls, &mut keys);
+    assert_eq!(keys.len(), tenants.len(), "a first report was lost");
+    rig.wait_readyz(200, 10 * SECOND).await;
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+
+    // Nothing changed: nothing is sent. Then one tenant changes: only it is sent.
+    run += 1;
+    rig.gateway
+        .set_snapshot("tenant_007", sim::baileys_close(401, "logged out"));
+    let mut child = rig.spawn(run);
+    let calls = calls_until_quiet(&rig.backend, 4 * SECOND, 30 * SECOND).await;
+    let summary: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.tenant_id.as_str(), c.status.as_str()))
+        .collect();
+    assert_eq!(summary, [("tenant_007", "disconnected")]);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    let log = rig.log(run);
+    assert!(!log.contains("set aside"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_owed_delivery_tries_once_more_exits_0_and_resumes_later() {
+    let rig = rig().await;
+    rig.write_config(&["b1".into()]);
+    rig.gateway.set_snapshot("b1", sim::baileys_open());
+    // Failing, and asking for a 5-minute pause: only the shutdown flush tries again soon.
+    rig.backend
+        .set_default(Reply::status(503).with_header("retry-after", "300"));
+    let mut child = rig.spawn(1);
+    let first = expect_call(&rig.backend, 20 * SECOND).await;
+    assert_eq!(first.answered, 503);
+
+    signal(&child, libc::SIGTERM);
+    let flush = expect_call(&rig.backend, 11 * SECOND).await;
+    assert_eq!(
+        key(&flush),
+        key(&first),
+        "the flush retries the same transition"
+    );
+    let status = wait_exit(&mut child, 15 * SECOND).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        rig.backend.try_next_call().is_none(),
+        "exactly one more try"
+    );
+    let log = rig.log(1);
+    assert!(log.contains("deliveries still owed"), "{log}");
+    assert!(!log.contains(SECRET), "the secret reached the log");
+
+    rig.backend.set_default(Reply::ok());
+    let mut child = rig.spawn(2);
+    let delivered = expect_call(&rig.backend, 20 * SECOND).await;
+    assert_eq!((delivered.answered, key(&delivered)), (200, key(&first)));
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_for_a_wrong_secret_is_fixed_by_editing_the_secret_and_sighup() {
+    let rig = rig().await;
+    std::fs::write(rig.dir.path().join("secret"), "the-wrong-secret").unwrap();
+    rig.write_config(&["b1".into()]);
+    rig.gateway.set_snapshot("b1", sim::baileys_open());
+    rig.backend.set_default(Reply::status(401));
+    let mut child = rig.spawn(1);
+
+    let refused = expect_call(&rig.backend, 20 * SECOND).await;
+    assert_eq!(
+        refused.header("x-internal-secret"),
+        Some("the-wrong-secret")
+    );
+    rig.wait_readyz(503, 10 * SECOND).await;
+    let url = format!("http://127.0.0.1:{}/readyz", rig.admin_port);
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(body.contains("INTERNAL_SHARED_SECRET"), "{body}");
+
+    // The operator fixes the secret file and reloads; the retry goes at once, not in 30 s.
+    std::fs::write(rig.dir.path().join("secret"), SECRET).unwrap();
+    rig.backend.set_default(Reply::ok());
+    let reloaded_at = tokio::time::Instant::now();
+    signal(&child, libc::SIGHUP);
+    let call = expect_call(&rig.backend, 10 * SECOND).await;
+    assert!(reloaded_at.elapsed() < 10 * SECOND);
+    assert_eq!(call.header("x-internal-secret"), Some(SECRET));
+    assert_eq!((call.answered, key(&call)), (200, key(&refused)));
+    rig.wait_readyz(200, 10 * SECOND).await;
+
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    let log = rig.log(1);
+    assert!(!log.contains(SECRET), "the secret reached the log");
+}
+
+#[test]
+fn check_lists_every_mistake_of_a_bad_config_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[gateway]
+mode = "sharded"
+urll = "ws://gw/{tenant}"
+ping_interval = 20
+idle_timeout = "abc"
+[backend]
+url = "ftp://backend"
+path = "api/webhook"
+timeout = "0s"
+max_in_flight = 0
+secret = "hunter2"
+[debounce]
+connect_grace = true
+flap_suppress = 500
+flap_reuse = 750
+terminal_codes = [401, 42, "x"]
+[tenants]
+ids = ["ok", "has space", ""]
+[state]
+dir = 5
+[admin]
+listen = "localhost"
+[log]
+format = "xml"
+[extra]
+"#,
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("INTERNAL_SHARED_SECRET")
+        .env_remove("BACKEND_INTERNAL_URL")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for path in [
+        "gateway.mode",
+        "gateway.url",
+        "gateway.urll",
+        "gateway.ping_interval",
+        "gateway.idle_timeout",
+        "backend.url",
+        "backend.path",
+        "backend.timeout",
+        "backend.max_in_flight",
+        "backend.secret",
+        "debounce.connect_grace",
+        "debounce.flap_reuse",
+        "debounce.terminal_codes[1]",
+        "debounce.terminal_codes[2]",
+        "tenants.ids[1]",
+        "tenants.ids[2]",
+        "state.dir",
+        "admin.listen",
+        "log.format",
+        "extra",
+    ] {
+        assert!(
+            stderr.contains(&format!("\n  - {path}:")),
+            "{path} missing from:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains(" problems:"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the secret was printed");
+    assert!(output.stdout.is_empty());
+
+    // The same binary accepts a good config and exits 0.
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(
+        &path,
+        "[gateway]\nurl = \"ws://127.0.0.1:1/ws/{tenant}\"\n[backend]\nurl = \"http://127.0.0.1:2\"\nsecret_file = \"secret\"\n[tenants]\nids = [\"b1\"]\n[state]\ndir = \"state\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("INTERNAL_SHARED_SECRET")
+        .env_remove("BACKEND_INTERNAL_URL")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_memory() {
+    use std::os::unix::process::CommandExt;
+    let rig = rig().await;
+    let tenants: Vec<String> = (0..100).map(|i| format!("tenant_{i:03}")).collect();
+    rig.write_config(&tenants);
+    for t in &tenants {
+        rig.gateway.set_snapshot(t, sim::baileys_open());
+    }
+    // A disk that fills up after 8 KiB (less than the 100 records need): RLIMIT_FSIZE makes every write past it fail with EFBIG
+    // (SIGXFSZ ignored, as a daemon would see ENOSPC). It applies to files the child writes: its
+    // journal and snapshot; its log goes nowhere so that it is not limited.
+    const LIMIT: libc::rlim_t = 8 * 1024;
+    let mut command = Command::new(BIN);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(rig.config_path())
+        .env_remove("INTERNAL_SHARED_SECRET")
+        .env_remove("BACKEND_INTERNAL_URL")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("WA_SIDECAR_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+
+    // Every first report is still delivered, from memory.
+    let calls = calls_until_quiet(&rig.backend, 3 * SECOND, 60 * SECOND).await;
+    let mut seen: Vec<&str> = calls.iter().map(|c| c.tenant_id.as_str()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), tenants.len());
+    rig.wait_readyz(503, 10 * SECOND).await;
+    let url = format!("http://127.0.0.1:{}/readyz", rig.admin_port);
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(
+        body.contains("File too large") || body.contains("disk"),
+        "{body}"
+    );
+    // Still serving: a new transition is delivered while the disk is full.
+    rig.gateway
+        .send("tenant_042", &sim::baileys_close(401, "logged out"));
+    let call = expect_call(&rig.backend, 10 * SECOND).await;
+    assert_eq!(
+        (call.tenant_id.as_str(), call.status.as_str()),
+        ("tenant_042", "disconnected")
+    );
+
+    // The operator frees space: the next compaction writes everything from memory, ready again.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit(2) on our own child's pid with a valid rlimit.
+    let rc = unsafe {
+        libc::prlimit(
+            child.id() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &unlimited,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0);
+    rig.wait_readyz(200, 10 * SECOND).await;
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+
+    // Nothing was lost: a restart sends nothing, not even for tenant_042.
+    rig.gateway
+        .set_snapshot("tenant_042", sim::baileys_close(401, "logged out"));
+    let mut child = rig.spawn(2);
+    rig.wait_readyz(200, 10 * SECOND).await;
+    let more = calls_until_quiet(&rig.backend, 3 * SECOND, 10 * SECOND).await;
+    assert!(more.is_empty(), "{more:?}");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+}
