@@ -389,10 +389,14 @@ impl Debouncer {
     /// The next decided change of stable state, oldest first.
     pub fn poll_report(&mut self) -> Option<Report> {
         if self.reports.is_empty() {
-            None
-        } else {
-            Some(self.reports.remove(0))
+            return None;
         }
+        let report = self.reports.remove(0);
+        if self.reports.is_empty() {
+            // Reports are rare; give the buffer back instead of keeping it for all 10,000 tenants.
+            self.reports = Vec::new();
+        }
+        Some(report)
     }
 
     /// The flap penalty decayed to `now` (never below zero; `now` before the last flap counts as

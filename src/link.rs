@@ -3,22 +3,30 @@
 //! A link is one long-lived task. It is the only place that reads the clock for gateway events:
 //! it stamps each frame and link event with [`Now`] and hands it to the registry, which decides.
 //!
-//! Memory matters here more than anywhere (10,000 links in one process, see PERF-NOTES): a task's
-//! future is as large as its largest await point for its whole life, so the handshake and the
-//! state fetch run in boxed futures and only the established stream lives in the read loop, and
-//! the WebSocket buffers are a few KiB instead of tungstenite's 128 KiB defaults.
+//! Memory matters here more than anywhere (10,000 links in one process, see PERF-NOTES and
+//! `benches/fleet.rs`): a task's future is as large as its largest await point for its whole
+//! life, so the handshake (boxed only once a handshake permit is held) and the state fetch run in
+//! boxed futures, and the established stream is boxed too: the task itself is 0.8 KiB. Plain
+//! `ws://` links do their own HTTP upgrade so that their read buffer is 1 KiB rather than the
+//! 4 KiB that tungstenite's handshake hands over, and hold a bare `TcpStream` rather than a
+//! `MaybeTlsStream` sized for TLS. About 5 KiB per tenant in all, registry record included.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::{
+    generate_request, Request as ClientRequest,
+};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +36,18 @@ use crate::observe::Ignored;
 use crate::registry::{Now, Registry, TenantId};
 use crate::webhook::full_jitter;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A `wss://` link. A `MaybeTlsStream` is sized for its TLS variant (1.1 KiB) even when it holds
+/// plain TCP, so plain links use [`PlainWs`] (0.3 KiB).
+type TlsWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type PlainWs = WebSocketStream<TcpStream>;
+
+/// An established link, boxed: the link task then holds a pointer, not inline copies of the
+/// stream (the `Result`, the binding and the read loop's argument each keep their own slot in
+/// the task's future for its whole life).
+enum Established {
+    Plain(Box<PlainWs>),
+    Tls(Box<TlsWs>),
+}
 
 /// First reconnect delay bound; full jitter spreads a fleet's reconnects over [0, this].
 pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
@@ -41,8 +60,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The state fetch after a (re)connect gives up after this long; frames wait meanwhile.
 const STATE_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read buffer per link. Gateway frames are a few hundred bytes; the buffer grows for a rare
-/// large one. 4 KiB instead of 128 KiB is what makes 10,000 links fit in tens of MiB.
-const READ_BUFFER: usize = 4 * 1024;
+/// large one. tungstenite zero-fills the whole buffer on every read, so all of it is resident:
+/// 1 KiB instead of 4 KiB saves 30 MiB at 10,000 links (128 KiB, the default, would cost 1.3 GiB).
+/// Not less: `bytes` remembers a buffer's original capacity only from 1 KiB up, and below that a
+/// buffer split for a frame is re-allocated at a few bytes and grown again read by read.
+const READ_BUFFER: usize = 1024;
+/// Largest answer to the WebSocket upgrade accepted; a gateway's 101 is a few hundred bytes.
+const MAX_UPGRADE_RESPONSE: usize = 16 * 1024;
 
 /// What the links share.
 pub struct LinkContext {
@@ -97,7 +121,7 @@ pub async fn run(ctx: Arc<LinkContext>, target: Target, stop: CancellationToken)
         }
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            result = Box::pin(connect(&ctx.handshakes, &url, &config.gateway)) => result,
+            result = connect(&ctx.handshakes, &url, &config.gateway) => result,
         };
         let error = match connected {
             Ok(ws) => {
@@ -112,7 +136,14 @@ pub async fn run(ctx: Arc<LinkContext>, target: Target, stop: CancellationToken)
                         () = Box::pin(fetch_states(&ctx, &target, &config)) => {}
                     }
                 }
-                let reason = read_loop(&ctx, &target, ws, &config.gateway, &stop).await;
+                let reason = match ws {
+                    Established::Plain(ws) => {
+                        read_loop(&ctx, &target, ws, &config.gateway, &stop).await
+                    }
+                    Established::Tls(ws) => {
+                        read_loop(&ctx, &target, ws, &config.gateway, &stop).await
+                    }
+                };
                 if stop.is_cancelled() {
                     return;
                 }
@@ -146,7 +177,25 @@ pub fn ws_config(max_frame_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_size))
 }
 
-async fn connect(handshakes: &Semaphore, url: &str, gateway: &GatewayConfig) -> Result<Ws, String> {
+/// Waits for a handshake permit, then connects.
+///
+/// The handshake future (about 9 KiB: TCP connect, TLS, HTTP upgrade) is boxed only once the
+/// permit is held. Boxed before the wait, 10,000 links starting at once held 10,000 of them
+/// (90 MiB) while 64 handshakes ran, and the freed memory stayed in the allocator's arenas.
+async fn connect(
+    handshakes: &Semaphore,
+    url: &str,
+    gateway: &GatewayConfig,
+) -> Result<Established, String> {
+    // The permit bounds handshakes in progress, not links: it is released once the link is up.
+    let _permit = handshakes
+        .acquire()
+        .await
+        .map_err(|_| "shutting down".to_string())?;
+    Box::pin(handshake(url, gateway)).await
+}
+
+async fn handshake(url: &str, gateway: &GatewayConfig) -> Result<Established, String> {
     let mut request = url
         .into_client_request()
         .map_err(|e| format!("bad gateway URL {url}: {e}"))?;
@@ -164,25 +213,88 @@ async fn connect(handshakes: &Semaphore, url: &str, gateway: &GatewayConfig) -> 
             HeaderValue::from_str(value).map_err(|_| format!("bad value for header {name}"))?;
         headers.insert(name, value);
     }
-    // The permit bounds handshakes in progress, not links: it is released once the link is up.
-    let _permit = handshakes
-        .acquire()
-        .await
-        .map_err(|_| "shutting down".to_string())?;
-    let handshake = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(ws_config(gateway.max_frame_size)),
-        true,
-        None,
-    );
-    match timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(e)) => Err(describe_ws_error(&e)),
+    let config = ws_config(gateway.max_frame_size);
+    let upgrade = async move {
+        if request.uri().scheme_str() == Some("ws") {
+            plain_upgrade(request, config)
+                .await
+                .map(|ws| Established::Plain(Box::new(ws)))
+        } else {
+            tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None)
+                .await
+                .map(|(ws, _response)| Established::Tls(Box::new(ws)))
+                .map_err(|e| describe_ws_error(&e))
+        }
+    };
+    match timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+        Ok(Ok(ws)) => Ok(ws),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(format!(
             "handshake timed out after {}s",
             HANDSHAKE_TIMEOUT.as_secs()
         )),
     }
+}
+
+/// A plain `ws://` upgrade done here rather than by tungstenite's client handshake, which hands
+/// its 4 KiB response buffer to the WebSocket as the read buffer for the life of the link
+/// (whatever `read_buffer_size` says): 40 MiB at 10,000 links. Here the WebSocket starts with
+/// only the bytes that followed the response (often the gateway's snapshot frame), so its buffer
+/// is [`READ_BUFFER`]. `wss://` links keep tungstenite's handshake (and its 4 KiB) for the TLS.
+async fn plain_upgrade(request: ClientRequest, config: WebSocketConfig) -> Result<PlainWs, String> {
+    let io = |e: std::io::Error| describe_ws_error(&WsError::Io(e));
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let mut stream = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    let (bytes, key) = generate_request(request).map_err(|e| describe_ws_error(&e))?;
+    stream.write_all(&bytes).await.map_err(io)?;
+    let mut response = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if response.len() >= MAX_UPGRADE_RESPONSE {
+            return Err("the gateway's answer to the WebSocket upgrade is too large".into());
+        }
+        if stream.read_buf(&mut response).await.map_err(io)? == 0 {
+            return Err("connection closed by the gateway".into());
+        }
+    };
+    let not_http = || "the gateway's answer to the WebSocket upgrade is not HTTP".to_string();
+    let head = std::str::from_utf8(&response[..end]).map_err(|_| not_http())?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(not_http)?;
+    if status != 101 {
+        return Err(format!(
+            "gateway answered HTTP {status} to the WebSocket upgrade"
+        ));
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let accepted = lines
+        .filter_map(|l| l.split_once(':'))
+        .any(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
+        });
+    if !accepted {
+        return Err(
+            "the gateway's answer to the WebSocket upgrade has a wrong Sec-WebSocket-Accept".into(),
+        );
+    }
+    let tail = response[end..].to_vec();
+    Ok(WebSocketStream::from_partially_read(stream, tail, Role::Client, Some(config)).await)
 }
 
 /// A short, operator-readable cause, as it appears in "gateway unreachable for 5m: <cause>".
@@ -206,10 +318,10 @@ pub fn describe_ws_error(e: &WsError) -> String {
 }
 
 /// Reads frames until the link drops; returns why it dropped.
-async fn read_loop(
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &LinkContext,
     target: &Target,
-    mut ws: Ws,
+    mut ws: Box<WebSocketStream<S>>,
     gateway: &GatewayConfig,
     stop: &CancellationToken,
 ) -> String {
@@ -270,7 +382,11 @@ async fn read_loop(
 }
 
 /// Sends a close frame, waiting briefly: a broken peer must not hold the link task.
-async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str) {
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    code: CloseCode,
+    reason: &'static str,
+) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
@@ -303,5 +419,125 @@ async fn fetch_states(ctx: &LinkContext, target: &Target, config: &Config) {
                 tracing::debug!(tenant = %tenant, error = %e, "state fetch failed; keeping the last known state")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A one-shot gateway on loopback: reads the upgrade request, answers with `answer(key)` in a
+    /// single write, and returns the request it saw.
+    async fn gateway(
+        answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws/business_1", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                assert!(request.len() < 16 * 1024, "request without an end");
+                assert_ne!(stream.read_buf(&mut request).await.unwrap(), 0);
+            }
+            let request = String::from_utf8(request).unwrap();
+            let key = request
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+                .map(|(_, value)| value.trim().to_string())
+                .unwrap_or_default();
+            stream.write_all(&answer(&key)).await.unwrap();
+            // Keep the socket open until the client has read what it needs.
+            let mut rest = Vec::new();
+            let _ = stream.read_buf(&mut rest).await;
+            request
+        });
+        (url, server)
+    }
+
+    fn request(url: &str, token: &str) -> ClientRequest {
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        request
+    }
+
+    fn switching(key: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_sent_with_the_upgrade_answer_is_the_first_frame() {
+        let snapshot = r#"{"event":"connection.update","data":{"connection":"open"}}"#;
+        let (url, server) = gateway(move |key| {
+            let mut bytes = switching(key);
+            // An unmasked server text frame, in the same write as the 101.
+            bytes.extend([0x81, snapshot.len() as u8]);
+            bytes.extend(snapshot.as_bytes());
+            bytes
+        })
+        .await;
+        let mut ws = plain_upgrade(request(&url, "gw-token"), ws_config(1 << 20))
+            .await
+            .unwrap();
+        let first = timeout(Duration::from_secs(5), ws.next()).await.unwrap();
+        assert!(
+            matches!(&first, Some(Ok(Message::Text(t))) if t.as_str() == snapshot),
+            "{first:?}"
+        );
+        let _ = ws.close(None).await;
+        let seen = server.await.unwrap();
+        assert!(
+            seen.starts_with("GET /ws/business_1 HTTP/1.1\r\n"),
+            "{seen}"
+        );
+        assert!(
+            seen.to_ascii_lowercase()
+                .contains("authorization: bearer gw-token\r\n"),
+            "{seen}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_names_the_status() {
+        let (url, _server) =
+            gateway(|_| b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec())
+                .await;
+        let error = plain_upgrade(request(&url, "t"), ws_config(1 << 20))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(error, "gateway answered HTTP 503 to the WebSocket upgrade");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_accept_key_is_refused() {
+        let (url, _server) = gateway(|_| switching("not the key we sent")).await;
+        let error = plain_upgrade(request(&url, "t"), ws_config(1 << 20))
+            .await
+            .err()
+            .unwrap();
+        assert!(error.contains("Sec-WebSocket-Accept"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_described() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws/x", listener.local_addr().unwrap());
+        drop(listener);
+        let error = plain_upgrade(request(&url, "t"), ws_config(1 << 20))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(error, "connection refused");
     }
 }

@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }
+            system::limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -122,7 +122,9 @@ pub struct Health {
 
 /// The tenant map and everything an entry point needs besides it.
 pub struct Registry {
-    tenants: DashMap<TenantId, Tenant>,
+    /// Boxed: the map's tables keep about 40% of their slots empty, and a slot is a key and a
+    /// pointer (24 bytes) rather than a 0.5 KiB record (3 MiB less at 10,000 tenants).
+    tenants: DashMap<TenantId, Box<Tenant>>,
     config: RwLock<Arc<Config>>,
     /// Counts reloads, so an answer to a request sent under an older config can be told apart.
     epoch: std::sync::atomic::AtomicU64,
@@ -260,7 +262,7 @@ impl Registry {
             counted,
         };
         self.reschedule(&id, &mut tenant, &config.debounce);
-        self.tenants.insert(id.clone(), tenant);
+        self.tenants.insert(id.clone(), Box::new(tenant));
         if owed {
             let _ = self.deliveries.send(id);
         }

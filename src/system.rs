@@ -65,6 +65,20 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// Limits glibc's malloc to one arena unless `MALLOC_ARENA_MAX` says otherwise. With an arena
+/// per worker thread, what a storm frees (10,000 webhook calls, journal lines, reasons) stays
+/// spread in partly used pages across the arenas: with 10,000 tenants all logged out the sidecar
+/// measured 66 MiB resident, and 62 MiB with one arena, at no measurable CPU cost (two workers
+/// rarely allocate at the same instant; see `benches/fleet.rs`). Call it before the runtime
+/// starts its threads.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tuning parameter of the allocator; no other thread runs yet.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
+}
+
 /// File descriptors the process needs besides one per gateway link: the admin listener, backend
 /// connections (up to `max_in_flight`), state files, logs, the runtime's own.
 pub const NOFILE_OVERHEAD: u64 = 64;
