@@ -6,39 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, eventually, expect_call, expect_no_call, DEFAULT_DEBOUNCE, SECRET};
-use wa_status_sidecar::sim::{self, Reply, SimBackend, SimGateway};
-use wa_status_sidecar::Sidecar;
+use common::{eventually, expect_call, expect_no_call, rig, DEFAULT_DEBOUNCE, SECRET};
+use wa_status_sidecar::sim::{self, Reply};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-struct Rig {
-    gateway: SimGateway,
-    backend: SimBackend,
-    dir: tempfile::TempDir,
-}
-
-async fn rig() -> Rig {
-    Rig {
-        gateway: SimGateway::start().await.unwrap(),
-        backend: SimBackend::start().await.unwrap(),
-        dir: tempfile::tempdir().unwrap(),
-    }
-}
-
-impl Rig {
-    async fn start(&self, tenants: &[&str]) -> Sidecar {
-        let config = config(
-            "per-tenant",
-            &self.gateway.url_template(),
-            &self.backend,
-            self.dir.path(),
-            tenants,
-            DEFAULT_DEBOUNCE,
-        );
-        Sidecar::start(config).await.unwrap()
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_transition_reaches_the_backend_with_the_exact_body_and_headers() {

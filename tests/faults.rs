@@ -13,73 +13,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{config, eventually, expect_call, expect_no_call, DEFAULT_DEBOUNCE};
+use common::{config, eventually, expect_call, expect_no_call, rig, DEFAULT_DEBOUNCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use wa_status_sidecar::admin::not_ready_reasons;
 use wa_status_sidecar::debounce::Status;
 use wa_status_sidecar::registry::{Now, TenantView};
-use wa_status_sidecar::sim::{self, Call, Reply, SimBackend, SimGateway};
+use wa_status_sidecar::sim::{self, Call, Reply, SimBackend};
 use wa_status_sidecar::Sidecar;
 
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
-
-struct Rig {
-    gateway: SimGateway,
-    backend: SimBackend,
-    dir: tempfile::TempDir,
-}
-
-async fn rig() -> Rig {
-    Rig {
-        gateway: SimGateway::start().await.unwrap(),
-        backend: SimBackend::start().await.unwrap(),
-        dir: tempfile::tempdir().unwrap(),
-    }
-}
-
-impl Rig {
-    async fn start(&self, tenants: &[&str]) -> Sidecar {
-        self.start_with("per-tenant", tenants, DEFAULT_DEBOUNCE)
-            .await
-    }
-
-    async fn start_with(&self, mode: &str, tenants: &[&str], debounce: &str) -> Sidecar {
-        let url = match mode {
-            "shared" => self.gateway.shared_url(),
-            _ => self.gateway.url_template(),
-        };
-        let config = config(
-            mode,
-            &url,
-            &self.backend,
-            self.dir.path(),
-            tenants,
-            debounce,
-        );
-        Sidecar::start(config).await.unwrap()
-    }
-
-    /// Starts with every tenant open and takes the first `connected` report of each.
-    async fn start_connected(&self, tenants: &[&str]) -> Sidecar {
-        for t in tenants {
-            self.gateway.set_snapshot(t, sim::baileys_open());
-        }
-        let sidecar = self.start(tenants).await;
-        let mut seen: Vec<String> = Vec::new();
-        for _ in tenants {
-            let call = expect_call(&self.backend, MINUTE).await;
-            assert_eq!(call.status, "connected");
-            seen.push(call.tenant_id);
-        }
-        seen.sort();
-        let mut want: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
-        want.sort();
-        assert_eq!(seen, want);
-        sidecar
-    }
-}
 
 fn view(sidecar: &Sidecar, tenant: &str) -> TenantView {
     sidecar

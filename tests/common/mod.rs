@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use wa_status_sidecar::config::{Config, Env};
-use wa_status_sidecar::sim::{Call, SimBackend};
+use wa_status_sidecar::sim::{self, Call, SimBackend, SimGateway};
+use wa_status_sidecar::Sidecar;
 
 pub const SECRET: &str = "test-secret-3f9a";
 
@@ -101,5 +102,63 @@ pub async fn eventually(within: Duration, what: &str, mut condition: impl FnMut(
             "timed out waiting: {what}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A simulated gateway, a recording backend and a state directory for one test.
+pub struct Rig {
+    pub gateway: SimGateway,
+    pub backend: SimBackend,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn rig() -> Rig {
+    Rig {
+        gateway: SimGateway::start().await.unwrap(),
+        backend: SimBackend::start().await.unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Rig {
+    /// Starts a per-tenant sidecar with the default debounce settings.
+    pub async fn start(&self, tenants: &[&str]) -> Sidecar {
+        self.start_with("per-tenant", tenants, DEFAULT_DEBOUNCE)
+            .await
+    }
+
+    pub async fn start_with(&self, mode: &str, tenants: &[&str], debounce: &str) -> Sidecar {
+        let url = match mode {
+            "shared" => self.gateway.shared_url(),
+            _ => self.gateway.url_template(),
+        };
+        let config = config(
+            mode,
+            &url,
+            &self.backend,
+            self.dir.path(),
+            tenants,
+            debounce,
+        );
+        Sidecar::start(config).await.unwrap()
+    }
+
+    /// Starts with every tenant open and takes the first `connected` report of each.
+    pub async fn start_connected(&self, tenants: &[&str]) -> Sidecar {
+        for t in tenants {
+            self.gateway.set_snapshot(t, sim::baileys_open());
+        }
+        let sidecar = self.start(tenants).await;
+        let mut seen: Vec<String> = Vec::new();
+        for _ in tenants {
+            let call = expect_call(&self.backend, Duration::from_secs(60)).await;
+            assert_eq!(call.status, "connected");
+            seen.push(call.tenant_id);
+        }
+        seen.sort();
+        let mut want: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        sidecar
     }
 }
