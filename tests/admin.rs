@@ -258,3 +258,38 @@ fn the_demo_command_runs_to_completion_with_duration() {
     assert!(out.contains("bistro-42 -> DISCONNECTED"), "{out}");
     assert!(out.contains("demo over after 6s"), "{out}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_picks_up_tenants_added_to_the_tenants_file() {
+    let gateway = SimGateway::start().await.unwrap();
+    let backend = SimBackend::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for t in ["b1", "b2"] {
+        gateway.set_snapshot(t, sim::baileys_open());
+    }
+    let tenants_file = dir.path().join("tenants.txt");
+    std::fs::write(&tenants_file, "# one id a line\nb1\n").unwrap();
+    let config_file = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[gateway]\nurl = \"{}\"\n[backend]\nurl = \"{}\"\n[tenants]\nfile = \"tenants.txt\"\n\
+             [state]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            gateway.url_template(),
+            backend.url(),
+            dir.path().join("state").display(),
+        ),
+    )
+    .unwrap();
+    let load = || wa_status_sidecar::config::Config::load(&config_file, &common::env()).unwrap();
+    let sidecar = Sidecar::start(load()).await.unwrap();
+    assert_eq!(expect_call(&backend, MINUTE).await.tenant_id, "b1");
+
+    // The operator adds a tenant to the file and reloads (what SIGHUP does).
+    std::fs::write(&tenants_file, "# one id a line\nb1\nb2\n").unwrap();
+    sidecar.reload(load()).unwrap();
+    gateway.wait_accepted("b2", 1).await;
+    assert_eq!(expect_call(&backend, MINUTE).await.tenant_id, "b2");
+    assert_eq!(gateway.accepted("b1"), 1, "b1's link was kept");
+    sidecar.shutdown().await;
+}
