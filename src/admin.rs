@@ -58,10 +58,9 @@ async fn livez() -> &'static str {
 /// The reasons the sidecar is not ready; empty when it is.
 pub fn not_ready_reasons(registry: &Registry, now: Now) -> Vec<String> {
     let health = registry.health();
+    // The config is loaded and the state restored before this server is started, so those two
+    // readiness conditions hold by construction; what can still go wrong at run time is below.
     let mut reasons = Vec::new();
-    if !health.state_restored {
-        reasons.push("state not restored yet".to_string());
-    }
     if let Some(fault) = health.credentials_fault {
         reasons.push(fault);
     }

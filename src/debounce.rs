@@ -406,13 +406,11 @@ impl Debouncer {
         if damping.value <= 0.0 {
             return 0.0;
         }
-        let elapsed = now.saturating_duration_since(damping.at).as_secs_f64();
-        let half_life = policy.flap_half_life.as_secs_f64();
-        if half_life <= 0.0 {
-            // A zero half-life forgets at once; the division below would give NaN.
-            return if elapsed > 0.0 { 0.0 } else { damping.value };
-        }
-        damping.value * (-elapsed / half_life).exp2()
+        decay(
+            damping.value,
+            now.saturating_duration_since(damping.at),
+            policy.flap_half_life,
+        )
     }
 
     /// Whether the tenant is flapping: reported disconnected until the penalty has decayed and Up
@@ -604,6 +602,20 @@ impl Debouncer {
     }
 }
 
+/// `value` after `elapsed` of exponential decay with `half_life`. A zero half-life forgets at
+/// once (the division would give NaN); a value that is not a positive number decays to zero.
+pub fn decay(value: f64, elapsed: Duration, half_life: Duration) -> f64 {
+    if !(value.is_finite() && value > 0.0) {
+        return 0.0;
+    }
+    let elapsed = elapsed.as_secs_f64();
+    let half_life = half_life.as_secs_f64();
+    if half_life <= 0.0 {
+        return if elapsed > 0.0 { 0.0 } else { value };
+    }
+    value * (-elapsed / half_life).exp2()
+}
+
 /// Whether a drop is terminal per `policy`: reported at once, not debounced. Closed with a code in
 /// `terminal_codes` or with Baileys' "QR refs attempts ended"; a QR code shown; the session ended.
 pub fn is_terminal(policy: &Policy, cause: &DownCause) -> bool {
@@ -725,6 +737,20 @@ fn humane(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decay_halves_per_half_life_and_never_yields_nan() {
+        let s = Duration::from_secs;
+        assert_eq!(decay(1000.0, s(600), s(600)), 500.0);
+        assert_eq!(decay(1000.0, s(0), s(600)), 1000.0);
+        // A zero half-life (a reload may set one) forgets at once instead of dividing by zero.
+        assert_eq!(decay(1000.0, s(1), s(0)), 0.0);
+        assert_eq!(decay(1000.0, s(0), s(0)), 1000.0);
+        // A stored value that is not a positive number restores as no penalty.
+        for bad in [f64::NAN, f64::INFINITY, -5.0] {
+            assert_eq!(decay(bad, s(10), s(600)), 0.0);
+        }
+    }
 
     /// One input to the state machine, as a table row.
     #[derive(Debug, Clone)]

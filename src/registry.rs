@@ -75,6 +75,16 @@ pub struct Tenant {
     counted: Option<Status>,
 }
 
+impl Tenant {
+    /// Copies the debouncer's current flap penalty into the record about to be stored, so it
+    /// decays from the right wall-clock time after a restart.
+    fn stamp_penalty(&mut self, policy: &Policy, now: Now) {
+        self.record.penalty = self.debounce.penalty(now.mono, policy);
+        self.record.penalty_at_ms = store::unix_ms(now.wall);
+        self.record.flapping = self.debounce.is_flapping();
+    }
+}
+
 #[derive(Default)]
 struct DeliveryState {
     in_flight: bool,
@@ -117,7 +127,6 @@ pub struct Health {
     pub backend_failing_since: Option<Instant>,
     pub backend_error: Option<String>,
     pub store_error: Option<String>,
-    pub state_restored: bool,
 }
 
 /// The tenant map and everything an entry point needs besides it.
@@ -162,7 +171,6 @@ impl Registry {
             registry.insert(id, record, false, now);
         }
         registry.set_tenants(&config.tenants.ids, now);
-        registry.health.lock().unwrap().state_restored = true;
         registry
     }
 
@@ -238,6 +246,7 @@ impl Registry {
         debounce.link_down(now.mono, &config.debounce, "not connected yet");
         let owed = record.owed.is_some();
         if owed {
+            // The one place a record's owed delivery enters the map without `set_owed`.
             self.metrics.owed.inc();
         }
         if configured {
@@ -454,34 +463,43 @@ impl Registry {
             "transition decided"
         );
         let reported = tenant.record.reported.as_ref().map(|r| r.status);
-        let had_owed = tenant.record.owed.is_some();
         if reported == Some(report.status) && !tenant.delivery.in_flight {
             // The newest state is what the backend already has: nothing to send, and any queued
             // opposite transition is void.
-            tenant.record.owed = None;
+            self.set_owed(tenant, None);
         } else {
-            tenant.record.owed = Some(Owed {
-                status: report.status,
-                reason: report.reason,
-                changed_at_ms: store::unix_ms(now.wall_of(report.since)),
-                idempotency_key: store::new_idempotency_key(),
-            });
+            self.set_owed(
+                tenant,
+                Some(Owed {
+                    status: report.status,
+                    reason: report.reason,
+                    changed_at_ms: store::unix_ms(now.wall_of(report.since)),
+                    idempotency_key: store::new_idempotency_key(),
+                }),
+            );
             tenant.delivery.decided = Some(now.mono);
             tenant.delivery.attempts = 0;
             // A superseded transition's backoff does not apply to the new one.
             tenant.delivery.not_before = None;
         }
-        match (had_owed, tenant.record.owed.is_some()) {
-            (false, true) => self.metrics.owed.inc(),
-            (true, false) => self.metrics.owed.dec(),
-            _ => 0,
-        };
+    }
+
+    /// Replaces the tenant's owed delivery, keeping the owed-deliveries gauge in step.
+    fn set_owed(&self, tenant: &mut Tenant, owed: Option<Owed>) {
+        match (tenant.record.owed.is_some(), owed.is_some()) {
+            (false, true) => {
+                self.metrics.owed.inc();
+            }
+            (true, false) => {
+                self.metrics.owed.dec();
+            }
+            _ => {}
+        }
+        tenant.record.owed = owed;
     }
 
     fn persist(&self, id: &TenantId, tenant: &mut Tenant, policy: &Policy, now: Now) {
-        tenant.record.penalty = tenant.debounce.penalty(now.mono, policy);
-        tenant.record.penalty_at_ms = store::unix_ms(now.wall);
-        tenant.record.flapping = tenant.debounce.is_flapping();
+        tenant.stamp_penalty(policy, now);
         let result = self.store.lock().unwrap().append(id, &tenant.record);
         if let Err(e) = result {
             self.store_failed(&e.to_string());
@@ -517,8 +535,7 @@ impl Registry {
         let owed = t.record.owed.as_ref()?;
         if t.record.reported.as_ref().map(|r| r.status) == Some(owed.status) {
             // Superseded back to what the backend has (possible after a restart).
-            t.record.owed = None;
-            self.metrics.owed.dec();
+            self.set_owed(t, None);
             let id = entry.key().clone();
             let config = self.config();
             self.persist(&id, &mut entry, &config.debounce, now);
@@ -577,8 +594,7 @@ impl Registry {
                 let owed_now = t.record.owed.as_ref().map(|o| o.status);
                 if current == Some(true) || owed_now == Some(job.status) {
                     // Delivered, or superseded by a transition back to what was just delivered.
-                    t.record.owed = None;
-                    self.metrics.owed.dec();
+                    self.set_owed(t, None);
                 }
                 self.backend_answered();
                 tracing::info!(tenant = %job.tenant, status = job.status.as_str(), "backend acknowledged the transition");
@@ -592,8 +608,7 @@ impl Registry {
                 t.delivery.last_error = Some(error);
                 t.delivery.attempts = 0;
                 if current == Some(true) {
-                    t.record.owed = None;
-                    self.metrics.owed.dec();
+                    self.set_owed(t, None);
                 }
             }
         }
@@ -686,12 +701,7 @@ impl Registry {
                 .tenants
                 .iter_mut()
                 .map(|mut t| {
-                    let penalty = t.debounce.penalty(now.mono, &config.debounce);
-                    let flapping = t.debounce.is_flapping();
-                    let record = &mut t.record;
-                    record.penalty = penalty;
-                    record.penalty_at_ms = store::unix_ms(now.wall);
-                    record.flapping = flapping;
+                    t.stamp_penalty(&config.debounce, now);
                     (t.key().clone(), t.record.clone())
                 })
                 .collect();
@@ -751,15 +761,9 @@ fn restore_of(record: &Record, policy: &Policy, now: Now) -> Restored {
         .or(record.reported.as_ref().map(|r| r.status));
     let stored_at = SystemTime::UNIX_EPOCH + Duration::from_millis(record.penalty_at_ms);
     let elapsed = now.wall.duration_since(stored_at).unwrap_or_default();
-    let half_lives = elapsed.as_secs_f64() / policy.flap_half_life.as_secs_f64();
-    let penalty = if record.penalty.is_finite() && record.penalty > 0.0 {
-        record.penalty * 0.5f64.powf(half_lives)
-    } else {
-        0.0
-    };
     Restored {
         stable,
-        penalty,
+        penalty: debounce::decay(record.penalty, elapsed, policy.flap_half_life),
         flapping: record.flapping,
     }
 }
