@@ -376,34 +376,15 @@ fn per_tenant_with_state_url(
     dir: &Path,
     tenants: &[&str],
 ) -> Config {
-    let ids: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
-    let text = format!(
-        r#"
-[gateway]
-mode = "per-tenant"
-url = "{url}"
-state_url = "http://{state_addr}/sessions/{{tenant}}/status"
-
-[backend]
-url = "{backend}"
-
-{DEFAULT_DEBOUNCE}
-
-[tenants]
-ids = [{ids}]
-
-[state]
-dir = "{dir}"
-
-[admin]
-listen = "127.0.0.1:0"
-"#,
-        url = gateway.url_template(),
-        backend = backend.url(),
-        ids = ids.join(", "),
-        dir = dir.display(),
-    );
-    Config::from_toml_str(&text, dir, &common::env()).unwrap_or_else(|e| panic!("{e}"))
+    common::config_with(
+        "per-tenant",
+        &gateway.url_template(),
+        &format!("state_url = \"http://{state_addr}/sessions/{{tenant}}/status\""),
+        backend,
+        dir,
+        tenants,
+        DEFAULT_DEBOUNCE,
+    )
 }
 
 #[tokio::test(start_paused = true)]

@@ -46,6 +46,19 @@ pub fn config(
     tenants: &[&str],
     debounce: &str,
 ) -> Config {
+    config_with(mode, gateway_url, "", backend, state_dir, tenants, debounce)
+}
+
+/// [`config`] with extra `[gateway]` lines (e.g. a `state_url`).
+pub fn config_with(
+    mode: &str,
+    gateway_url: &str,
+    gateway_extra: &str,
+    backend: &SimBackend,
+    state_dir: &Path,
+    tenants: &[&str],
+    debounce: &str,
+) -> Config {
     let ids: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
     let text = format!(
         r#"
@@ -54,6 +67,7 @@ mode = "{mode}"
 url = "{gateway_url}"
 ping_interval = "20s"
 idle_timeout = "45s"
+{gateway_extra}
 
 [backend]
 url = "{backend}"
