@@ -4,14 +4,12 @@
 //! Real servers on 127.0.0.1 (the simulated gateway, the recording backend, a small state
 //! server), tokio's paused clock for the graces, as in tests/core.rs.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{config, expect_call, expect_no_call, DEFAULT_DEBOUNCE};
+use crate::common::{config, evolution, expect_call, expect_no_call, waha, DEFAULT_DEBOUNCE};
 use wa_status_sidecar::config::Config;
 use wa_status_sidecar::sim::{self, SimBackend, SimGateway};
 use wa_status_sidecar::Sidecar;
@@ -20,28 +18,6 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// "At once": a terminal state is reported without waiting for any grace.
 const AT_ONCE: Duration = Duration::from_secs(1);
 const TENANTS: [&str; 3] = ["b1", "b2", "b3"];
-
-/// A WAHA `session.status` event.
-fn waha(tenant: &str, status: &str) -> String {
-    serde_json::json!({
-        "event": "session.status",
-        "session": tenant,
-        "me": null,
-        "payload": {"status": status},
-    })
-    .to_string()
-}
-
-/// An Evolution API `connection.update` event.
-fn evolution(tenant: &str, state: &str, status_reason: u16) -> String {
-    serde_json::json!({
-        "event": "connection.update",
-        "instance": tenant,
-        "data": {"instance": tenant, "state": state, "statusReason": status_reason},
-        "server_url": "http://127.0.0.1:8080",
-    })
-    .to_string()
-}
 
 type Seen = (String, String, Option<String>);
 
@@ -376,7 +352,7 @@ fn per_tenant_with_state_url(
     dir: &Path,
     tenants: &[&str],
 ) -> Config {
-    common::config_with(
+    crate::common::config_with(
         "per-tenant",
         &gateway.url_template(),
         &format!("state_url = \"http://{state_addr}/sessions/{{tenant}}/status\""),

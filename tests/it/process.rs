@@ -3,171 +3,14 @@
 //! and the recording backend running in this test process. Real time, short graces; every wait
 //! is a poll with a deadline.
 
-mod common;
-
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::expect_call;
-use wa_status_sidecar::sim::{self, Call, Reply, SimBackend, SimGateway};
+use crate::common::{calls_until_quiet, expect_call, key, rig, BIN, SECRET};
+use wa_status_sidecar::sim::{self, Call, Reply};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wa-status-sidecar");
-const SECRET: &str = "process-test-secret-81c2";
 const SECOND: Duration = Duration::from_secs(1);
-
-struct Rig {
-    gateway: SimGateway,
-    backend: SimBackend,
-    dir: tempfile::TempDir,
-    admin_port: u16,
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-async fn rig() -> Rig {
-    let rig = Rig {
-        gateway: SimGateway::start().await.unwrap(),
-        backend: SimBackend::start().await.unwrap(),
-        dir: tempfile::tempdir().unwrap(),
-        admin_port: free_port(),
-    };
-    std::fs::write(rig.dir.path().join("secret"), SECRET).unwrap();
-    rig
-}
-
-impl Rig {
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("sidecar.toml")
-    }
-
-    fn write_config(&self, tenants: &[String]) {
-        let ids: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
-        let text = format!(
-            r#"
-[gateway]
-url = "{gateway}"
-ping_interval = "1s"
-idle_timeout = "5s"
-
-[backend]
-url = "{backend}"
-secret_file = "secret"
-timeout = "2s"
-
-[debounce]
-disconnect_grace = "2s"
-connect_grace = "300ms"
-
-[tenants]
-ids = [{ids}]
-
-[state]
-dir = "state"
-
-[admin]
-listen = "127.0.0.1:{port}"
-"#,
-            gateway = self.gateway.url_template(),
-            backend = self.backend.url(),
-            ids = ids.join(", "),
-            port = self.admin_port,
-        );
-        std::fs::write(self.config_path(), text).unwrap();
-    }
-
-    /// Starts `run`; its log goes to `run-N.log` in the temp dir.
-    fn spawn(&self, n: usize) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(format!("run-{n}.log"))).unwrap();
-        Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(self.config_path())
-            .env_remove("INTERNAL_SHARED_SECRET")
-            .env_remove("BACKEND_INTERNAL_URL")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("WA_SIDECAR_CONFIG")
-            .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the binary starts")
-    }
-
-    fn log(&self, n: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("run-{n}.log"))).unwrap_or_default()
-    }
-
-    async fn readyz(&self) -> Option<u16> {
-        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
-        let response = reqwest::get(url).await.ok()?;
-        Some(response.status().as_u16())
-    }
-
-    /// Polls /readyz until it answers `status`.
-    async fn wait_readyz(&self, status: u16, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if self.readyz().await == Some(status) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz never answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn key(call: &Call) -> String {
-    call.header("idempotency-key").unwrap().to_string()
-}
-
-fn signal(child: &Child, signal: libc::c_int) {
-    // SAFETY: kill(2) on the pid of a child we spawned and have not yet waited for.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-    assert_eq!(rc, 0, "kill({signal})");
-}
-
-/// Waits (polling, bounded) for the child to exit.
-async fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("the sidecar did not exit within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn kill9(child: &mut Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-/// Every call arriving until none has come for `quiet` (bounded by `max`).
-async fn calls_until_quiet(backend: &SimBackend, quiet: Duration, max: Duration) -> Vec<Call> {
-    let deadline = tokio::time::Instant::now() + max;
-    let mut calls = Vec::new();
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(quiet, backend.next_call()).await {
-            Ok(Some(call)) => calls.push(call),
-            _ => break,
-        }
-    }
-    calls
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_hanging_delivery_then_restart_delivers_with_the_same_key() {
@@ -180,7 +23,7 @@ async fn kill_9_during_a_hanging_delivery_then_restart_delivers_with_the_same_ke
     let mut child = rig.spawn(1);
     let first = expect_call(&rig.backend, 20 * SECOND).await;
     assert_eq!(first.status, "connected");
-    kill9(&mut child);
+    child.kill9();
 
     rig.backend.set_default(Reply::ok());
     let mut child = rig.spawn(2);
@@ -198,16 +41,14 @@ async fn kill_9_during_a_hanging_delivery_then_restart_delivers_with_the_same_ke
     rig.wait_readyz(200, 10 * SECOND).await;
     let more = calls_until_quiet(&rig.backend, 3 * SECOND, 10 * SECOND).await;
     assert!(more.is_empty(), "delivered once more than needed: {more:?}");
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
 
     // Delivered and acknowledged: a third run sends nothing.
     let mut child = rig.spawn(3);
     rig.wait_readyz(200, 10 * SECOND).await;
     let more = calls_until_quiet(&rig.backend, 3 * SECOND, 10 * SECOND).await;
     assert!(more.is_empty(), "{more:?}");
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
 }
 
 /// Records each tenant's key; a resend of a tenant's report must carry the key it had.
@@ -247,7 +88,7 @@ async fn kill_9_during_heavy_state_writes_loses_nothing_and_resends_nothing_unch
             calls.push(call);
         }
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        kill9(&mut child);
+        child.kill9();
         while let Some(call) = rig.backend.try_next_call() {
             calls.push(call);
         }
@@ -269,8 +110,7 @@ async fn kill_9_during_heavy_state_writes_loses_nothing_and_resends_nothing_unch
     record(calls, &mut keys);
     assert_eq!(keys.len(), tenants.len(), "a first report was lost");
     rig.wait_readyz(200, 10 * SECOND).await;
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
 
     // Nothing changed: nothing is sent. Then one tenant changes: only it is sent.
     run += 1;
@@ -283,8 +123,7 @@ async fn kill_9_during_heavy_state_writes_loses_nothing_and_resends_nothing_unch
         .map(|c| (c.tenant_id.as_str(), c.status.as_str()))
         .collect();
     assert_eq!(summary, [("tenant_007", "disconnected")]);
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
     let log = rig.log(run);
     assert!(!log.contains("set aside"), "{log}");
 }
@@ -301,14 +140,14 @@ async fn sigterm_with_an_owed_delivery_tries_once_more_exits_0_and_resumes_later
     let first = expect_call(&rig.backend, 20 * SECOND).await;
     assert_eq!(first.answered, 503);
 
-    signal(&child, libc::SIGTERM);
+    child.signal(libc::SIGTERM);
     let flush = expect_call(&rig.backend, 11 * SECOND).await;
     assert_eq!(
         key(&flush),
         key(&first),
         "the flush retries the same transition"
     );
-    let status = wait_exit(&mut child, 15 * SECOND).await;
+    let status = child.wait_exit(15 * SECOND).await;
     assert!(status.success(), "{status:?}");
     assert!(
         rig.backend.try_next_call().is_none(),
@@ -322,8 +161,7 @@ async fn sigterm_with_an_owed_delivery_tries_once_more_exits_0_and_resumes_later
     let mut child = rig.spawn(2);
     let delivered = expect_call(&rig.backend, 20 * SECOND).await;
     assert_eq!((delivered.answered, key(&delivered)), (200, key(&first)));
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,23 +179,26 @@ async fn a_401_for_a_wrong_secret_is_fixed_by_editing_the_secret_and_sighup() {
         Some("the-wrong-secret")
     );
     rig.wait_readyz(503, 10 * SECOND).await;
-    let url = format!("http://127.0.0.1:{}/readyz", rig.admin_port);
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(rig.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.contains("INTERNAL_SHARED_SECRET"), "{body}");
 
     // The operator fixes the secret file and reloads; the retry goes at once, not in 30 s.
     std::fs::write(rig.dir.path().join("secret"), SECRET).unwrap();
     rig.backend.set_default(Reply::ok());
     let reloaded_at = tokio::time::Instant::now();
-    signal(&child, libc::SIGHUP);
+    child.signal(libc::SIGHUP);
     let call = expect_call(&rig.backend, 10 * SECOND).await;
     assert!(reloaded_at.elapsed() < 10 * SECOND);
     assert_eq!(call.header("x-internal-secret"), Some(SECRET));
     assert_eq!((call.answered, key(&call)), (200, key(&refused)));
     rig.wait_readyz(200, 10 * SECOND).await;
 
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
     let log = rig.log(1);
     assert!(!log.contains(SECRET), "the secret reached the log");
 }
@@ -472,19 +313,8 @@ async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_me
     // (SIGXFSZ ignored, as a daemon would see ENOSPC). It applies to files the child writes: its
     // journal and snapshot; its log goes nowhere so that it is not limited.
     const LIMIT: libc::rlim_t = 8 * 1024;
-    let mut command = Command::new(BIN);
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(rig.config_path())
-        .env_remove("INTERNAL_SHARED_SECRET")
-        .env_remove("BACKEND_INTERNAL_URL")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("WA_SIDECAR_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut command = rig.command(1);
+    command.stderr(std::process::Stdio::null());
     // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
     unsafe {
         command.pre_exec(|| {
@@ -499,7 +329,7 @@ async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_me
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
+    let mut child = rig.spawn_command(1, command);
 
     // Every first report is still delivered, from memory.
     let calls = calls_until_quiet(&rig.backend, 3 * SECOND, 60 * SECOND).await;
@@ -508,8 +338,12 @@ async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_me
     seen.dedup();
     assert_eq!(seen.len(), tenants.len());
     rig.wait_readyz(503, 10 * SECOND).await;
-    let url = format!("http://127.0.0.1:{}/readyz", rig.admin_port);
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(rig.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         body.contains("File too large") || body.contains("disk"),
         "{body}"
@@ -531,7 +365,7 @@ async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_me
     // SAFETY: prlimit(2) on our own child's pid with a valid rlimit.
     let rc = unsafe {
         libc::prlimit(
-            child.id() as libc::pid_t,
+            child.child.id() as libc::pid_t,
             libc::RLIMIT_FSIZE,
             &unlimited,
             std::ptr::null_mut(),
@@ -539,8 +373,7 @@ async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_me
     };
     assert_eq!(rc, 0);
     rig.wait_readyz(200, 10 * SECOND).await;
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
 
     // Nothing was lost: a restart sends nothing, not even for tenant_042.
     rig.gateway
@@ -549,6 +382,5 @@ async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_me
     rig.wait_readyz(200, 10 * SECOND).await;
     let more = calls_until_quiet(&rig.backend, 3 * SECOND, 10 * SECOND).await;
     assert!(more.is_empty(), "{more:?}");
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, 15 * SECOND).await.success());
+    child.terminate().await;
 }

@@ -2,11 +2,9 @@
 //! server) and a recording backend (real HTTP server), all on 127.0.0.1, under tokio's paused
 //! clock so graces and backoffs pass instantly and deterministically.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, expect_call, expect_no_call, rig, DEFAULT_DEBOUNCE, SECRET};
+use crate::common::{eventually, expect_call, expect_no_call, rig, DEFAULT_DEBOUNCE, SECRET};
 use wa_status_sidecar::sim::{self, Reply};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -161,7 +159,7 @@ async fn a_401_marks_a_credentials_fault_until_a_reload_fixes_it() {
 
     // The operator fixes the secret and reloads: the delivery goes at once and readiness returns.
     rig.backend.set_default(Reply::ok());
-    let config = common::config(
+    let config = crate::common::config(
         "per-tenant",
         &rig.gateway.url_template(),
         &rig.backend,

@@ -6,14 +6,14 @@
 //! holds and the newest state wins, and that nothing the gateway sends can change state wrongly
 //! or bring the sidecar down. RELIABILITY.md at the repository root maps each fault to its test.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{config, eventually, expect_call, expect_no_call, rig, DEFAULT_DEBOUNCE};
+use crate::common::{
+    config, eventually, expect_call, expect_no_call, key, rig, waha, DEFAULT_DEBOUNCE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use wa_status_sidecar::admin::not_ready_reasons;
@@ -44,16 +44,6 @@ async fn calls_within(backend: &SimBackend, window: Duration) -> Vec<Call> {
         calls.push(call);
     }
     calls
-}
-
-fn key(call: &Call) -> &str {
-    call.header("idempotency-key").expect("an Idempotency-Key")
-}
-
-fn waha(tenant: &str, status: &str) -> String {
-    format!(
-        r#"{{"event":"session.status","session":"{tenant}","payload":{{"status":"{status}"}}}}"#
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

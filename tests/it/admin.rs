@@ -1,10 +1,8 @@
 //! The operator's side: the admin API over real HTTP, SIGHUP-style reloads, and the demo.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{config, eventually, expect_call, DEFAULT_DEBOUNCE, SECRET};
+use crate::common::{config, eventually, expect_call, DEFAULT_DEBOUNCE, SECRET};
 use wa_status_sidecar::sim::{self, Reply, SimBackend, SimGateway};
 use wa_status_sidecar::Sidecar;
 
@@ -281,7 +279,8 @@ async fn a_reload_picks_up_tenants_added_to_the_tenants_file() {
         ),
     )
     .unwrap();
-    let load = || wa_status_sidecar::config::Config::load(&config_file, &common::env()).unwrap();
+    let load =
+        || wa_status_sidecar::config::Config::load(&config_file, &crate::common::env()).unwrap();
     let sidecar = Sidecar::start(load()).await.unwrap();
     assert_eq!(expect_call(&backend, MINUTE).await.tenant_id, "b1");
 

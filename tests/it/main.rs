@@ -1,0 +1,18 @@
+//! The integration tests, in one crate so the library is linked once.
+//!
+//! - `basics`, `faults`, `compat`, `admin`: a real [`wa_status_sidecar::Sidecar`] against the
+//!   simulated gateway and backend (real servers on 127.0.0.1) under tokio's paused clock.
+//! - `process`, `systemd`: the real binary as a child process (kill -9, SIGTERM, SIGHUP,
+//!   sd_notify); real time, short graces, every wait bounded.
+//! - `common`: the one rig both kinds share.
+//!
+//! The property tests (`tests/fuzz.rs`) are a separate crate so a long run can be asked of them
+//! alone: `PROPTEST_CASES=200000 cargo test --release --test fuzz`.
+
+mod admin;
+mod basics;
+mod common;
+mod compat;
+mod faults;
+mod process;
+mod systemd;
