@@ -15,6 +15,7 @@
 //! - [`deliver`]: the dispatcher sending owed transitions (ordering, in-flight cap, retries).
 //! - [`webhook`]: the backend HTTP client; the only code that calls the backend.
 //! - [`status`]: the `status` command's table of tenants.
+//! - [`storm`]: the mass-outage hold: the fleet-level detector of WhatsApp-wide outages.
 //! - [`store`]: durable records under `state.dir` (journal + atomic snapshot).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the admin HTTP API (`/livez`, `/readyz`, `/metrics`, `/tenants`).
@@ -33,6 +34,7 @@ pub mod observe;
 pub mod registry;
 pub mod sim;
 pub mod status;
+pub mod storm;
 pub mod store;
 pub mod system;
 pub mod timers;
