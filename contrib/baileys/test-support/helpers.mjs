@@ -8,6 +8,10 @@ import { Boom } from '@hapi/boom'
 
 export { Boom }
 
+/** The token every test kit and sim is started with (tests only; never a real secret). */
+export const TOKEN = 'test-token-7f3a9c'
+export const AUTH = Object.freeze({ authorization: `Bearer ${TOKEN}` })
+
 export const SIM = fileURLToPath(new URL('../sim-gateway.mjs', import.meta.url))
 
 const silent = { level: 'silent', trace () {}, debug () {}, info () {}, warn () {}, error () {}, child () { return silent } }
