@@ -1,7 +1,7 @@
 // sim-gateway.mjs as a child process: control endpoint in, kit frames out.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { AUTH, TOKEN, connect, fixtureFrames, http, startSim, withoutDate } from '../test-support/helpers.mjs'
+import { AUTH, TOKEN, connect, fixtureFrames, http, rawHttp, startSim, withoutDate } from '../test-support/helpers.mjs'
 
 const T = { timeout: 30_000 }
 
@@ -114,4 +114,50 @@ test('sim gateway: token guards WebSocket, state and control; --initial none', T
 test('sim gateway: a taken port is an error exit, not a hang', T, async (t) => {
   const { port } = await sim(t)
   await assert.rejects(startSim(['--token', TOKEN, '--port', String(port)]), /exited \(2\)/)
+})
+
+test('sim gateway: no token is a refusal to start that names both fixes', T, async () => {
+  await assert.rejects(startSim([], { GATEWAY_TOKEN: '' }), (e) => {
+    assert.match(e.message, /exited \(2\)/)
+    assert.match(e.message, /a token is required: --token T or env GATEWAY_TOKEN/)
+    assert.match(e.message, /--insecure-no-token/)
+    return true
+  })
+  // The waiver is for loopback only: no bind elsewhere is even attempted.
+  await assert.rejects(startSim(['--insecure-no-token', '--host', '0.0.0.0'], { GATEWAY_TOKEN: '' }),
+    /exited \(2\).*--insecure-no-token is refused for --host 0\.0\.0\.0/s)
+})
+
+test('sim gateway: --insecure-no-token on loopback serves without a token, warns, refuses pages and foreign Hosts', T, async (t) => {
+  const { port, req, stderr } = await sim(t, ['--insecure-no-token', '--initial', 'connecting', 'b1'], { GATEWAY_TOKEN: '' })
+  assert.match(stderr(), /WARNING: .*insecureNoToken.*without a token/)
+  assert.equal(stderr().match(/without a token/g).length, 1)
+
+  assert.equal((await http(port, 'POST', '/control/b1', { body: { action: 'qr' } })).status, 200)
+  const status = await http(port, 'GET', '/sessions/b1/status')
+  assert.equal(status.status, 200)
+  assert.deepEqual(status.json, { connection: 'connecting', receivedPendingNotifications: false, qr: 'pending' })
+  const c = await connect(`ws://127.0.0.1:${port}/ws/b1`)
+  t.after(() => c.close())
+  assert.equal((await c.next()).data.qr, 'pending')
+
+  // The control API answers to the same rules as the kit's endpoints.
+  for (const headers of [{ origin: 'https://evil.example' }, { host: `evil.example:${port}` }]) {
+    assert.equal((await rawHttp(port, 'POST', '/control/b1', headers)).status, 403, JSON.stringify(headers))
+    assert.equal((await rawHttp(port, 'GET', '/control', headers)).status, 403, JSON.stringify(headers))
+    assert.equal((await rawHttp(port, 'GET', '/sessions/b1/status', headers)).status, 403, JSON.stringify(headers))
+    await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b1`, headers), (e) => e.status === 403)
+  }
+  assert.equal((await req('GET', '/control/b1')).status, 200, 'a token sent anyway does no harm')
+})
+
+test('sim gateway: with a token, a web page is refused even with the token', T, async (t) => {
+  const { port } = await sim(t, ['b1'])
+  const headers = { ...AUTH, origin: 'http://localhost:3000' }
+  assert.equal((await rawHttp(port, 'POST', '/control/b1', headers)).status, 403)
+  assert.equal((await rawHttp(port, 'GET', '/control/b1', headers)).status, 403)
+  assert.equal((await rawHttp(port, 'GET', '/control/b1', AUTH)).status, 200)
+  const r = await rawHttp(port, 'GET', '/control/b1', { authorization: 'Bearer nope' })
+  assert.equal(r.status, 401)
+  assert.equal(r.headers['www-authenticate'], 'Bearer')
 })
