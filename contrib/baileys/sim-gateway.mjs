@@ -27,8 +27,6 @@
 
 import { parseArgs } from 'node:util'
 import { randomBytes } from 'node:crypto'
-import { makeEventBuffer } from 'baileys'
-import { Boom } from '@hapi/boom'
 import { createStatusServer, isLoopback } from './index.mjs'
 
 const { values: args, positionals: initialTenants } = parseArgs({
@@ -57,6 +55,12 @@ if (!token && !insecureNoToken) {
     'for development on loopback only, --insecure-no-token')
 }
 if (!token && !isLoopback(host)) fail(`--insecure-no-token is refused for --host ${host}: it serves loopback only; set --token`)
+
+// Baileys' event buffer and Boom: development dependencies of the kit (the kit itself needs neither).
+const devDependency = (name) => import(name).catch((err) =>
+  fail(`the sim gateway needs the kit's devDependencies (baileys, @hapi/boom): run \`npm ci\` in contrib/baileys (${name}: ${err.code ?? err.message})`))
+const { makeEventBuffer } = await devDependency('baileys')
+const { Boom } = await devDependency('@hapi/boom')
 
 function fail (msg) {
   process.stderr.write(`sim-gateway: ${msg}\n`)

@@ -294,39 +294,64 @@ test('listening rejects when the port is taken', T, async (t) => {
   await k2.close()
 })
 
-test('a genuine makeWASocket (pointed at a closed loopback port) is tracked like the fixtures', T, async (t) => {
-  const { default: makeWASocket, initAuthCreds } = await import('baileys')
-  const { createServer } = await import('node:net')
-  // A loopback port that refuses connections: bind one, then free it.
-  const probe = createServer()
-  await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve))
-  const deadPort = probe.address().port
-  await new Promise((resolve) => probe.close(resolve))
+// Both Baileys lines of the peer range: 7.x (`baileys`) and 6.x (`baileys-6`, an npm alias).
+for (const [line, name] of [['7.x', 'baileys'], ['6.x', 'baileys-6']]) {
+  test(`a genuine Baileys ${line} makeWASocket (pointed at a closed loopback port) is tracked like the fixtures`, T, async (t) => {
+    const { default: makeWASocket, initAuthCreds } = await import(name)
+    const { createServer } = await import('node:net')
+    // A loopback port that refuses connections: bind one, then free it.
+    const probe = createServer()
+    await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve))
+    const deadPort = probe.address().port
+    await new Promise((resolve) => probe.close(resolve))
 
-  const { k, ws } = await kit(t)
-  const c = await ws('real')
-  t.after(() => c.close())
-  const silent = { level: 'silent', trace () {}, debug () {}, info () {}, warn () {}, error () {}, fatal () {}, child () { return silent } }
-  const sock = makeWASocket({
-    auth: { creds: initAuthCreds(), keys: { get: async () => ({}), set: async () => {} } },
-    logger: silent,
-    waWebSocketUrl: `ws://127.0.0.1:${deadPort}/ws/chat`,
-    connectTimeoutMs: 3000
+    const { k, ws } = await kit(t)
+    const c = await ws('real')
+    t.after(() => c.close())
+    const silent = { level: 'silent', trace () {}, debug () {}, info () {}, warn () {}, error () {}, fatal () {}, child () { return silent } }
+    const sock = makeWASocket({
+      auth: { creds: initAuthCreds(), keys: { get: async () => ({}), set: async () => {} } },
+      logger: silent,
+      waWebSocketUrl: `ws://127.0.0.1:${deadPort}/ws/chat`,
+      connectTimeoutMs: 3000
+    })
+    k.track('real', sock) // synchronously after creation, as a gateway must
+
+    const [connecting, close] = fixtureFrames()
+    assert.deepEqual(await c.next(5000), connecting)
+    const f = await c.next(5000)
+    assert.equal(f.data.connection, 'close')
+    const err = f.data.lastDisconnect.error
+    assert.equal(err.output.statusCode, 408)
+    assert.equal(err.output.payload.message, `WebSocket Error (connect ECONNREFUSED 127.0.0.1:${deadPort})`)
+    assert.equal(err.data.code, 'ECONNREFUSED')
+    // Same shape as the fixture frame from a genuine Baileys 7 socket (there: ENOTFOUND).
+    const keys = (o) => Object.keys(o).sort()
+    assert.deepEqual(keys(f.data), keys(close.data))
+    assert.deepEqual(keys(err), keys(close.data.lastDisconnect.error))
+    assert.deepEqual(keys(err.output), keys(close.data.lastDisconnect.error.output))
+    assert.deepEqual(keys(err.output.payload), keys(close.data.lastDisconnect.error.output.payload))
   })
-  k.track('real', sock) // synchronously after creation, as a gateway must
+}
 
-  const [connecting, close] = fixtureFrames()
-  assert.deepEqual(await c.next(5000), connecting)
-  const f = await c.next(5000)
-  assert.equal(f.data.connection, 'close')
-  const err = f.data.lastDisconnect.error
-  assert.equal(err.output.statusCode, 408)
-  assert.equal(err.output.payload.message, `WebSocket Error (connect ECONNREFUSED 127.0.0.1:${deadPort})`)
-  assert.equal(err.data.code, 'ECONNREFUSED')
-  // Same shape as the fixture frame from a genuine Baileys 7 socket (there: ENOTFOUND).
-  const keys = (o) => Object.keys(o).sort()
-  assert.deepEqual(keys(f.data), keys(close.data))
-  assert.deepEqual(keys(err), keys(close.data.lastDisconnect.error))
-  assert.deepEqual(keys(err.output), keys(close.data.lastDisconnect.error.output))
-  assert.deepEqual(keys(err.output.payload), keys(close.data.lastDisconnect.error.output.payload))
+test('attached to an existing HTTP server (the README\'s Express-style mount), with the same checks', T, async (t) => {
+  const { createServer } = await import('node:http')
+  let status
+  const app = createServer((req, res) => status.handleRequest(req, res) || res.end('the app'))
+  status = createStatusServer({ server: app, token: TOKEN })
+  t.after(async () => { await status.close(); await new Promise((resolve) => app.close(resolve)) })
+  app.listen(0, '127.0.0.1')
+  const { port, host } = await status.listening
+  assert.equal(host, '127.0.0.1')
+  status.setState('b', { connection: 'open' })
+
+  const c = await connect(`ws://127.0.0.1:${port}/ws/b`, AUTH)
+  t.after(() => c.close())
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b`), (e) => e.status === 401)
+  await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b`, { ...AUTH, origin: 'https://evil.example' }), (e) => e.status === 403)
+  assert.deepEqual((await http(port, 'GET', '/sessions/b/status', { headers: AUTH })).json, { connection: 'open' })
+  assert.equal((await http(port, 'GET', '/sessions/b/status')).status, 401)
+  assert.equal((await http(port, 'GET', '/elsewhere')).text, 'the app')
+  assert.equal(status.connections('b'), 1)
 })
