@@ -33,7 +33,7 @@ const DEFAULT_HEADERS_TIMEOUT_MS = 10_000
 /** Own server: TCP connections allowed beyond `maxConnections`, so that refusals get an answer. */
 const HTTP_HEADROOM = 64
 const CLOSE_GRACE_MS = 1_000
-const CAP_WARN_INTERVAL_MS = 60_000
+const WARN_INTERVAL_MS = 60_000
 
 const LOOPBACK = new net.BlockList()
 LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4')
@@ -225,7 +225,7 @@ export function createStatusServer (options = {}) {
   const lastWarned = new Map()
   const warnThrottled = (kind, ...args) => {
     const now = Date.now()
-    if (now - (lastWarned.get(kind) ?? -Infinity) < CAP_WARN_INTERVAL_MS) return
+    if (now - (lastWarned.get(kind) ?? -Infinity) < WARN_INTERVAL_MS) return
     lastWarned.set(kind, now)
     warn(...args)
   }

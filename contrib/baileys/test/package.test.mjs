@@ -5,7 +5,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdtemp, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -107,7 +107,7 @@ test('the README example runs as written, from the packed package, against a Bai
   await mkdir(join(modules, 'baileys'), { recursive: true })
   const report = await pack(app)
   await run('tar', ['-xzf', join(app, report.filename), '-C', modules])
-  await run('mv', [join(modules, 'package'), join(modules, 'wa-status-sidecar-baileys')])
+  await rename(join(modules, 'package'), join(modules, 'wa-status-sidecar-baileys'))
   await symlink(join(KIT, 'node_modules', 'ws'), join(modules, 'ws'), 'dir')
   await writeFile(join(modules, 'baileys', 'package.json'), JSON.stringify({ name: 'baileys', version: '7.0.0', type: 'module', exports: './index.mjs' }))
   await writeFile(join(modules, 'baileys', 'index.mjs'), fakeBaileys(import.meta.resolve('baileys')))
