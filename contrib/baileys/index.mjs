@@ -5,18 +5,61 @@
 //   GET {path}/<tenant>              WebSocket: snapshot frame first, then every update, as
 //                                    {"event":"connection.update","data":{...}}
 //   GET /sessions/<tenant>/status    JSON of the merged state (the sidecar's gateway.state_url)
-// Both behind an optional `Authorization: Bearer <token>` check.
+// Locked down by default (SPEC section 7): loopback bind, `Authorization: Bearer <token>` required
+// (waived only by an explicit `insecureNoToken` on loopback), requests from web pages refused, a
+// cap on WebSocket connections, and the QR pairing payload never served (only that one is pending).
 
 import http from 'node:http'
+import net from 'node:net'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { WebSocketServer, WebSocket } from 'ws'
 
 export const EVENT = 'connection.update'
 
+/**
+ * What the endpoints serve as `qr` while a QR code waits for a scan, instead of the QR payload:
+ * whoever reads the payload can link their own phone as the business. A non-empty string, so
+ * every consumer that reads Baileys' "`qr` present means waiting for a scan" (the sidecar does)
+ * still sees a session that is not linked.
+ */
+export const QR_PENDING = 'pending'
+
 const DEFAULT_MAX_FRAME_BYTES = 256 * 1024
 const DEFAULT_MAX_BUFFERED_BYTES = 1024 * 1024
 const DEFAULT_HEARTBEAT_MS = 30_000
+const DEFAULT_MAX_CONNECTIONS = 1024
+const DEFAULT_MAX_CONNECTIONS_PER_TENANT = 64
+const DEFAULT_HEADERS_TIMEOUT_MS = 10_000
+/** Own server: TCP connections allowed beyond `maxConnections`, so that refusals get an answer. */
+const HTTP_HEADROOM = 64
 const CLOSE_GRACE_MS = 1_000
+const WARN_INTERVAL_MS = 60_000
+
+const LOOPBACK = new net.BlockList()
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4')
+LOOPBACK.addAddress('::1', 'ipv6')
+
+/** Whether an address or host name is on the loopback interface (127.0.0.0/8, ::1, localhost). */
+export function isLoopback (host) {
+  if (typeof host !== 'string') return false
+  let h = host.toLowerCase()
+  if (h.startsWith('[') && h.endsWith(']')) h = h.slice(1, -1)
+  if (h === 'localhost') return true
+  if (h.startsWith('::ffff:') && net.isIPv4(h.slice(7))) h = h.slice(7)
+  const family = net.isIP(h)
+  return family !== 0 && LOOPBACK.check(h, family === 4 ? 'ipv4' : 'ipv6')
+}
+
+/** The host name of a Host header (`a:1`, `[::1]:1`, `a`), lower-case. */
+function hostOfHeader (value) {
+  const v = String(value).trim().toLowerCase()
+  if (v.startsWith('[')) {
+    const end = v.indexOf(']')
+    return end === -1 ? v : v.slice(0, end + 1)
+  }
+  const colon = v.indexOf(':')
+  return colon === -1 ? v : v.slice(0, colon)
+}
 
 /**
  * JSON text of a value exactly as `JSON.stringify` gives it (so a Boom error keeps
@@ -42,11 +85,18 @@ export function stringifyUpdate (value) {
 
 /**
  * The wire form (plain JSON data) of one partial `connection.update`, kept under `maxBytes`.
+ * A non-empty `qr` becomes `QR_PENDING` (the payload itself is never served); any other `qr`
+ * (undefined, null, '', not a string) is left out, and `mergeState` then clears it.
  * A close's Boom error can carry a large `data` (Baileys puts the raw stream-error node there);
  * if the frame would be too big, `lastDisconnect.error.data` becomes null, which keeps the
  * fields a consumer reads (`output.statusCode`, `output.payload.message`) intact.
  */
 export function wireUpdate (update, maxBytes = DEFAULT_MAX_FRAME_BYTES) {
+  if (update !== null && typeof update === 'object' && Object.hasOwn(update, 'qr')) {
+    // Never let the pairing payload leave the gateway: only whether a QR is pending.
+    const { qr, ...rest } = update
+    update = typeof qr === 'string' && qr !== '' ? { ...rest, qr: QR_PENDING } : rest
+  }
   let text = stringifyUpdate(update)
   if (text === undefined) return {}
   let wire = JSON.parse(text)
@@ -77,6 +127,7 @@ export function mergeState (state, wire, raw = wire) {
   for (const key of Object.keys(raw)) {
     if (raw[key] === undefined) delete state[key]
   }
+  if (Object.hasOwn(raw, 'qr') && !Object.hasOwn(wire, 'qr')) delete state.qr
   Object.assign(state, wire)
   if (typeof wire.connection === 'string' && !(typeof wire.qr === 'string')) delete state.qr
   return state
@@ -92,9 +143,17 @@ function sha256 (s) {
 
 /**
  * @param {object} [options]
- * @param {string} [options.host='127.0.0.1']
+ * @param {string} [options.host='127.0.0.1']  own server's bind address; loopback unless you mean it
  * @param {number} [options.port=3001]        0 picks a free port (see `listening`)
- * @param {string} [options.token]            if set, every request needs `Authorization: Bearer <token>`
+ * @param {string} [options.token]            required: every request needs `Authorization: Bearer <token>`
+ * @param {boolean} [options.insecureNoToken=false]  loopback development only: no token; refused for
+ *                                            a non-loopback host, and only loopback requests served
+ * @param {string[]} [options.allowOrigins=[]] web page origins allowed to call the endpoints; a
+ *                                            request from any other page (an `Origin` header, or
+ *                                            `Sec-Fetch-Site: cross-site|same-site`) is a 403
+ * @param {number} [options.maxConnections=1024]        WebSocket connections in all; more is a 503
+ * @param {number} [options.maxConnectionsPerTenant=64] WebSocket connections per tenant; more is a 503
+ * @param {number} [options.headersTimeoutMs=10000]     own server: time to send a request's headers
  * @param {string} [options.path='/ws']       WebSocket prefix: `{path}/<tenant>`
  * @param {string} [options.statePath='/sessions']  state endpoint: `{statePath}/<tenant>/status`
  * @param {http.Server} [options.server]      attach to an existing HTTP server instead of listening
@@ -106,13 +165,18 @@ function sha256 (s) {
  * @param {number} [options.heartbeatMs=30000] ping clients, drop those that miss a pong (0 = off)
  * @param {number} [options.maxFrameBytes=262144]
  * @param {number} [options.maxBufferedBytes=1048576]  a client this far behind is dropped
- * @param {{warn?: Function, debug?: Function}} [options.logger]
+ * @param {{warn?: Function, debug?: Function}} [options.logger]  pino-style; else process warnings
  */
 export function createStatusServer (options = {}) {
   const {
     host = '127.0.0.1',
     port = 3001,
     token,
+    insecureNoToken = false,
+    allowOrigins = [],
+    maxConnections = DEFAULT_MAX_CONNECTIONS,
+    maxConnectionsPerTenant = DEFAULT_MAX_CONNECTIONS_PER_TENANT,
+    headersTimeoutMs = DEFAULT_HEADERS_TIMEOUT_MS,
     server: external,
     onRequest,
     unknownTenant = 'wait',
@@ -124,21 +188,89 @@ export function createStatusServer (options = {}) {
   const wsPrefix = String(options.path ?? '/ws').replace(/\/+$/, '') + '/'
   const statePrefix = String(options.statePath ?? '/sessions').replace(/\/+$/, '') + '/'
   if (unknownTenant !== 'wait' && unknownTenant !== 'reject') throw new TypeError("unknownTenant must be 'wait' or 'reject'")
-  const expectedToken = token ? sha256(String(token)) : null
+  for (const [name, value] of Object.entries({ maxConnections, maxConnectionsPerTenant, headersTimeoutMs })) {
+    if (!Number.isSafeInteger(value) || value < 1) throw new TypeError(`${name} must be a positive integer`)
+  }
+  if (!Array.isArray(allowOrigins) || !allowOrigins.every((o) => typeof o === 'string' && o !== '')) {
+    throw new TypeError("allowOrigins must be an array of origins such as 'https://admin.example.com'")
+  }
+  const allowed = new Set(allowOrigins.map((o) => o.toLowerCase().replace(/\/+$/, '')))
+
+  // The token (never logged, never echoed). Without one, nothing is served unless the operator
+  // explicitly waived it for loopback development.
+  if (token !== undefined && token !== null && token !== '') {
+    if (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
+      throw new TypeError('token must be a string of visible ASCII characters (no spaces), as sent in "Authorization: Bearer <token>"')
+    }
+  } else if (insecureNoToken !== true) {
+    throw new TypeError('createStatusServer: a token is required: pass token (e.g. process.env.GATEWAY_TOKEN, the token the sidecar sends from gateway.token_env); ' +
+      'for development on loopback only, pass insecureNoToken: true instead')
+  } else if (!external && !isLoopback(host)) {
+    throw new TypeError(`createStatusServer: insecureNoToken is refused for host ${JSON.stringify(host)}: it only serves loopback (127.0.0.1, ::1); set a token to bind elsewhere`)
+  }
+  const expectedToken = token ? sha256(token) : null
 
   /** tenantId -> { sock, listener, state } */
   const sessions = new Map()
   /** tenantId -> Set<WebSocket> */
   const clients = new Map()
+  /** WebSocket connections held (from the accepted upgrade until the TCP socket closes). */
+  let held = 0
+  /** tenantId -> connections held for it */
+  const heldPerTenant = new Map()
   let closed = false
 
   const warn = (...args) => { try { logger?.warn?.(...args) } catch {} }
+  /** A warning that may repeat with every request: at most one per minute per kind. */
+  const lastWarned = new Map()
+  const warnThrottled = (kind, ...args) => {
+    const now = Date.now()
+    if (now - (lastWarned.get(kind) ?? -Infinity) < WARN_INTERVAL_MS) return
+    lastWarned.set(kind, now)
+    warn(...args)
+  }
 
-  function authorized (req) {
-    if (!expectedToken) return true
+  if (!expectedToken) {
+    const msg = 'wa-status: insecureNoToken: the status endpoints accept requests without a token, from loopback only. For development; set a token in production.'
+    if (logger?.warn) warn({ insecureNoToken: true }, msg)
+    else process.emitWarning(msg, { code: 'WA_STATUS_INSECURE_NO_TOKEN' })
+  }
+
+  /** Whether a browser says this request comes from a web page whose origin is not allowed. */
+  function fromForeignPage (req) {
+    const origin = req.headers.origin
+    if (origin !== undefined) return !allowed.has(String(origin).toLowerCase())
+    const site = String(req.headers['sec-fetch-site'] ?? '').toLowerCase()
+    return site === 'cross-site' || site === 'same-site'
+  }
+
+  function tokenMatches (req) {
     const m = /^Bearer[ \t]+(.+?)[ \t]*$/i.exec(req.headers.authorization ?? '')
     if (!m) return false
     return timingSafeEqual(sha256(m[1]), expectedToken)
+  }
+
+  /**
+   * Why a request must be refused before it reaches any tenant, or null to serve it:
+   * a foreign web page (403), a missing or wrong token (401), or without a token (insecureNoToken)
+   * anything not from loopback, or naming a non-loopback Host (DNS rebinding) (403).
+   * @returns {null | { status: number, error: string }}
+   */
+  function refusal (req) {
+    if (fromForeignPage(req)) return { status: 403, error: 'requests from web pages are refused (Origin not in allowOrigins)' }
+    if (expectedToken) return tokenMatches(req) ? null : { status: 401, error: 'unauthorized' }
+    const hostHeader = req.headers.host
+    if (!isLoopback(req.socket?.remoteAddress) || !isLoopback(req.socket?.localAddress) ||
+        (hostHeader !== undefined && !isLoopback(hostOfHeader(hostHeader)))) {
+      warnThrottled('insecure', 'wa-status: insecureNoToken: refused a request that is not from loopback to a loopback host')
+      return { status: 403, error: 'insecureNoToken serves loopback only; configure a token' }
+    }
+    return null
+  }
+
+  /** Whether a request passes every check of `refusal`. */
+  function authorized (req) {
+    return refusal(req) === null
   }
 
   // ---- state -------------------------------------------------------------------------------
@@ -284,10 +416,11 @@ export function createStatusServer (options = {}) {
       return true
     }
     if (tenantId === null) return false
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
+    const refused = refusal(req)
+    if (refused) {
+      sendJson(res, refused.status, { error: refused.error }, refused.status === 401 ? UNAUTHORIZED : {})
+    } else if (req.method !== 'GET' && req.method !== 'HEAD') {
       sendJson(res, 405, { error: 'method not allowed' }, { allow: 'GET, HEAD' })
-    } else if (!authorized(req)) {
-      sendJson(res, 401, { error: 'unauthorized' }, UNAUTHORIZED)
     } else if (!sessions.has(tenantId)) {
       sendJson(res, 404, { error: 'unknown session', tenant: tenantId })
     } else {
@@ -342,19 +475,42 @@ export function createStatusServer (options = {}) {
       return true
     }
     if (tenantId === null) return false
+    const refused = refusal(req)
     if (closed) {
       rejectUpgrade(socket, 503, 'Service Unavailable', { error: 'shutting down' })
-    } else if (!authorized(req)) {
-      rejectUpgrade(socket, 401, 'Unauthorized', { error: 'unauthorized' }, { 'WWW-Authenticate': 'Bearer' })
+    } else if (refused) {
+      rejectUpgrade(socket, refused.status, refused.status === 401 ? 'Unauthorized' : 'Forbidden', { error: refused.error },
+        refused.status === 401 ? { 'WWW-Authenticate': 'Bearer' } : {})
     } else if (unknownTenant === 'reject' && !sessions.has(tenantId)) {
       rejectUpgrade(socket, 404, 'Not Found', { error: 'unknown session', tenant: tenantId })
+    } else if (held >= maxConnections || (heldPerTenant.get(tenantId) ?? 0) >= maxConnectionsPerTenant) {
+      const which = held >= maxConnections ? `maxConnections (${maxConnections})` : `maxConnectionsPerTenant (${maxConnectionsPerTenant})`
+      warnThrottled('cap', { tenantId, held }, `wa-status: refused a WebSocket: ${which} reached`)
+      rejectUpgrade(socket, 503, 'Service Unavailable', { error: `too many connections: ${which} reached` }, { 'Retry-After': '5' })
     } else {
+      hold(socket, tenantId)
       wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, tenantId))
     }
     return true
   }
 
-  const server = external ?? http.createServer((req, res) => {
+  /** Counts a connection against the caps until its TCP socket closes (however it ends). */
+  function hold (socket, tenantId) {
+    held++
+    heldPerTenant.set(tenantId, (heldPerTenant.get(tenantId) ?? 0) + 1)
+    socket.once('close', () => {
+      held--
+      const n = heldPerTenant.get(tenantId) - 1
+      if (n > 0) heldPerTenant.set(tenantId, n)
+      else heldPerTenant.delete(tenantId)
+    })
+  }
+
+  const server = external ?? http.createServer({
+    headersTimeout: headersTimeoutMs,
+    requestTimeout: headersTimeoutMs + 5_000,
+    connectionsCheckingInterval: Math.min(1_000, headersTimeoutMs)
+  }, (req, res) => {
     if (handleRequest(req, res)) return
     if (onRequest) return onRequest(req, res)
     sendJson(res, 404, { error: 'not found' })
@@ -366,6 +522,8 @@ export function createStatusServer (options = {}) {
     }
   }
   server.on('upgrade', onUpgrade)
+  // Own server: a bound on TCP connections too (WebSockets in all, plus room to answer refusals).
+  if (!external) server.maxConnections = maxConnections + HTTP_HEADROOM
 
   const address = () => {
     const a = server.address()
@@ -395,6 +553,11 @@ export function createStatusServer (options = {}) {
     : null
   heartbeat?.unref()
 
+  /** WebSocket connections held now, in all or for one tenant. */
+  function connections (tenantId) {
+    return tenantId === undefined ? held : (heldPerTenant.get(tenantId) ?? 0)
+  }
+
   async function close () {
     if (closed) return
     closed = true
@@ -419,7 +582,7 @@ export function createStatusServer (options = {}) {
     await Promise.all(waits)
   }
 
-  return { track, untrack, setState, state, listening, close, handleRequest, handleUpgrade, authorized, server }
+  return { track, untrack, setState, state, listening, close, handleRequest, handleUpgrade, authorized, refusal, connections, server }
 }
 
 export default createStatusServer

@@ -5,9 +5,12 @@
 // tenant, runs a fake Baileys socket whose `ev` is Baileys' real event buffer (makeEventBuffer)
 // and whose closes carry real @hapi/boom errors, emitted exactly the way Baileys' socket does.
 //
-//   node sim-gateway.mjs [--port 3001] [--host 127.0.0.1] [--token T] [--initial open|connecting|none]
-//                        [--verbose] [tenant ...]
-//   env: PORT, HOST, GATEWAY_TOKEN, SIM_INITIAL, SIM_VERBOSE=1
+//   node sim-gateway.mjs --token T [--port 3001] [--host 127.0.0.1] [--initial open|connecting|none]
+//                        [--path /ws] [--verbose] [tenant ...]
+//   node sim-gateway.mjs --insecure-no-token [...]   loopback only, prints a warning
+//   env: GATEWAY_TOKEN (instead of --token), PORT, HOST, SIM_INITIAL, SIM_VERBOSE=1
+// A token is required, as by the kit itself: without one the sim refuses to start (exit 2) unless
+// --insecure-no-token is given, which is refused for a non-loopback --host.
 //
 // Control (same token check as the rest):
 //   POST /control/<tenant>  {"action":"open"}
@@ -24,9 +27,7 @@
 
 import { parseArgs } from 'node:util'
 import { randomBytes } from 'node:crypto'
-import { makeEventBuffer } from 'baileys'
-import { Boom } from '@hapi/boom'
-import { createStatusServer } from './index.mjs'
+import { createStatusServer, isLoopback } from './index.mjs'
 
 const { values: args, positionals: initialTenants } = parseArgs({
   allowPositionals: true,
@@ -36,17 +37,30 @@ const { values: args, positionals: initialTenants } = parseArgs({
     token: { type: 'string' },
     initial: { type: 'string' },
     path: { type: 'string' },
+    'insecure-no-token': { type: 'boolean' },
     verbose: { type: 'boolean' }
   }
 })
 
 const port = Number(args.port ?? process.env.PORT ?? 3001)
 const host = args.host ?? process.env.HOST ?? '127.0.0.1'
-const token = args.token ?? process.env.GATEWAY_TOKEN ?? undefined
+const token = args.token || process.env.GATEWAY_TOKEN || undefined
+const insecureNoToken = Boolean(args['insecure-no-token'])
 const initial = args.initial ?? process.env.SIM_INITIAL ?? 'open'
 const verbose = Boolean(args.verbose || process.env.SIM_VERBOSE)
 if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`bad port: ${args.port ?? process.env.PORT}`)
 if (!['open', 'connecting', 'none'].includes(initial)) fail(`--initial must be open, connecting or none, not ${initial}`)
+if (!token && !insecureNoToken) {
+  fail('a token is required: --token T or env GATEWAY_TOKEN (the sidecar sends it as "Authorization: Bearer T"); ' +
+    'for development on loopback only, --insecure-no-token')
+}
+if (!token && !isLoopback(host)) fail(`--insecure-no-token is refused for --host ${host}: it serves loopback only; set --token`)
+
+// Baileys' event buffer and Boom: development dependencies of the kit (the kit itself needs neither).
+const devDependency = (name) => import(name).catch((err) =>
+  fail(`the sim gateway needs the kit's devDependencies (baileys, @hapi/boom): run \`npm ci\` in contrib/baileys (${name}: ${err.code ?? err.message})`))
+const { makeEventBuffer } = await devDependency('baileys')
+const { Boom } = await devDependency('@hapi/boom')
 
 function fail (msg) {
   process.stderr.write(`sim-gateway: ${msg}\n`)
@@ -214,19 +228,29 @@ async function control (req, res) {
   }
 }
 
-const kit = createStatusServer({
-  host,
-  port,
-  token,
-  path: args.path ?? '/ws',
-  onRequest (req, res) {
-    // Same bearer check as the kit's own endpoints.
-    if (!kit.authorized(req)) {
-      return send(res, 401, { error: 'unauthorized' })
+let kit
+try {
+  kit = createStatusServer({
+    host,
+    port,
+    token,
+    insecureNoToken: !token,
+    // The kit warns once that no token is checked, and (throttled) about refusals and caps.
+    logger: { warn (obj, msg) { process.stderr.write(`sim-gateway: WARNING: ${msg ?? obj}\n`) } },
+    path: args.path ?? '/ws',
+    onRequest (req, res) {
+      // The same checks as the kit's own endpoints (web pages, token, loopback without a token).
+      const refused = kit.refusal(req)
+      if (refused) {
+        if (refused.status === 401) res.setHeader('www-authenticate', 'Bearer')
+        return send(res, refused.status, { error: refused.error })
+      }
+      control(req, res).catch((err) => send(res, 500, { error: String(err?.message ?? err) }))
     }
-    control(req, res).catch((err) => send(res, 500, { error: String(err?.message ?? err) }))
-  }
-})
+  })
+} catch (err) {
+  fail(err.message)
+}
 
 for (const tenantId of initialTenants) {
   if (initial === 'none') {

@@ -1,12 +1,17 @@
 // Shared test helpers. Everything binds to 127.0.0.1 and every wait is bounded.
 import { readFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
+import nodeHttp from 'node:http'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { makeEventBuffer } from 'baileys'
 import { Boom } from '@hapi/boom'
 
 export { Boom }
+
+/** The token every test kit and sim is started with (tests only; never a real secret). */
+export const TOKEN = 'test-token-7f3a9c'
+export const AUTH = Object.freeze({ authorization: `Bearer ${TOKEN}` })
 
 export const SIM = fileURLToPath(new URL('../sim-gateway.mjs', import.meta.url))
 
@@ -127,4 +132,31 @@ export async function http (port, method, path, { body, headers = {} } = {}) {
   let json
   try { json = JSON.parse(text) } catch {}
   return { status: res.status, headers: res.headers, json, text }
+}
+
+/**
+ * An HTTP request through node:http, which (unlike fetch) sends any header as given, Host and
+ * Origin included. Resolves { status, headers, text }.
+ */
+export function rawHttp (port, method, path, headers = {}) {
+  return withTimeout(new Promise((resolve, reject) => {
+    const req = nodeHttp.request({ host: '127.0.0.1', port, method, path, headers, agent: false }, (res) => {
+      let text = ''
+      res.setEncoding('utf8')
+      res.on('data', (c) => { text += c })
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end()
+  }), 5000, `${method} ${path}`)
+}
+
+/** Polls `check()` every 10 ms until it is true, for at most `ms`. */
+export async function eventually (check, ms = 3000, what = 'condition') {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
 }

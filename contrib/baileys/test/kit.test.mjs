@@ -1,17 +1,23 @@
 // The kit driven by Baileys' real event buffer and real Boom errors, read by a real ws client.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { createStatusServer, mergeState, wireUpdate } from '../index.mjs'
-import { Boom, connect, fakeSocket, fixtureFrames, http, withoutDate } from '../test-support/helpers.mjs'
+import { QR_PENDING, createStatusServer, mergeState, wireUpdate } from '../index.mjs'
+import { AUTH, Boom, TOKEN, connect, fakeSocket, fixtureFrames, http, withoutDate } from '../test-support/helpers.mjs'
 
 const T = { timeout: 15_000 }
 
-/** A kit on a free loopback port, closed after the test. */
+/** A kit on a free loopback port (with a token), closed after the test. */
 async function kit (t, options = {}) {
-  const k = createStatusServer({ host: '127.0.0.1', port: 0, ...options })
+  const k = createStatusServer({ host: '127.0.0.1', port: 0, token: TOKEN, ...options })
   t.after(() => k.close())
   const { port } = await k.listening
-  return { k, port, ws: (tenant, headers) => connect(`ws://127.0.0.1:${port}/ws/${encodeURIComponent(tenant)}`, headers) }
+  return {
+    k,
+    port,
+    ws: (tenant, headers = AUTH) => connect(`ws://127.0.0.1:${port}/ws/${encodeURIComponent(tenant)}`, headers),
+    /** An HTTP request carrying the token unless `headers` says otherwise. */
+    req: (method, path, opts = {}) => http(port, method, path, { ...opts, headers: { ...AUTH, ...opts.headers } })
+  }
 }
 
 test('snapshot first, then every update in order, Boom fields intact', T, async (t) => {
@@ -66,16 +72,20 @@ test('frames match the real fixtures for the same Baileys events', T, async (t) 
   ]
   assert.equal(updates.length, fixtures.length)
   for (const u of updates) sock.emit(u)
-  for (const expected of fixtures) assert.deepEqual(withoutDate(await c.next()), withoutDate(expected))
+  // The fixtures are what Baileys emits; the kit serves them as they are, except the QR payload,
+  // which becomes QR_PENDING (SPEC section 7).
+  const served = fixtures.map((f) => typeof f.data.qr === 'string' ? { ...f, data: { ...f.data, qr: QR_PENDING } } : f)
+  assert.equal(served.filter((f) => f.data.qr === QR_PENDING).length, 1)
+  for (const expected of served) assert.deepEqual(withoutDate(await c.next()), withoutDate(expected))
 })
 
 test('merged state: qr cleared by open and by qr: undefined, lastDisconnect kept', T, async (t) => {
-  const { k, ws, port } = await kit(t)
+  const { k, ws, req } = await kit(t)
   const sock = fakeSocket()
   k.track('b', sock)
   sock.emit({ connection: 'connecting', receivedPendingNotifications: false, qr: undefined })
   sock.emit({ qr: 'QR-1' })
-  assert.deepEqual(k.state('b'), { connection: 'connecting', receivedPendingNotifications: false, qr: 'QR-1' })
+  assert.deepEqual(k.state('b'), { connection: 'connecting', receivedPendingNotifications: false, qr: 'pending' })
   sock.emit({ isNewLogin: true, qr: undefined })
   assert.equal(k.state('b').qr, undefined)
   sock.emit({ qr: 'QR-2' })
@@ -93,7 +103,7 @@ test('merged state: qr cleared by open and by qr: undefined, lastDisconnect kept
   const c = await ws('b')
   t.after(() => c.close())
   assert.deepEqual((await c.next()).data, s)
-  const r = await http(port, 'GET', '/sessions/b/status')
+  const r = await req('GET', '/sessions/b/status')
   assert.deepEqual(r.json, s)
 
   // The pure helpers.
@@ -111,6 +121,7 @@ test('bearer token: missing or wrong is 401, right (any scheme case) is accepted
     await assert.rejects(ws('b', headers), (e) => e.status === 401 && e.headers['www-authenticate'] === 'Bearer', JSON.stringify(headers))
     const r = await http(port, 'GET', '/sessions/b/status', { headers })
     assert.equal(r.status, 401)
+    assert.equal(r.headers.get('www-authenticate'), 'Bearer')
     assert.equal(r.text.includes('open'), false)
   }
   // Unknown tenants are refused before anything else too.
@@ -163,30 +174,30 @@ test('re-track with a new socket replaces the old subscription', T, async (t) =>
 })
 
 test('HTTP state endpoint: 200 merged state, 404 unknown, 405, 400, 426, percent-encoded ids', T, async (t) => {
-  const { k, port, ws } = await kit(t)
+  const { k, port, ws, req } = await kit(t)
   const sock = fakeSocket()
   const id = 'tenant a/b é'
   k.track(id, sock)
   sock.emit({ connection: 'close', lastDisconnect: { error: new Boom('Connection Failure', { statusCode: 401 }), date: new Date() } })
 
-  const r = await http(port, 'GET', `/sessions/${encodeURIComponent(id)}/status`)
+  const r = await req('GET', `/sessions/${encodeURIComponent(id)}/status`)
   assert.equal(r.status, 200)
   assert.match(r.headers.get('content-type'), /application\/json/)
   assert.equal(r.json.connection, 'close')
   assert.equal(r.json.lastDisconnect.error.output.statusCode, 401)
   assert.equal(r.json.lastDisconnect.error.output.payload.message, 'Connection Failure')
-  assert.equal((await http(port, 'GET', `/sessions/${encodeURIComponent(id)}/status/`)).status, 200)
+  assert.equal((await req('GET', `/sessions/${encodeURIComponent(id)}/status/`)).status, 200)
 
   const c = await ws(id)
   t.after(() => c.close())
   assert.deepEqual((await c.next()).data, r.json)
 
-  assert.equal((await http(port, 'GET', '/sessions/nobody/status')).status, 404)
-  assert.equal((await http(port, 'POST', `/sessions/${encodeURIComponent(id)}/status`, { body: {} })).status, 405)
-  assert.equal((await http(port, 'GET', '/sessions/%E0%A4%A/status')).status, 400)
-  assert.equal((await http(port, 'GET', `/ws/${encodeURIComponent(id)}`)).status, 426)
-  assert.equal((await http(port, 'GET', '/elsewhere')).status, 404)
-  await assert.rejects(connect(`ws://127.0.0.1:${port}/other/b`), (e) => e.status === 404)
+  assert.equal((await req('GET', '/sessions/nobody/status')).status, 404)
+  assert.equal((await req('POST', `/sessions/${encodeURIComponent(id)}/status`, { body: {} })).status, 405)
+  assert.equal((await req('GET', '/sessions/%E0%A4%A/status')).status, 400)
+  assert.equal((await req('GET', `/ws/${encodeURIComponent(id)}`)).status, 426)
+  assert.equal((await req('GET', '/elsewhere')).status, 404)
+  await assert.rejects(connect(`ws://127.0.0.1:${port}/other/b`, AUTH), (e) => e.status === 404)
 })
 
 test('unknown tenant: accepted and silent until tracked (default), or 404 with unknownTenant: reject', T, async (t) => {
@@ -219,11 +230,11 @@ test('unknown tenant: accepted and silent until tracked (default), or 404 with u
 })
 
 test('setState without a socket, several clients, ping answered, close() ends clients', T, async (t) => {
-  const k = createStatusServer({ host: '127.0.0.1', port: 0 })
+  const k = createStatusServer({ host: '127.0.0.1', port: 0, token: TOKEN })
   const { port } = await k.listening
   k.setState('b', { connection: 'close', lastDisconnect: { error: new Boom('Intentional Logout', { statusCode: 401 }), date: new Date() } })
   const url = `ws://127.0.0.1:${port}/ws/b`
-  const [c1, c2] = await Promise.all([connect(url), connect(url)])
+  const [c1, c2] = await Promise.all([connect(url, AUTH), connect(url, AUTH)])
   for (const c of [c1, c2]) assert.equal((await c.next()).data.lastDisconnect.error.output.payload.message, 'Intentional Logout')
   k.setState('b', { connection: 'open' })
   for (const c of [c1, c2]) assert.deepEqual((await c.next()).data, { connection: 'open' })
@@ -238,7 +249,7 @@ test('setState without a socket, several clients, ping answered, close() ends cl
   const closed = new Promise((resolve) => c1.ws.once('close', (code) => resolve(code)))
   await k.close()
   assert.equal(await closed, 1001)
-  await assert.rejects(http(port, 'GET', '/sessions/b/status'))
+  await assert.rejects(http(port, 'GET', '/sessions/b/status', { headers: AUTH }))
 })
 
 test('odd Boom data: cycles, BigInt, huge payloads never throw into Baileys and stay readable', T, async (t) => {
@@ -278,44 +289,69 @@ test('odd Boom data: cycles, BigInt, huge payloads never throw into Baileys and 
 
 test('listening rejects when the port is taken', T, async (t) => {
   const { port } = await kit(t)
-  const k2 = createStatusServer({ host: '127.0.0.1', port })
+  const k2 = createStatusServer({ host: '127.0.0.1', port, token: TOKEN })
   await assert.rejects(k2.listening, /EADDRINUSE/)
   await k2.close()
 })
 
-test('a genuine makeWASocket (pointed at a closed loopback port) is tracked like the fixtures', T, async (t) => {
-  const { default: makeWASocket, initAuthCreds } = await import('baileys')
-  const { createServer } = await import('node:net')
-  // A loopback port that refuses connections: bind one, then free it.
-  const probe = createServer()
-  await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve))
-  const deadPort = probe.address().port
-  await new Promise((resolve) => probe.close(resolve))
+// Both Baileys lines of the peer range: 7.x (`baileys`) and 6.x (`baileys-6`, an npm alias).
+for (const [line, name] of [['7.x', 'baileys'], ['6.x', 'baileys-6']]) {
+  test(`a genuine Baileys ${line} makeWASocket (pointed at a closed loopback port) is tracked like the fixtures`, T, async (t) => {
+    const { default: makeWASocket, initAuthCreds } = await import(name)
+    const { createServer } = await import('node:net')
+    // A loopback port that refuses connections: bind one, then free it.
+    const probe = createServer()
+    await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve))
+    const deadPort = probe.address().port
+    await new Promise((resolve) => probe.close(resolve))
 
-  const { k, ws } = await kit(t)
-  const c = await ws('real')
-  t.after(() => c.close())
-  const silent = { level: 'silent', trace () {}, debug () {}, info () {}, warn () {}, error () {}, fatal () {}, child () { return silent } }
-  const sock = makeWASocket({
-    auth: { creds: initAuthCreds(), keys: { get: async () => ({}), set: async () => {} } },
-    logger: silent,
-    waWebSocketUrl: `ws://127.0.0.1:${deadPort}/ws/chat`,
-    connectTimeoutMs: 3000
+    const { k, ws } = await kit(t)
+    const c = await ws('real')
+    t.after(() => c.close())
+    const silent = { level: 'silent', trace () {}, debug () {}, info () {}, warn () {}, error () {}, fatal () {}, child () { return silent } }
+    const sock = makeWASocket({
+      auth: { creds: initAuthCreds(), keys: { get: async () => ({}), set: async () => {} } },
+      logger: silent,
+      waWebSocketUrl: `ws://127.0.0.1:${deadPort}/ws/chat`,
+      connectTimeoutMs: 3000
+    })
+    k.track('real', sock) // synchronously after creation, as a gateway must
+
+    const [connecting, close] = fixtureFrames()
+    assert.deepEqual(await c.next(5000), connecting)
+    const f = await c.next(5000)
+    assert.equal(f.data.connection, 'close')
+    const err = f.data.lastDisconnect.error
+    assert.equal(err.output.statusCode, 408)
+    assert.equal(err.output.payload.message, `WebSocket Error (connect ECONNREFUSED 127.0.0.1:${deadPort})`)
+    assert.equal(err.data.code, 'ECONNREFUSED')
+    // Same shape as the fixture frame from a genuine Baileys 7 socket (there: ENOTFOUND).
+    const keys = (o) => Object.keys(o).sort()
+    assert.deepEqual(keys(f.data), keys(close.data))
+    assert.deepEqual(keys(err), keys(close.data.lastDisconnect.error))
+    assert.deepEqual(keys(err.output), keys(close.data.lastDisconnect.error.output))
+    assert.deepEqual(keys(err.output.payload), keys(close.data.lastDisconnect.error.output.payload))
   })
-  k.track('real', sock) // synchronously after creation, as a gateway must
+}
 
-  const [connecting, close] = fixtureFrames()
-  assert.deepEqual(await c.next(5000), connecting)
-  const f = await c.next(5000)
-  assert.equal(f.data.connection, 'close')
-  const err = f.data.lastDisconnect.error
-  assert.equal(err.output.statusCode, 408)
-  assert.equal(err.output.payload.message, `WebSocket Error (connect ECONNREFUSED 127.0.0.1:${deadPort})`)
-  assert.equal(err.data.code, 'ECONNREFUSED')
-  // Same shape as the fixture frame from a genuine Baileys 7 socket (there: ENOTFOUND).
-  const keys = (o) => Object.keys(o).sort()
-  assert.deepEqual(keys(f.data), keys(close.data))
-  assert.deepEqual(keys(err), keys(close.data.lastDisconnect.error))
-  assert.deepEqual(keys(err.output), keys(close.data.lastDisconnect.error.output))
-  assert.deepEqual(keys(err.output.payload), keys(close.data.lastDisconnect.error.output.payload))
+test('attached to an existing HTTP server (the README\'s Express-style mount), with the same checks', T, async (t) => {
+  const { createServer } = await import('node:http')
+  let status
+  const app = createServer((req, res) => status.handleRequest(req, res) || res.end('the app'))
+  status = createStatusServer({ server: app, token: TOKEN })
+  t.after(async () => { await status.close(); await new Promise((resolve) => app.close(resolve)) })
+  app.listen(0, '127.0.0.1')
+  const { port, host } = await status.listening
+  assert.equal(host, '127.0.0.1')
+  status.setState('b', { connection: 'open' })
+
+  const c = await connect(`ws://127.0.0.1:${port}/ws/b`, AUTH)
+  t.after(() => c.close())
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b`), (e) => e.status === 401)
+  await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b`, { ...AUTH, origin: 'https://evil.example' }), (e) => e.status === 403)
+  assert.deepEqual((await http(port, 'GET', '/sessions/b/status', { headers: AUTH })).json, { connection: 'open' })
+  assert.equal((await http(port, 'GET', '/sessions/b/status')).status, 401)
+  assert.equal((await http(port, 'GET', '/elsewhere')).text, 'the app')
+  assert.equal(status.connections('b'), 1)
 })

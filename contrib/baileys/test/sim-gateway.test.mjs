@@ -1,25 +1,27 @@
 // sim-gateway.mjs as a child process: control endpoint in, kit frames out.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { connect, fixtureFrames, http, startSim, withoutDate } from '../test-support/helpers.mjs'
+import { AUTH, TOKEN, connect, fixtureFrames, http, rawHttp, startSim, withoutDate } from '../test-support/helpers.mjs'
 
 const T = { timeout: 30_000 }
 
+/** The sim with `--token TOKEN` (unless args/env say otherwise), stopped after the test. */
 async function sim (t, args = [], env = {}) {
-  const s = await startSim(args, env)
+  const explicit = args.includes('--token') || args.includes('--insecure-no-token') || 'GATEWAY_TOKEN' in env
+  const s = await startSim(explicit ? args : ['--token', TOKEN, ...args], env)
   t.after(() => s.stop().catch(() => {}))
-  return s
+  return { ...s, req: (method, path, opts = {}) => http(s.port, method, path, { ...opts, headers: { ...AUTH, ...opts.headers } }) }
 }
 
 test('sim gateway: control actions reach a WebSocket client as real Baileys frames', T, async (t) => {
-  const { port, stop } = await sim(t, ['business_1'])
-  const ctl = (tenant, body) => http(port, 'POST', `/control/${tenant}`, { body })
+  const { port, stop, req } = await sim(t, ['business_1'])
+  const ctl = (tenant, body) => req('POST', `/control/${tenant}`, { body })
 
-  let r = await http(port, 'GET', '/control/business_1')
+  let r = await req('GET', '/control/business_1')
   assert.equal(r.status, 200)
   assert.deepEqual(r.json, { tenant: 'business_1', generation: 1, ended: false, state: { connection: 'open', receivedPendingNotifications: true } })
 
-  const c = await connect(`ws://127.0.0.1:${port}/ws/business_1`)
+  const c = await connect(`ws://127.0.0.1:${port}/ws/business_1`, AUTH)
   t.after(() => c.close())
   assert.deepEqual(await c.next(), { event: 'connection.update', data: { connection: 'open', receivedPendingNotifications: true } })
 
@@ -42,7 +44,12 @@ test('sim gateway: control actions reach a WebSocket client as real Baileys fram
   r = await ctl('business_1', { action: 'qr', qr: '2@abc123,def456==,ghi789==,jkl012==' })
   assert.equal(r.json.generation, 3)
   assert.deepEqual((await c.next()).data, { connection: 'connecting', receivedPendingNotifications: false })
-  assert.deepEqual(await c.next(), fixtureFrames()[2])
+  // Baileys emitted the fixture's QR; the gateway serves only that one is pending, everywhere.
+  assert.deepEqual(await c.next(), { event: 'connection.update', data: { qr: 'pending' } })
+  assert.equal(r.json.state.connection, 'connecting')
+  assert.equal(r.json.state.qr, 'pending')
+  assert.equal(JSON.stringify(r.json).includes('abc123'), false)
+  assert.deepEqual((await req('GET', '/sessions/business_1/status')).json, r.json.state)
   r = await ctl('business_1', { action: 'connecting' })
   assert.equal(r.json.generation, 3)
   assert.deepEqual((await c.next()).data, { connection: 'connecting', receivedPendingNotifications: false })
@@ -57,16 +64,16 @@ test('sim gateway: control actions reach a WebSocket client as real Baileys fram
   assert.deepEqual(await c.idle(), [])
 
   // The kit's state endpoint and the control view agree.
-  const state = await http(port, 'GET', '/sessions/business_1/status')
-  assert.deepEqual(state.json, (await http(port, 'GET', '/control/business_1')).json.state)
+  const state = await req('GET', '/sessions/business_1/status')
+  assert.deepEqual(state.json, (await req('GET', '/control/business_1')).json.state)
 
   // Tenants are created on demand; unknown ones are 404 until then.
-  assert.equal((await http(port, 'GET', '/control/business_2')).status, 404)
-  assert.equal((await http(port, 'GET', '/sessions/business_2/status')).status, 404)
+  assert.equal((await req('GET', '/control/business_2')).status, 404)
+  assert.equal((await req('GET', '/sessions/business_2/status')).status, 404)
   r = await ctl('business_2', { action: 'open' })
   assert.equal(r.status, 200)
   assert.deepEqual(r.json.state, { connection: 'open', receivedPendingNotifications: true })
-  r = await http(port, 'GET', '/control')
+  r = await req('GET', '/control')
   assert.deepEqual(r.json.map((x) => x.tenant).sort(), ['business_1', 'business_2'])
 
   // Bad requests.
@@ -74,10 +81,10 @@ test('sim gateway: control actions reach a WebSocket client as real Baileys fram
   assert.equal((await ctl('business_1', { action: 'close', code: 200 })).status, 400)
   assert.equal((await ctl('business_1', '{not json')).status, 400)
   assert.equal((await ctl('business_1', [])).status, 400)
-  assert.equal((await http(port, 'DELETE', '/control/business_1')).status, 405)
+  assert.equal((await req('DELETE', '/control/business_1')).status, 405)
 
   r = await ctl('business_2', { action: 'remove' })
-  assert.equal((await http(port, 'GET', '/sessions/business_2/status')).status, 404)
+  assert.equal((await req('GET', '/sessions/business_2/status')).status, 404)
 
   // SIGTERM: graceful exit 0, client told the server is going away.
   const closed = new Promise((resolve) => c.ws.once('close', (code) => resolve(code)))
@@ -106,5 +113,51 @@ test('sim gateway: token guards WebSocket, state and control; --initial none', T
 
 test('sim gateway: a taken port is an error exit, not a hang', T, async (t) => {
   const { port } = await sim(t)
-  await assert.rejects(startSim(['--port', String(port)]), /exited \(2\)/)
+  await assert.rejects(startSim(['--token', TOKEN, '--port', String(port)]), /exited \(2\)/)
+})
+
+test('sim gateway: no token is a refusal to start that names both fixes', T, async () => {
+  await assert.rejects(startSim([], { GATEWAY_TOKEN: '' }), (e) => {
+    assert.match(e.message, /exited \(2\)/)
+    assert.match(e.message, /a token is required: --token T or env GATEWAY_TOKEN/)
+    assert.match(e.message, /--insecure-no-token/)
+    return true
+  })
+  // The waiver is for loopback only: no bind elsewhere is even attempted.
+  await assert.rejects(startSim(['--insecure-no-token', '--host', '0.0.0.0'], { GATEWAY_TOKEN: '' }),
+    /exited \(2\).*--insecure-no-token is refused for --host 0\.0\.0\.0/s)
+})
+
+test('sim gateway: --insecure-no-token on loopback serves without a token, warns, refuses pages and foreign Hosts', T, async (t) => {
+  const { port, req, stderr } = await sim(t, ['--insecure-no-token', '--initial', 'connecting', 'b1'], { GATEWAY_TOKEN: '' })
+  assert.match(stderr(), /WARNING: .*insecureNoToken.*without a token/)
+  assert.equal(stderr().match(/without a token/g).length, 1)
+
+  assert.equal((await http(port, 'POST', '/control/b1', { body: { action: 'qr' } })).status, 200)
+  const status = await http(port, 'GET', '/sessions/b1/status')
+  assert.equal(status.status, 200)
+  assert.deepEqual(status.json, { connection: 'connecting', receivedPendingNotifications: false, qr: 'pending' })
+  const c = await connect(`ws://127.0.0.1:${port}/ws/b1`)
+  t.after(() => c.close())
+  assert.equal((await c.next()).data.qr, 'pending')
+
+  // The control API answers to the same rules as the kit's endpoints.
+  for (const headers of [{ origin: 'https://evil.example' }, { host: `evil.example:${port}` }]) {
+    assert.equal((await rawHttp(port, 'POST', '/control/b1', headers)).status, 403, JSON.stringify(headers))
+    assert.equal((await rawHttp(port, 'GET', '/control', headers)).status, 403, JSON.stringify(headers))
+    assert.equal((await rawHttp(port, 'GET', '/sessions/b1/status', headers)).status, 403, JSON.stringify(headers))
+    await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b1`, headers), (e) => e.status === 403)
+  }
+  assert.equal((await req('GET', '/control/b1')).status, 200, 'a token sent anyway does no harm')
+})
+
+test('sim gateway: with a token, a web page is refused even with the token', T, async (t) => {
+  const { port } = await sim(t, ['b1'])
+  const headers = { ...AUTH, origin: 'http://localhost:3000' }
+  assert.equal((await rawHttp(port, 'POST', '/control/b1', headers)).status, 403)
+  assert.equal((await rawHttp(port, 'GET', '/control/b1', headers)).status, 403)
+  assert.equal((await rawHttp(port, 'GET', '/control/b1', AUTH)).status, 200)
+  const r = await rawHttp(port, 'GET', '/control/b1', { authorization: 'Bearer nope' })
+  assert.equal(r.status, 401)
+  assert.equal(r.headers['www-authenticate'], 'Bearer')
 })

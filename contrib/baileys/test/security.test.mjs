@@ -1,0 +1,251 @@
+// The kit's lock-down (issue 12, SPEC section 7), probed with real ws clients and real HTTP on
+// 127.0.0.1: loopback by default, a token unless explicitly waived for loopback development, the
+// QR payload never served, web pages refused, WebSocket connections capped.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import net from 'node:net'
+import { QR_PENDING, createStatusServer, isLoopback } from '../index.mjs'
+import { AUTH, TOKEN, connect, eventually, fakeSocket, http, rawHttp, withTimeout } from '../test-support/helpers.mjs'
+
+const T = { timeout: 20_000 }
+
+/** Collects what a pino-style logger is given. */
+function recordingLogger () {
+  const warnings = []
+  return { warnings, warn: (obj, msg) => warnings.push(msg ?? obj) }
+}
+
+async function kit (t, options = {}) {
+  const k = createStatusServer({ host: '127.0.0.1', port: 0, token: TOKEN, ...options })
+  t.after(() => k.close())
+  const { port, host } = await k.listening
+  const wsUrl = (tenant) => `ws://127.0.0.1:${port}/ws/${encodeURIComponent(tenant)}`
+  return { k, port, host, wsUrl, ws: (tenant, headers = AUTH) => connect(wsUrl(tenant), headers) }
+}
+
+test('a token is required: no token, an empty one or one that cannot be sent is refused at start', T, () => {
+  for (const options of [{}, { token: undefined }, { token: '' }, { token: null }, { insecureNoToken: 'yes' }]) {
+    assert.throws(() => createStatusServer({ port: 0, ...options }), (e) => {
+      assert.ok(e instanceof TypeError)
+      assert.match(e.message, /token is required/)
+      assert.match(e.message, /insecureNoToken: true/, 'the error names the explicit opt-out')
+      return true
+    }, JSON.stringify(options))
+  }
+  for (const token of ['with space', 'tab\there', 'new\nline', 'é-unicode', 42, { t: 1 }]) {
+    assert.throws(() => createStatusServer({ port: 0, token }), (e) => {
+      assert.match(e.message, /visible ASCII/)
+      assert.equal(e.message.includes(String(token)), false, 'the token is never echoed')
+      return true
+    })
+  }
+})
+
+test('bound to loopback by default; a token lets an operator choose another host', T, async (t) => {
+  const { host } = await kit(t)
+  assert.equal(host, '127.0.0.1')
+  assert.equal(createStatusServer.length, 0)
+  for (const h of ['127.0.0.1', '127.8.0.1', '::1', '[::1]', '::ffff:127.0.0.1', 'localhost']) assert.equal(isLoopback(h), true, h)
+  for (const h of ['0.0.0.0', '::', '10.0.0.1', '192.168.1.10', '::ffff:10.0.0.1', 'example.com', 'localhost.example.com', '', undefined]) {
+    assert.equal(isLoopback(h), false, String(h))
+  }
+})
+
+test('insecureNoToken: refused for a non-loopback host, warns once, serves loopback only', T, async (t) => {
+  for (const host of ['0.0.0.0', '::', '192.168.1.10', 'gateway.internal']) {
+    assert.throws(() => createStatusServer({ host, port: 0, insecureNoToken: true }), /insecureNoToken is refused for host .*set a token/, host)
+  }
+
+  const logger = recordingLogger()
+  const { k, port, ws } = await kit(t, { token: undefined, insecureNoToken: true, logger })
+  assert.equal(logger.warnings.length, 1)
+  assert.match(logger.warnings[0], /insecureNoToken.*without a token/)
+  const sock = fakeSocket()
+  k.track('b', sock)
+  sock.emit({ connection: 'open' })
+
+  // Loopback, no token: served.
+  const c = await ws('b', {})
+  t.after(() => c.close())
+  assert.deepEqual(await c.next(), { event: 'connection.update', data: { connection: 'open' } })
+  assert.equal((await http(port, 'GET', '/sessions/b/status')).status, 200)
+  assert.equal((await rawHttp(port, 'GET', '/sessions/b/status', { host: `localhost:${port}` })).status, 200)
+  assert.equal((await rawHttp(port, 'GET', '/sessions/b/status', { host: `[::1]:${port}` })).status, 200)
+
+  // A Host that is not loopback: a page on a rebound DNS name (DNS rebinding) reads nothing.
+  for (const host of [`evil.example:${port}`, 'evil.example', `10.0.0.1:${port}`]) {
+    const r = await rawHttp(port, 'GET', '/sessions/b/status', { host })
+    assert.equal(r.status, 403, host)
+    assert.equal(r.text.includes('open'), false)
+    await assert.rejects(ws('b', { host }), (e) => e.status === 403, host)
+  }
+  // A request that did not come over loopback (it cannot be sent from here: loopback only).
+  const remote = { headers: {}, socket: { remoteAddress: '10.1.2.3', localAddress: '10.1.2.1' } }
+  assert.deepEqual(k.refusal(remote), { status: 403, error: 'insecureNoToken serves loopback only; configure a token' })
+  assert.equal(k.authorized(remote), false)
+  assert.equal(k.refusal({ headers: {}, socket: { remoteAddress: '127.0.0.1', localAddress: '127.0.0.1' } }), null)
+
+  assert.equal(logger.warnings.filter((w) => /without a token/.test(w)).length, 1, 'warned once, not per request')
+})
+
+test('insecureNoToken without a logger: one process warning', T, async (t) => {
+  const seen = []
+  const onWarning = (w) => { if (w.code === 'WA_STATUS_INSECURE_NO_TOKEN') seen.push(w.message) }
+  process.on('warning', onWarning)
+  t.after(() => process.off('warning', onWarning))
+  const { port } = await kit(t, { token: undefined, insecureNoToken: true })
+  await http(port, 'GET', '/sessions/x/status')
+  await http(port, 'GET', '/sessions/x/status')
+  await eventually(() => seen.length > 0, 2000, 'the warning')
+  assert.equal(seen.length, 1)
+  assert.match(seen[0], /loopback only/)
+})
+
+test('the QR pairing payload is never served: only that a QR is pending', T, async (t) => {
+  const { k, port, ws } = await kit(t)
+  const sock = fakeSocket()
+  k.track('b', sock)
+  const payloads = ['2@Xq1+first,noiseKeyA==,identityKeyA==,advSecretA==', '2@Yr2+second,noiseKeyB==,identityKeyB==,advSecretB==', '2@Zs3+third,k==,k==,k==']
+  const leaks = (text) => payloads.some((p) => text.includes(p) || text.includes(p.split(',')[0]))
+
+  sock.emit({ connection: 'connecting', receivedPendingNotifications: false, qr: undefined })
+  sock.emit({ qr: payloads[0] })
+
+  // The snapshot (WebSocket) and the state endpoint.
+  const c = await ws('b')
+  t.after(() => c.close())
+  const snapshot = await c.next()
+  assert.deepEqual(snapshot, { event: 'connection.update', data: { connection: 'connecting', receivedPendingNotifications: false, qr: QR_PENDING } })
+  const status = await http(port, 'GET', '/sessions/b/status', { headers: AUTH })
+  assert.equal(status.status, 200)
+  assert.equal(leaks(status.text), false)
+  assert.deepEqual(status.json, snapshot.data)
+  assert.equal(leaks(JSON.stringify(k.state('b'))), false)
+  // What the sidecar reads as "waiting for a scan" (src/observe.rs: `qr` a non-empty string).
+  assert.equal(typeof status.json.qr, 'string')
+  assert.notEqual(status.json.qr, '')
+
+  // Live updates: Baileys refreshes the QR; a QR can come with a connection change.
+  sock.emit({ qr: payloads[1] })
+  let f = await c.next()
+  assert.deepEqual(f.data, { qr: QR_PENDING })
+  sock.emit({ connection: 'connecting', qr: payloads[2] })
+  f = await c.next()
+  assert.deepEqual(f.data, { connection: 'connecting', qr: QR_PENDING })
+  assert.equal(k.state('b').qr, QR_PENDING)
+
+  // Scanned (Baileys clears qr with undefined), or an empty / null / non-string qr: no QR pending.
+  for (const clear of [{ isNewLogin: true, qr: undefined }, { qr: '' }, { qr: null }, { qr: 12345 }]) {
+    sock.emit({ qr: payloads[0] })
+    assert.deepEqual((await c.next()).data, { qr: QR_PENDING })
+    sock.emit(clear)
+    f = await c.next()
+    assert.equal(Object.hasOwn(f.data, 'qr'), false, JSON.stringify(clear))
+    assert.equal(Object.hasOwn(k.state('b'), 'qr'), false, JSON.stringify(clear))
+  }
+  const after = await http(port, 'GET', '/sessions/b/status', { headers: AUTH })
+  assert.equal(Object.hasOwn(after.json, 'qr'), false)
+  assert.equal(leaks(after.text), false)
+})
+
+test('web pages are refused: a foreign Origin or Sec-Fetch-Site cross-site is a 403, before the token', T, async (t) => {
+  const { k, port, ws } = await kit(t, { allowOrigins: ['https://admin.example.com/'] })
+  k.setState('b', { connection: 'open' })
+
+  for (const origin of ['https://evil.example', 'http://127.0.0.1:8080', `http://127.0.0.1:${port}`, 'null', 'https://admin.example.com.evil.example']) {
+    for (const headers of [{ ...AUTH, origin }, { origin }]) {
+      await assert.rejects(ws('b', headers), (e) => e.status === 403, origin)
+      const r = await rawHttp(port, 'GET', '/sessions/b/status', headers)
+      assert.equal(r.status, 403, origin)
+      assert.match(r.text, /web pages/)
+      assert.equal(r.text.includes('open'), false)
+    }
+  }
+  for (const site of ['cross-site', 'same-site', 'CROSS-SITE']) {
+    const r = await rawHttp(port, 'GET', '/sessions/b/status', { ...AUTH, 'sec-fetch-site': site })
+    assert.equal(r.status, 403, site)
+  }
+  for (const site of ['none', 'same-origin']) {
+    assert.equal((await rawHttp(port, 'GET', '/sessions/b/status', { ...AUTH, 'sec-fetch-site': site })).status, 200, site)
+  }
+
+  // An allowed origin still needs the token.
+  const origin = 'https://ADMIN.example.com'
+  await assert.rejects(ws('b', { origin }), (e) => e.status === 401)
+  assert.equal((await rawHttp(port, 'GET', '/sessions/b/status', { origin })).status, 401)
+  const c = await ws('b', { ...AUTH, origin })
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  await c.close()
+  assert.equal((await rawHttp(port, 'GET', '/sessions/b/status', { ...AUTH, origin })).status, 200)
+
+  assert.throws(() => createStatusServer({ port: 0, token: TOKEN, allowOrigins: '*' }), /allowOrigins must be an array/)
+})
+
+test('WebSocket caps: over the per-tenant or total cap is a 503 before the upgrade; slots come back', T, async (t) => {
+  const logger = recordingLogger()
+  const { k, port, ws } = await kit(t, { maxConnectionsPerTenant: 2, maxConnections: 3, logger })
+  const open = []
+  t.after(() => Promise.all(open.map((c) => c.close())))
+  const hold = async (tenant) => { const c = await ws(tenant); open.push(c); return c }
+
+  await hold('a')
+  const a2 = await hold('a')
+  await assert.rejects(ws('a'), (e) => {
+    assert.equal(e.status, 503)
+    assert.equal(e.headers['retry-after'], '5')
+    return true
+  })
+  assert.equal(k.connections('a'), 2)
+  await hold('b')
+  assert.equal(k.connections(), 3)
+  await assert.rejects(ws('c'), (e) => e.status === 503, 'the total cap')
+  assert.ok(logger.warnings.some((w) => /maxConnectionsPerTenant \(2\) reached/.test(w)))
+  assert.equal(logger.warnings.length, 1, 'cap warnings are throttled')
+
+  // Refused and unauthorized attempts hold nothing; the state endpoint is not a WebSocket.
+  for (let i = 0; i < 5; i++) await assert.rejects(ws('c', {}), (e) => e.status === 401)
+  assert.equal(k.connections(), 3)
+  k.setState('c', { connection: 'open' })
+  assert.equal((await http(port, 'GET', '/sessions/c/status', { headers: AUTH })).status, 200)
+
+  // A closed connection gives its slot back.
+  await a2.close()
+  open.splice(open.indexOf(a2), 1)
+  await eventually(() => k.connections() === 2, 3000, 'the slot to come back')
+  const c = await hold('c')
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  assert.equal(k.connections('c'), 1)
+
+  // A client that vanishes without a close handshake frees its slot too.
+  c.ws.terminate()
+  open.splice(open.indexOf(c), 1)
+  await eventually(() => k.connections('c') === 0, 3000, 'the terminated slot to come back')
+
+  for (const bad of [{ maxConnections: 0 }, { maxConnectionsPerTenant: -1 }, { maxConnections: 'many' }, { maxConnectionsPerTenant: 1.5 }]) {
+    assert.throws(() => createStatusServer({ port: 0, token: TOKEN, ...bad }), /must be a positive integer/)
+  }
+})
+
+test('default cap: 64 WebSockets per tenant, the 65th is refused', T, async (t) => {
+  const { k, ws } = await kit(t)
+  const open = []
+  t.after(() => Promise.all(open.map((c) => c.close())))
+  for (let i = 0; i < 64; i++) open.push(await ws('busy'))
+  assert.equal(k.connections('busy'), 64)
+  await assert.rejects(ws('busy'), (e) => e.status === 503)
+  const other = await ws('other')
+  open.push(other)
+})
+
+test('own server: a client that never finishes its headers is dropped', T, async (t) => {
+  const { port } = await kit(t, { headersTimeoutMs: 300 })
+  const sock = net.connect(port, '127.0.0.1')
+  sock.on('error', () => {})
+  t.after(() => sock.destroy())
+  await new Promise((resolve) => sock.once('connect', resolve))
+  let answer = ''
+  sock.on('data', (d) => { answer += d })
+  sock.write('GET /sessions/b/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ')
+  await withTimeout(new Promise((resolve) => sock.once('close', resolve)), 5000, 'the server to drop a slow client')
+  assert.match(answer, /^HTTP\/1\.1 408 /)
+})
