@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - says how to fix a missing install
     sys.exit(f"error: the Flask kit is not installed ({e}): run `pip install ./contrib/flask` in this venv")
 
 from flask import Flask, Response, request, session  # noqa: E402
-from sqlalchemy import Integer, String, create_engine, func, select  # noqa: E402
+from sqlalchemy import Integer, String, create_engine, event, func, select  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
@@ -113,8 +113,12 @@ def _iso(value):
 
 def create_app(db_path: str, secret: str, signing_secrets: str = "") -> Flask:
     engine = sqlite_begin_immediate(create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30}))
-    with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+    @event.listens_for(engine, "connect")
+    def _wal(dbapi_connection, _record):
+        # Outside any transaction (a journal mode cannot change inside one); readers then never
+        # wait for the writer.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
     DemoBase.metadata.create_all(engine)
     create_tables(engine)
     db = scoped_session(sessionmaker(engine))
