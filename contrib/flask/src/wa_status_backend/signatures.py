@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import re
 import time
 from typing import Iterable, Mapping, Optional, Sequence, Union
@@ -105,9 +106,9 @@ def verify(
     current = time.time() if now is None else now
     age = current - int(stamp)
     if age > tolerance:
-        raise SignatureError(f"webhook-timestamp is {int(age)}s old (tolerance {tolerance}s): a replay or a wrong clock")
+        raise SignatureError(f"webhook-timestamp is {math.ceil(age)}s old (tolerance {tolerance}s): a replay or a wrong clock")
     if -age > tolerance:
-        raise SignatureError(f"webhook-timestamp is {int(-age)}s ahead (tolerance {tolerance}s): a wrong clock")
+        raise SignatureError(f"webhook-timestamp is {math.ceil(-age)}s ahead (tolerance {tolerance}s): a wrong clock")
 
     candidates = []
     for entry in given.split()[: MAX_SIGNATURES]:
