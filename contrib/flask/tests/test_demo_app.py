@@ -188,3 +188,39 @@ def test_signed_webhooks_when_a_signing_secret_is_set(demo):
     stale = signed_headers([new], body, msg_id="e2", timestamp=int(time.time()) - 600)
     status, answer = d.call(WEBHOOK_PATH, raw=body, headers={"X-INTERNAL-SECRET": SECRET, **stale})
     assert status == 401 and b"tolerance" in answer
+
+
+def test_hostile_bodies_over_the_wire_are_400_and_the_server_stays_up(demo):
+    """What the test client cannot show: a chunked body with no Content-Length, larger than the
+    limit, and a nesting bomb, through a real server socket."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    d = demo()
+    host, port = urlsplit(d.base).hostname, urlsplit(d.base).port
+
+    def chunked(body: bytes, size: int = 8192):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.putrequest("POST", WEBHOOK_PATH)
+            for name, value in (("X-INTERNAL-SECRET", SECRET), ("Content-Type", "application/json"),
+                                ("Transfer-Encoding", "chunked")):
+                conn.putheader(name, value)
+            conn.endheaders()
+            for i in range(0, len(body), size):
+                piece = body[i:i + size]
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    status, answer = chunked(b"[" * (1024 * 1024))
+    assert status == 400 and "too large" in answer["message"]
+    status, answer = chunked(b"[" * 60000)
+    assert status == 400 and "nests deeper" in answer["message"]
+    ok = json.dumps({"tenant_id": "business_1", "status": "disconnected", "reason": "x"}).encode()
+    assert chunked(ok, size=7) == (200, {"ok": True})  # split into tiny chunks: read whole
+    assert webhook(d, {"tenant_id": "business_1", "status": "connected", "reason": None}, "z")[0] == 200
+    assert d.call("/healthz")[0] == 200

@@ -67,6 +67,20 @@ def _error(status: int, error: str, message: Optional[str] = None) -> Response:
     return _json(body, status)
 
 
+def _read_body(limit: int) -> bytes:
+    """At most ``limit`` bytes of the body, however the server's stream splits them (one read
+    may return less than asked), and never more, whatever the body claims."""
+    chunks = []
+    total = 0
+    while total < limit:
+        chunk = request.stream.read(limit - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def _rfc3339(value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -165,7 +179,7 @@ class WaStatus:
 
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return _error(400, "invalid_payload", f"body too large (at most {MAX_BODY_BYTES} bytes)")
-        raw = request.stream.read(MAX_BODY_BYTES + 1)
+        raw = _read_body(MAX_BODY_BYTES + 1)
 
         webhook_id = None
         try:
