@@ -1,103 +1,259 @@
 #!/usr/bin/env python3
-"""Demo / end-to-end backend for wa-status-sidecar.
+"""Demo backend for wa-status-sidecar: the Flask kit in a small app, with a demo login.
 
-    INTERNAL_SHARED_SECRET=s3cret python contrib/flask/app.py \
-        --db /tmp/wa-demo.db --port 8000 --seed business_1,business_2
+    pip install ./contrib/flask
+    INTERNAL_SHARED_SECRET=s3cret python contrib/flask/app.py --demo \\
+        --db /tmp/wa-demo.db --port 8000 --seed business_1,business_2:42:en
 
-Creates the SQLite database, seeds the businesses (``tenant`` or ``tenant:owner_id``;
-without an owner id the n-th tenant gets owner n; existing tenants are left alone),
-binds 127.0.0.1 and prints ``listening on <port>`` once it accepts connections (port 0
-picks a free port and prints it). Routes:
+It is a demo: anyone who reaches it can log in as any seeded business. So it starts only with the
+explicit ``--demo`` flag and only on a loopback address. A real app calls
+``wa_status_backend.init_app`` with its own login instead (see README.md).
 
-    POST /api/internal/whatsapp/status-webhook   the sidecar's webhook
-    GET  /api/notifications[?owner_id=N]         open reminders (demo: no login)
+``--seed`` takes ``tenant[:owner_id[:locale]]`` items: the gateway's tenant id is the business id
+here, the n-th item's owner defaults to n, the locale (``he`` or ``en``) to ``he``; businesses
+that exist are left as they are. The app prints ``listening on <port>`` once it accepts
+connections (port 0 picks a free one). Routes:
+
+    POST /api/internal/whatsapp/status-webhook   the sidecar's webhook (the kit)
+    GET  /api/notifications                      the logged-in business's bell list (the kit; 401 without login)
+    POST /demo/login   {"tenant_id": "business_1"}  log in as that business (404 if unknown)
+    POST /demo/logout                            log out
     GET  /healthz                                {"ok": true}
-    GET  /demo/state                             businesses, last statuses, all reminders
+    GET  /demo/state                             businesses, statuses, reminders (for tests)
+
+Environment: ``INTERNAL_SHARED_SECRET`` (required), ``WEBHOOK_SIGNING_SECRET`` (optional,
+whitespace-separated ``whsec_...`` Standard Webhooks secrets; then every call must be signed).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    from wa_status_backend import (
+        IdempotencyKey,
+        Reminder,
+        ReminderInfo,
+        TenantStatus,
+        create_tables,
+        init_app,
+        load_catalogue,
+        parse_secrets,
+        sqlite_begin_immediate,
+    )
+except ImportError as e:  # pragma: no cover - says how to fix a missing install
+    sys.exit(f"error: the Flask kit is not installed ({e}): run `pip install ./contrib/flask` in this venv")
 
-from flask import Flask, jsonify  # noqa: E402
+from flask import Flask, Response, request, session  # noqa: E402
+from sqlalchemy import Integer, String, create_engine, event, func, select  # noqa: E402
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
-from wa_status_backend import SqliteStore, create_blueprint  # noqa: E402
+EXIT_USAGE = 2
 
 
-def parse_seed(spec: str) -> list:
+class DemoBase(DeclarativeBase):
+    pass
+
+
+class DemoBusiness(DemoBase):
+    """The demo's businesses: the gateway tenant id is the business id."""
+
+    __tablename__ = "demo_businesses"
+
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer)
+    locale: Mapped[str] = mapped_column(String(16), default="he")
+
+
+def parse_seed(spec: str, locales: list) -> list:
+    """``tenant[:owner_id[:locale]]`` items -> [(tenant, owner_id, locale)]; raises ValueError."""
     out = []
-    for n, item in enumerate((s.strip() for s in spec.split(",")), start=1):
-        if not item:
-            continue
-        tenant, sep, owner = item.partition(":")
-        tenant = tenant.strip()
-        owner = owner.strip()
+    for n, item in enumerate((s.strip() for s in spec.split(",") if s.strip()), start=1):
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) > 3:
+            raise ValueError(f"--seed item {item!r}: use tenant[:owner_id[:locale]]")
+        tenant = parts[0]
         if not tenant:
             raise ValueError(f"empty tenant id in --seed item {item!r}")
-        if sep and not owner:
-            raise ValueError(f"empty owner id in --seed item {item!r}")
-        owner_id = (int(owner) if owner.lstrip("-").isdigit() else owner) if sep else n
-        out.append((tenant, owner_id))
+        owner = parts[1] if len(parts) > 1 else str(n)
+        if not owner.isascii() or not owner.isdigit() or len(owner) > 18:
+            raise ValueError(f"--seed item {item!r}: the owner id must be a number")
+        locale = parts[2] if len(parts) > 2 else "he"
+        if locale not in locales:
+            raise ValueError(f"--seed item {item!r}: locale {locale!r} is not one of {', '.join(locales)}")
+        out.append((tenant, int(owner), locale))
     return out
 
 
-def create_app(store: SqliteStore, secret: str) -> Flask:
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+def _iso(value):
+    return None if value is None else value.isoformat() + "Z"
+
+
+def create_app(db_path: str, secret: str, signing_secrets: str = "") -> Flask:
+    engine = sqlite_begin_immediate(create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30}))
+
+    @event.listens_for(engine, "connect")
+    def _wal(dbapi_connection, _record):
+        # Outside any transaction (a journal mode cannot change inside one); readers then never
+        # wait for the writer.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    DemoBase.metadata.create_all(engine)
+    create_tables(engine)
+    db = scoped_session(sessionmaker(engine))
+
     app = Flask("wa_status_demo")
-    app.register_blueprint(create_blueprint(store=store, secret=secret))
+    app.config.update(
+        SECRET_KEY=os.urandom(32),  # a restart logs everyone out; no cookie outlives the process
+        SESSION_COOKIE_NAME="wa_demo_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        INTERNAL_SHARED_SECRET=secret,
+        WEBHOOK_SIGNING_SECRET=signing_secrets,
+    )
+    app.teardown_appcontext(lambda exc: db.remove())
+
+    def find_business(tenant_id):
+        b = db.get(DemoBusiness, tenant_id)
+        return (b.tenant_id, b.owner_id) if b else None
+
+    def business_locale(business_id):
+        b = db.get(DemoBusiness, business_id)
+        return b.locale if b else None
+
+    init_app(
+        app,
+        session=db,
+        find_business=find_business,
+        current_business=lambda: session.get("business_id"),
+        locale=business_locale,
+    )
+    app.extensions["wa_status_demo_db"] = db
+
+    def reply(body, status=200):
+        return Response(json.dumps(body, ensure_ascii=False), status=status,
+                        content_type="application/json; charset=utf-8")
 
     @app.get("/healthz")
     def healthz():
-        return jsonify({"ok": True})
+        return reply({"ok": True})
+
+    @app.post("/demo/login")
+    def demo_login():
+        data = request.get_json(silent=True)  # JSON only: a cross-site form cannot log anyone in
+        tenant = data.get("tenant_id") if isinstance(data, dict) else None
+        if not isinstance(tenant, str) or not tenant:
+            return reply({"ok": False, "error": "invalid_payload",
+                          "message": 'send {"tenant_id": "<business>"} as application/json'}, 400)
+        if db.get(DemoBusiness, tenant) is None:
+            return reply({"ok": False, "error": "unknown_business"}, 404)
+        session.clear()
+        session["business_id"] = tenant
+        return reply({"ok": True, "tenant_id": tenant})
+
+    @app.post("/demo/logout")
+    def demo_logout():
+        session.clear()
+        return reply({"ok": True})
 
     @app.get("/demo/state")
     def demo_state():
-        return jsonify({
-            "businesses": store.businesses(),
-            "statuses": store.statuses(),
-            "reminders": store.reminders(),
-            "idempotency_keys": store.idempotency_key_count(),
+        infos = {i.reminder_id: i for i in db.scalars(select(ReminderInfo))}
+        reminders = []
+        for r in db.scalars(select(Reminder).order_by(Reminder.id)):
+            info = infos.get(str(r.id))
+            reminders.append({
+                "id": r.id, "tenant_id": r.tenant_id, "lead_id": r.lead_id, "title": r.title, "note": r.note,
+                "due_date": _iso(r.due_date), "priority": r.priority, "type": r.type, "created_by": r.created_by,
+                "status": "completed" if r.is_completed else "open", "completed_at": _iso(r.completed_at),
+                "created_at": _iso(r.created_at), "lang": info.lang if info else None,
+                "reason": info.reason if info else None,
+                "idempotency_key": info.idempotency_key if info else None,
+                "status_changed_at": _iso(info.status_changed_at) if info else None,
+            })
+        return reply({
+            "businesses": [{"tenant_id": b.tenant_id, "owner_id": b.owner_id, "locale": b.locale}
+                           for b in db.scalars(select(DemoBusiness).order_by(DemoBusiness.tenant_id))],
+            "statuses": [{"tenant_id": s.tenant_id, "status": s.status, "reason": s.reason,
+                          "changed_at": _iso(s.changed_at), "received_at": _iso(s.received_at)}
+                         for s in db.scalars(select(TenantStatus).order_by(TenantStatus.tenant_id))
+                         if s.status is not None],
+            "reminders": reminders,
+            "idempotency_keys": db.scalar(select(func.count()).select_from(IdempotencyKey)),
         })
 
     return app
 
 
+def seed(app: Flask, items: list) -> None:
+    db = app.extensions["wa_status_demo_db"]
+    with app.app_context():
+        for tenant, owner, locale in items:
+            if db.get(DemoBusiness, tenant) is None:
+                db.add(DemoBusiness(tenant_id=tenant, owner_id=owner, locale=locale))
+        db.commit()
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description="Demo backend for wa-status-sidecar (the Flask kit with a demo login).")
+    ap.add_argument("--demo", action="store_true",
+                    help="required: run the open demo (anyone who reaches it can log in as any business); loopback only")
     ap.add_argument("--db", required=True, help="SQLite database file (created if missing)")
     ap.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
-    ap.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    ap.add_argument("--seed", default="", help="comma-separated tenant ids, each optionally tenant:owner_id")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address, a loopback one (default 127.0.0.1)")
+    ap.add_argument("--seed", default="", help="comma-separated tenant[:owner_id[:locale]] items")
     ap.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     args = ap.parse_args(argv)
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if not args.demo:
+        return fail("app.py is the open demo backend (its demo login lets anyone act as any business): "
+                    "start it with --demo, on a loopback address; a real app uses "
+                    "wa_status_backend.init_app with its own login (contrib/flask/README.md)")
+    if not is_loopback(args.host):
+        return fail(f"--demo refuses to bind {args.host!r}: the demo login is open, so it binds loopback only "
+                    "(127.0.0.1, ::1 or localhost)")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     secret = os.environ.get("INTERNAL_SHARED_SECRET", "")
     if not secret:
-        print("error: set INTERNAL_SHARED_SECRET", file=sys.stderr)
-        return 2
+        return fail("set INTERNAL_SHARED_SECRET (the secret the sidecar sends in X-INTERNAL-SECRET)")
+    signing = os.environ.get("WEBHOOK_SIGNING_SECRET", "")
     try:
-        seed = parse_seed(args.seed)
+        parse_secrets(signing)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"WEBHOOK_SIGNING_SECRET: {e}")
+    try:
+        items = parse_seed(args.seed, sorted(load_catalogue()))
+    except ValueError as e:
+        return fail(str(e))
 
-    store = SqliteStore(args.db)
-    for tenant, owner in seed:
-        store.add_business(tenant, owner)
-
-    app = create_app(store, secret)
+    app = create_app(args.db, secret, signing)
+    seed(app, items)
     server = make_server(args.host, args.port, app, threaded=True)
 
     def stop(signum, frame):
@@ -106,7 +262,9 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-
+    logging.getLogger("wa_status_demo").warning(
+        "demo mode: open demo login on %s:%d (loopback only); signed webhooks %s",
+        args.host, server.server_port, "required" if signing.split() else "off")
     print(f"listening on {server.server_port}", flush=True)
     try:
         server.serve_forever()

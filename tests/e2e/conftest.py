@@ -1,5 +1,5 @@
 """Process fixtures for the end-to-end chain test: the Baileys kit's simulated gateway (node), the
-Flask kit's backend (python, SQLite) and the sidecar binary, each a real process on 127.0.0.1.
+Flask kit's demo backend (python, SQLite) and the sidecar binary, each a real process on 127.0.0.1.
 
 Every process is started through the ``procs`` fixture, which kills it at teardown whatever the
 test did. Every wait is a polling loop with a deadline (:func:`wait_for`); nothing sleeps to
@@ -7,12 +7,17 @@ synchronise. When a test fails, the tail of each process's log is printed.
 
 The sidecar binary is ``$WA_SIDECAR_BIN`` when set, else ``<target>/debug/wa-status-sidecar``,
 built with ``cargo build`` when missing (``scripts/test`` runs ``cargo test`` first, which builds
-it fresh). The backend runs under this interpreter (``$WA_E2E_PYTHON`` overrides), which needs Flask:
-run the suite with the project's venv. The gateway needs ``contrib/baileys/node_modules``.
+it fresh). The backend is ``contrib/flask/app.py --demo`` under this interpreter (``$WA_E2E_PYTHON``
+overrides), which needs the Flask kit installed as a package: run the suite with the project's venv
+after ``.venv/bin/pip install ./contrib/flask``. The gateway needs ``contrib/baileys/node_modules``;
+it runs with a token (``--token``), which the sidecar reads from ``GATEWAY_TOKEN``
+(``gateway.token_env``). The bell is read the way a browser reads it: through the demo login's
+session cookie.
 """
 
 from __future__ import annotations
 
+from http.cookiejar import CookieJar
 import importlib.util
 import json
 import os
@@ -35,6 +40,8 @@ GATEWAY_SCRIPT = REPO / "contrib" / "baileys" / "sim-gateway.mjs"
 BACKEND_SCRIPT = REPO / "contrib" / "flask" / "app.py"
 # Made up per run; it goes to the backend and the sidecar through their environment only.
 SECRET = "e2e-" + os.urandom(8).hex()
+# The gateway's token: on the gateway's command line, to the sidecar through GATEWAY_TOKEN.
+GATEWAY_TOKEN = "gw-" + os.urandom(8).hex()
 
 # Deadlines, generous for a loaded 2-core machine; a passing run waits far less.
 START_DEADLINE = 30.0
@@ -63,17 +70,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body=None, timeout: float = 5.0):
-    """One HTTP request; returns (status, parsed JSON or text). Connection errors raise."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
+def http_raw(method: str, url: str, body=None, timeout: float = 5.0, headers=None, opener=None,
+             data: bytes = None):
+    """One HTTP request; returns (status, body bytes). Connection errors raise."""
+    if data is None and body is not None:
+        data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None and "Content-type" not in req.headers:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
+        with (opener or urllib.request.build_opener()).open(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
     except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
+        return e.code, e.read()
+
+
+def http(method: str, url: str, body=None, timeout: float = 5.0, headers=None, opener=None):
+    """One HTTP request; returns (status, parsed JSON or text). Connection errors raise."""
+    status, raw = http_raw(method, url, body, timeout, headers, opener)
     text = raw.decode("utf-8", "replace")
     try:
         return status, json.loads(text)
@@ -190,30 +204,56 @@ def base_env() -> dict:
 
 
 class Gateway:
-    """The Baileys kit's simulated gateway: ``node sim-gateway.mjs --port 0 <tenants>``."""
+    """The Baileys kit's simulated gateway: ``node sim-gateway.mjs --port 0 --token T <tenants>``."""
 
     def __init__(self, procs: Procs, tenants: list, initial: str = "open"):
         assert (GATEWAY_SCRIPT.parent / "node_modules" / "baileys").is_dir(), (
             "the Baileys kit's dependencies are missing: run `cd contrib/baileys && npm ci` first"
         )
-        argv = ["node", str(GATEWAY_SCRIPT), "--port", "0", "--initial", initial, "--verbose", *tenants]
+        argv = ["node", str(GATEWAY_SCRIPT), "--port", "0", "--host", "127.0.0.1", "--token", GATEWAY_TOKEN,
+                "--initial", initial, "--verbose", *tenants]
         self.proc = procs.spawn("gateway", argv, base_env())
         self.port = self.proc.read_port()
         self.base = f"http://127.0.0.1:{self.port}"
 
     def control(self, tenant: str, action: str, **fields) -> dict:
-        status, body = http("POST", f"{self.base}/control/{tenant}", {"action": action, **fields})
+        status, body = http("POST", f"{self.base}/control/{tenant}", {"action": action, **fields},
+                            headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
         assert status == 200, f"control {tenant} {action}: {status} {body}"
         return body
 
 
-class Backend:
-    """The Flask kit's backend: ``app.py --db <sqlite> --port <port> --seed <tenants>``."""
+class Bell:
+    """One browser's view of the bell: a cookie jar logged in through the demo login."""
 
-    def __init__(self, procs: Procs, db: Path, tenants: list):
+    def __init__(self, backend: "Backend", tenant: str):
+        self.url = backend.url
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        status, body = http("POST", f"{self.url}/demo/login", {"tenant_id": tenant}, opener=self.opener)
+        assert status == 200, f"demo login as {tenant}: {status} {body}"
+
+    def read(self):
+        """``GET /api/notifications``: (status, raw body bytes, parsed body)."""
+        status, raw = http_raw("GET", f"{self.url}/api/notifications", opener=self.opener)
+        return status, raw, json.loads(raw.decode("utf-8"))
+
+    def notifications(self) -> list:
+        status, _, body = self.read()
+        assert status == 200, (status, body)
+        assert body["unread_count"] == len(body["notifications"])
+        return body["notifications"]
+
+
+class Backend:
+    """The Flask kit's demo backend: ``app.py --demo --db <sqlite> --port <port> --seed <items>``.
+
+    Seed items are ``tenant[:owner_id[:locale]]``; the gateway's tenant id is the business id."""
+
+    def __init__(self, procs: Procs, db: Path, seed: list, env: dict = None):
         self.procs = procs
         self.db = db
-        self.seed = ",".join(tenants)
+        self.seed = ",".join(seed)
+        self.env = dict(env or {})
         self.port = 0
         self.proc = None
         self.start()
@@ -222,18 +262,23 @@ class Backend:
         """Starts (or restarts, on the same port and database) the backend."""
         python = os.environ.get("WA_E2E_PYTHON", sys.executable)
         if python == sys.executable:
-            assert importlib.util.find_spec("flask"), (
-                "Flask is missing: run pytest with the project's venv (.venv/bin/python -m pytest tests/e2e)"
-                " after `.venv/bin/pip install -r contrib/flask/requirements.txt`"
+            assert importlib.util.find_spec("wa_status_backend"), (
+                "the Flask kit is not installed: `.venv/bin/pip install ./contrib/flask`, then run"
+                " .venv/bin/python -m pytest tests/e2e"
             )
-        argv = [python, str(BACKEND_SCRIPT), "--db", str(self.db), "--port", str(self.port), "--seed", self.seed]
+        argv = [python, str(BACKEND_SCRIPT), "--demo", "--db", str(self.db), "--port", str(self.port),
+                "--seed", self.seed]
         env = base_env()
         env["INTERNAL_SHARED_SECRET"] = SECRET
+        env.update(self.env)
         self.proc = self.procs.spawn("backend", argv, env)
         port = self.proc.read_port()
         assert self.port in (0, port)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+
+    def login(self, tenant: str) -> Bell:
+        return Bell(self, tenant)
 
     def _query(self, sql: str, args=()) -> list:
         # Read the backend's own database directly: it works while the backend is down too.
@@ -245,23 +290,28 @@ class Backend:
             conn.close()
 
     def reminders(self, tenant: str) -> list:
-        rows = self._query(
-            "SELECT r.* FROM reminders r JOIN businesses b ON b.id = r.business_id"
-            " WHERE b.tenant_id = ? ORDER BY r.id",
+        """The tenant's reminder rows (the original CRMReminder shape) with what the kit keeps
+        beside them (language, reason, idempotency key), oldest first."""
+        return self._query(
+            "SELECT r.id, r.tenant_id, r.lead_id, r.title, r.note, r.priority, r.type, r.created_by,"
+            " CASE WHEN r.is_completed THEN 'completed' ELSE 'open' END AS status,"
+            " i.lang, i.reason, i.idempotency_key"
+            " FROM wa_status_reminders r LEFT JOIN wa_status_reminder_info i ON i.reminder_id = CAST(r.id AS TEXT)"
+            " WHERE r.tenant_id = ? ORDER BY r.id",
             (tenant,),
         )
-        for r in rows:
-            r["details"] = json.loads(r["details"]) if r.get("details") else None
-        return rows
 
     def status(self, tenant: str):
         """The last status the backend recorded for ``tenant`` (None before any call)."""
-        rows = self._query("SELECT status, reason FROM whatsapp_status WHERE tenant_id = ?", (tenant,))
+        rows = self._query(
+            "SELECT status, reason FROM wa_status_tenant_status WHERE tenant_id = ? AND status IS NOT NULL",
+            (tenant,),
+        )
         return rows[0] if rows else None
 
     def call_count(self) -> int:
         """Webhook calls the backend processed: each transition carries a new Idempotency-Key."""
-        return self._query("SELECT COUNT(*) AS n FROM idempotency_keys")[0]["n"]
+        return self._query("SELECT COUNT(*) AS n FROM wa_status_idempotency")[0]["n"]
 
 
 class Sidecar:
@@ -278,6 +328,7 @@ class Sidecar:
     def start(self):
         env = base_env()
         env["INTERNAL_SHARED_SECRET"] = SECRET
+        env["GATEWAY_TOKEN"] = GATEWAY_TOKEN
         env.setdefault("RUST_LOG", "info,wa_status_sidecar=debug")
         self.proc = self.procs.spawn("sidecar", [str(self.binary), "run", "--config", str(self.config)], env)
 
@@ -351,13 +402,14 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def chain(procs, tmp_path, sidecar_bin):
-    """A factory: ``chain(tenants)`` starts gateway, backend and sidecar for those tenants."""
+    """A factory: ``chain(tenants, debounce, seed=None)`` starts gateway, backend and sidecar for
+    those tenants; ``seed`` (default: the tenants) gives the backend's owners and locales."""
 
     class Chain:
-        def __init__(self, tenants: list, debounce: str):
+        def __init__(self, tenants: list, debounce: str, seed: list = None):
             self.tenants = tenants
             self.gateway = Gateway(procs, tenants)
-            self.backend = Backend(procs, tmp_path / "backend.sqlite", tenants)
+            self.backend = Backend(procs, tmp_path / "backend.sqlite", seed or tenants)
             self.state_dir = tmp_path / "state"
             self.config = tmp_path / "sidecar.toml"
             ids = ", ".join(json.dumps(t) for t in tenants)
@@ -368,6 +420,7 @@ def chain(procs, tmp_path, sidecar_bin):
 mode = "per-tenant"
 url = "ws://127.0.0.1:{self.gateway.port}/ws/{{tenant}}"
 state_url = "http://127.0.0.1:{self.gateway.port}/sessions/{{tenant}}/status"
+token_env = "GATEWAY_TOKEN"
 
 [backend]
 url = "{self.backend.url}"

@@ -1,6 +1,7 @@
 """The whole chain with real processes on 127.0.0.1: the Baileys kit's simulated gateway (node)
 -> the sidecar binary -> the Flask kit's backend (SQLite), driven through the gateway's control
-endpoint and checked in the backend's database and the sidecar's admin API.
+endpoint and checked in the backend's database, the sidecar's admin API, and the bell as each
+business reads it after logging in (the Flask demo's login).
 
 Run: ``.venv/bin/python -m pytest -q tests/e2e`` (``WA_SIDECAR_BIN`` picks the binary).
 
@@ -12,10 +13,12 @@ later.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+from pathlib import Path
 
-from conftest import wait_for
+from conftest import REPO, http_raw, wait_for
 
 DEBOUNCE = """
 [debounce]
@@ -29,6 +32,9 @@ flap_max_suppress = "60s"
 DISCONNECT_GRACE = 3.0
 REMINDER_TYPE = "system_whatsapp_disconnect"
 RESTART_REQUIRED = "Stream Errored (restart required)"
+# The bell's texts, from the catalogue both kits read.
+CATALOGUE = json.loads(Path(REPO, "contrib", "i18n", "bell-messages.json").read_text(encoding="utf-8"))
+HE, EN = CATALOGUE["he"], CATALOGUE["en"]
 
 
 def wait_connected(chain, tenant: str):
@@ -73,8 +79,23 @@ def test_real_drops_make_one_reminder_each_and_a_healed_drop_none(chain):
     assert reminder["priority"] == "high"
     assert reminder["status"] == "open"
     # Had the healed 515 drop been reported, its reminder would be the open one, with its reason.
-    assert reminder["details"]["reason"] == "logged out (code 401): Connection Failure"
+    assert reminder["reason"] == "logged out (code 401): Connection Failure"
+    assert (reminder["title"], reminder["note"], reminder["lang"]) == (HE["title"], HE["note"], "he")
     assert c.backend.status("business_1")["status"] == "disconnected"
+
+    # The business reads its bell after logging in: the Hebrew texts arrive intact, as UTF-8.
+    bell = c.backend.login("business_1")
+    status, raw, body = bell.read()
+    assert status == 200 and body["unread_count"] == 1
+    assert HE["title"].encode("utf-8") in raw and HE["note"].encode("utf-8") in raw
+    assert b"\\u" not in raw
+    [note] = body["notifications"]
+    assert note == {"id": reminder["id"], "type": REMINDER_TYPE, "priority": "high", "title": HE["title"],
+                    "note": HE["note"], "created_at": note["created_at"], "lang": "he"}
+    # The bystander business sees nothing of it; nobody logged in sees nothing at all.
+    assert c.backend.login("business_2").notifications() == []
+    anonymous = http_raw("GET", f"{c.backend.url}/api/notifications")
+    assert anonymous[0] == 401 and HE["title"].encode() not in anonymous[1]
 
     # The tenant links again: the reminder is completed, no new one is made.
     c.gateway.control("business_1", "reconnect")
@@ -84,6 +105,7 @@ def test_real_drops_make_one_reminder_each_and_a_healed_drop_none(chain):
     )
     assert len(c.backend.reminders("business_1")) == 1
     assert c.backend.status("business_1")["status"] == "connected"
+    assert bell.notifications() == []
     # The bystander was never touched; four calls in all: two first states, one drop, one recovery.
     assert c.backend.reminders("business_2") == []
     assert c.backend.status("business_2")["status"] == "connected"
@@ -102,7 +124,7 @@ def test_four_quick_drops_are_flapping_one_reminder_completed_after_decay(chain)
         c.gateway.control("business_1", "close", code=515, message=RESTART_REQUIRED)
         c.gateway.control("business_1", "open")
     [reminder] = wait_for("the flapping reminder", lambda: c.backend.reminders("business_1"))
-    reason = reminder["details"]["reason"]
+    reason = reminder["reason"]
     assert reason.startswith("flapping: 4 disconnects in "), reason
     assert reason.endswith(f"; last: {RESTART_REQUIRED} (code 515)"), reason
     assert reminder["type"] == REMINDER_TYPE and reminder["priority"] == "high"
@@ -158,8 +180,8 @@ def test_a_transition_owed_while_the_backend_is_down_lands_after_it_restarts(cha
     # Same port, same database: the owed transition lands, once, with the key it was given.
     c.backend.start()
     [reminder] = wait_for("the owed reminder", lambda: c.backend.reminders("business_1"), timeout=45)
-    assert reminder["details"]["idempotency_key"] == key
-    assert reminder["details"]["reason"] == "logged out (code 401): Connection Failure"
+    assert reminder["idempotency_key"] == key
+    assert reminder["reason"] == "logged out (code 401): Connection Failure"
     wait_for("the sidecar to settle the delivery", lambda: c.sidecar.tenant("business_1")["owed"] is None)
     assert c.sidecar.tenant("business_1")["reported"]["status"] == "disconnected"
     assert c.backend.call_count() == 2
@@ -178,7 +200,36 @@ def test_an_owed_transition_survives_a_kill_9_of_the_sidecar(chain):
     # The restarted sidecar resumes the owed delivery with its key; the unchanged first state
     # (connected, acknowledged before the kill) is not sent again.
     [reminder] = wait_for("the owed reminder after the restart", lambda: c.backend.reminders("business_1"), timeout=45)
-    assert reminder["details"]["idempotency_key"] == key
+    assert reminder["idempotency_key"] == key
     wait_for("the restarted sidecar to settle the delivery", lambda: c.sidecar.tenant("business_1")["owed"] is None)
     assert c.backend.call_count() == 2
     assert c.backend.status("business_1")["status"] == "disconnected"
+
+
+def test_each_business_reads_its_own_bell_in_its_own_language(chain):
+    """Two businesses, one Hebrew and one English, both logged out by WhatsApp: each login shows
+    that business's own reminder in its own language and nothing of the other's."""
+    c = chain(["business_1", "business_2"], DEBOUNCE, seed=["business_1:11:he", "business_2:22:en"])
+    for tenant in c.tenants:
+        wait_connected(c, tenant)
+    c.gateway.control("business_1", "logout")
+    c.gateway.control("business_2", "logout")
+    [r1] = wait_for("business_1's reminder", lambda: c.backend.reminders("business_1"))
+    [r2] = wait_for("business_2's reminder", lambda: c.backend.reminders("business_2"))
+    assert (r1["created_by"], r1["lang"], r1["lead_id"]) == (11, "he", None)
+    assert (r2["created_by"], r2["lang"], r2["lead_id"]) == (22, "en", None)
+
+    he, en = c.backend.login("business_1"), c.backend.login("business_2")
+    [n1], [n2] = he.notifications(), en.notifications()
+    assert (n1["id"], n1["title"], n1["note"], n1["lang"]) == (r1["id"], HE["title"], HE["note"], "he")
+    assert (n2["id"], n2["title"], n2["note"], n2["lang"]) == (r2["id"], EN["title"], EN["note"], "en")
+    # What the browser gets carries no reason, key, owner or business id.
+    for n in (n1, n2):
+        assert set(n) == {"id", "type", "priority", "title", "note", "created_at", "lang"}
+
+    # One business reconnects: only its bell empties.
+    c.gateway.control("business_2", "reconnect")
+    wait_for("business_2's reminder to be completed",
+             lambda: c.backend.reminders("business_2")[0]["status"] == "completed")
+    assert en.notifications() == []
+    assert [n["id"] for n in he.notifications()] == [r1["id"]]
