@@ -93,10 +93,10 @@ export function run (command, args, { timeoutMs = 300_000, ...options } = {}) {
 }
 
 /** fetch with a timeout, JSON in and out. */
-export async function json (url, { method = 'GET', body, timeoutMs = 5000 } = {}) {
+export async function json (url, { method = 'GET', body, headers = {}, timeoutMs = 5000 } = {}) {
   const res = await fetch(url, {
     method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
     signal: AbortSignal.timeout(timeoutMs)
   })

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// A tiny static server for the built demo page (contrib/react/demo/dist) that proxies /api/* to
-// the Flask kit, so the page and its API share one origin (no CORS needed).
+// A tiny static server for the built demo page (contrib/react/demo/dist) that proxies /api/* and
+// /demo/* (the Flask kit's demo login) to the Flask kit, so the page, its API and the session
+// cookie share one origin (no CORS needed).
 //
 //   node tests/browser/serve.mjs --dir contrib/react/demo/dist --api http://127.0.0.1:8000 [--port 0] [--host 127.0.0.1]
 //
@@ -11,6 +12,9 @@ import { readFile, stat } from 'node:fs/promises'
 import { extname, join, normalize, resolve, sep } from 'node:path'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
+
+/** Paths that belong to the Flask kit: its API and its demo login (POST /demo/login). */
+const PROXIED = ['/api', '/demo']
 
 const TYPES = {
   '.html': 'text/html; charset=utf-8',
@@ -71,7 +75,7 @@ export function startServer ({ dir, api, port = 0, host = '127.0.0.1' }) {
 
   const server = createServer((req, res) => {
     const { pathname } = new URL(req.url ?? '/', 'http://x')
-    if (pathname === '/api' || pathname.startsWith('/api/')) return proxy(req, res)
+    if (PROXIED.some((p) => pathname === p || pathname.startsWith(`${p}/`))) return proxy(req, res)
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405).end()
       return

@@ -3,13 +3,66 @@
 // A click on the WhatsApp item follows its link to /app/settings?tab=whatsapp (a full page
 // load: no navigate function is injected here), where the same header keeps polling.
 //
-// Query parameters: ?interval=MS (poll period, default 1000) and ?open=1 (panel open at load).
-import { StrictMode, useState } from 'react'
+// Query parameters (each remembered for the next pages of this tab's origin):
+//   ?lang=he|en     the page's language: he gives <html lang="he" dir="rtl">, en (default) LTR.
+//                   The kit's item needs no configuration: it follows the page.
+//   ?tenant=ID      the business to log in as, through the Flask kit's demo login
+//                   (POST /demo/login; default business_1).
+//   ?interval=MS    poll period (default 1000);  ?open=1  the panel open at load.
+import { StrictMode, useEffect, useState } from 'react'
 import { createRoot } from 'react-dom/client'
 import { NotificationItem, useNotifications } from '../src/index.js'
 
 const params = new URLSearchParams(window.location.search)
 const intervalMs = Number(params.get('interval')) || 1000
+
+/** A query parameter, else what this tab last chose, else `fallback`; remembered. */
+function setting (name, fallback, valid = () => true) {
+  const key = `wa-demo-${name}`
+  const given = params.get(name)
+  const value = [given, sessionStorage.getItem(key)].find((v) => v != null && valid(v)) ?? fallback
+  sessionStorage.setItem(key, value)
+  return value
+}
+
+// The demo's own words (the kit's item brings its own, from the shared catalogue).
+const UI = {
+  en: {
+    dir: 'ltr',
+    title: 'wa-status-sidecar: notification bell demo',
+    bell: (n) => `Notifications (${n} unread)`,
+    panel: 'Notifications',
+    empty: "You're all caught up",
+    error: 'Could not load notifications',
+    login: (t) => `Could not log in as ${t}`,
+    dashboard: 'Dashboard',
+    polls: (ms) => <>The bell polls <code dir='ltr'>/api/notifications</code> every {ms} ms.</>,
+    settings: 'Settings',
+    whatsapp: 'WhatsApp',
+    scan: 'Scan the QR code with the business phone to reconnect WhatsApp.'
+  },
+  he: {
+    dir: 'rtl',
+    title: 'wa-status-sidecar: הדגמת פעמון ההתראות',
+    bell: (n) => `התראות (${n} שלא נקראו)`,
+    panel: 'התראות',
+    empty: 'אין התראות חדשות',
+    error: 'לא ניתן לטעון את ההתראות',
+    login: (t) => `לא ניתן להתחבר בתור ${t}`,
+    dashboard: 'לוח בקרה',
+    polls: (ms) => <>הפעמון בודק את <code dir='ltr'>/api/notifications</code> כל {ms} אלפיות שנייה.</>,
+    settings: 'הגדרות',
+    whatsapp: 'ווטסאפ',
+    scan: 'יש לסרוק את קוד ה-QR בטלפון של העסק כדי לחבר מחדש את הווטסאפ.'
+  }
+}
+
+const lang = setting('lang', 'en', (v) => Object.hasOwn(UI, v))
+const tenant = setting('tenant', 'business_1', (v) => /^[\w.-]{1,64}$/.test(v))
+const t = UI[lang]
+document.documentElement.lang = lang
+document.documentElement.dir = t.dir
+document.title = t.title
 
 function BellIcon () {
   return (
@@ -25,34 +78,51 @@ function PlainItem ({ n }) {
   return (
     <div className='plain-item'>
       <strong>{n.title}</strong>
-      {n.message ? <div>{n.message}</div> : null}
+      {n.note ? <div>{n.note}</div> : null}
     </div>
   )
 }
 
+/** Logs in as `tenant` with the Flask kit's demo login; 'ok', 'failed' or null while pending. */
+function useDemoLogin () {
+  const [state, setState] = useState(null)
+  useEffect(() => {
+    fetch('/demo/login', {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ tenant_id: tenant })
+    }).then((res) => setState(res.ok ? 'ok' : 'failed'), () => setState('failed'))
+  }, [])
+  return state
+}
+
 function Bell () {
-  const { items, unreadCount, error } = useNotifications({ url: '/api/notifications', intervalMs })
+  const login = useDemoLogin()
+  const { items, unreadCount, error } = useNotifications({ url: '/api/notifications', intervalMs, enabled: login === 'ok' })
   const [open, setOpen] = useState(params.get('open') === '1')
   return (
     <div className='bell-wrap' data-testid='bell-area'>
       <button
         type='button'
         className='bell'
-        aria-label={`Notifications (${unreadCount} unread)`}
+        aria-label={t.bell(unreadCount)}
         aria-expanded={open}
         onClick={() => setOpen((o) => !o)}
         data-testid='bell'
+        data-login={login ?? 'pending'}
       >
         <BellIcon />
         {unreadCount > 0 ? <span className='badge' data-testid='badge'>{unreadCount > 99 ? '99+' : unreadCount}</span> : null}
       </button>
       {open
         ? (
-          <div className='panel' role='dialog' aria-label='Notifications' data-testid='panel'>
-            <h2>Notifications</h2>
-            {error ? <div className='error' role='status'>Could not load notifications</div> : null}
+          <div className='panel' role='dialog' aria-label={t.panel} data-testid='panel'>
+            <h2>{t.panel}</h2>
+            {login === 'failed' ? <div className='error' role='status'>{t.login(tenant)}</div> : null}
+            {error ? <div className='error' role='status'>{t.error}</div> : null}
             {items.length === 0
-              ? <div className='empty' data-testid='empty'>You're all caught up</div>
+              ? <div className='empty' data-testid='empty'>{t.empty}</div>
               : (
                 <ul>
                   {items.map((n) => (
@@ -69,6 +139,13 @@ function Bell () {
   )
 }
 
+function Languages () {
+  const link = (code, label) => (
+    <a href={`?lang=${code}`} lang={code} aria-current={code === lang ? 'true' : undefined}>{label}</a>
+  )
+  return <nav className='langs' aria-label='Language / שפה'>{link('he', 'עברית')} {link('en', 'English')}</nav>
+}
+
 function Page () {
   const onSettings = window.location.pathname.startsWith('/app/settings')
   const tab = params.get('tab')
@@ -78,14 +155,14 @@ function Page () {
         {onSettings
           ? (
             <>
-              <h1>Settings{tab === 'whatsapp' ? ' › WhatsApp' : ''}</h1>
-              <p>Scan the QR code with the business phone to reconnect WhatsApp.</p>
+              <h1>{t.settings}{tab === 'whatsapp' ? ` › ${t.whatsapp}` : ''}</h1>
+              <p>{t.scan}</p>
             </>
             )
           : (
             <>
-              <h1>Dashboard</h1>
-              <p>The bell polls <code>/api/notifications</code> every {intervalMs} ms.</p>
+              <h1>{t.dashboard}</h1>
+              <p>{t.polls(intervalMs)}</p>
             </>
             )}
       </div>
@@ -98,7 +175,10 @@ function App () {
     <>
       <header className='topbar'>
         <a className='brand' href='/'>Acme Bookings</a>
-        <Bell />
+        <div className='tools'>
+          <Languages />
+          <Bell />
+        </div>
       </header>
       <Page />
     </>

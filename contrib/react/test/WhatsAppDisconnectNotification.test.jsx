@@ -8,15 +8,16 @@ import {
   isWhatsAppDisconnect
 } from '../src/index.js'
 
-// What the Flask kit's GET /api/notifications returns for a lost session.
+// What the Flask kit's GET /api/notifications returns for a lost session (INTERFACES.md):
+// id, type, priority, title, note, created_at, lang.
 const reminder = {
   id: 7,
   type: 'system_whatsapp_disconnect',
-  title: 'WhatsApp connection lost',
-  message: 'WhatsApp connection lost - reconnect in the WhatsApp settings',
   priority: 'high',
+  title: 'WhatsApp connection lost',
+  note: 'WhatsApp connection lost - reconnect in the WhatsApp settings',
   created_at: '2025-01-31T12:00:00.000000Z',
-  business_id: 1
+  lang: 'en'
 }
 
 // Records whether the click that reached the document was prevented, then prevents it so that
@@ -41,15 +42,17 @@ describe('isWhatsAppDisconnect', () => {
 })
 
 describe('WhatsAppDisconnectNotification', () => {
-  it('renders the title, the message, its icon and a red accent', () => {
+  it('renders the title, the note, its icon and a red accent at the inline start', () => {
     render(<WhatsAppDisconnectNotification notification={reminder} />)
     const link = screen.getByRole('link')
     expect(link.textContent).toContain('WhatsApp connection lost')
     expect(link.textContent).toContain('reconnect in the WhatsApp settings')
     expect(link.getAttribute('data-notification-type')).toBe('system_whatsapp_disconnect')
     expect(link.getAttribute('data-priority')).toBe('high')
-    // #d92d20, as jsdom normalises it
-    expect(link.style.borderLeft).toContain('rgb(217, 45, 32)')
+    // A logical property: the accent is on the left on an LTR page, on the right on an RTL one.
+    expect(link.style.borderInlineStart).toBe('4px solid #d92d20')
+    expect(link.style.borderLeft).toBe('')
+    expect(link.style.textAlign).toBe('start')
     const icon = link.querySelector('svg[data-icon="whatsapp-disconnect"]')
     expect(icon).not.toBeNull()
     expect(icon.getAttribute('stroke')).toBe('#d92d20')
@@ -58,10 +61,16 @@ describe('WhatsAppDisconnectNotification', () => {
     expect(time.getAttribute('datetime')).toBe(reminder.created_at)
   })
 
-  it('falls back to a default text when the reminder has no title or message', () => {
+  it('falls back to the catalogue (Hebrew by default) when the reminder has no title or note', () => {
     render(<WhatsAppDisconnectNotification notification={{ id: 1, type: 'system_whatsapp_disconnect' }} />)
-    expect(screen.getByRole('link').textContent).toContain('WhatsApp connection lost')
+    expect(screen.getByRole('link').textContent).toBe('חיבור הווטסאפ נותק' + 'חיבור הווטסאפ לעסק נותק. יש להיכנס להגדרות ווטסאפ ולחבר מחדש את המספר.')
     expect(screen.getByRole('link').querySelector('time')).toBeNull()
+  })
+
+  it('still shows the old `message` field when there is no `note`', () => {
+    const { title, note, ...old } = reminder
+    render(<WhatsAppDisconnectNotification notification={{ ...old, title, message: 'Reconnect now' }} />)
+    expect(screen.getByRole('link').querySelector('[data-part="note"]').textContent).toBe('Reconnect now')
   })
 
   it('links to the WhatsApp settings by default, or to the given settingsUrl', () => {
@@ -122,7 +131,7 @@ describe('WhatsAppDisconnectNotification', () => {
     const link = screen.getByRole('link')
     expect(link.className).toBe('my-item')
     expect(link.style.padding).toBe('2px')
-    expect(link.style.borderLeft).toContain('rgb(217, 45, 32)')
+    expect(link.style.borderInlineStart).toBe('4px solid #d92d20')
   })
 })
 

@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { act, cleanup, renderHook } from '@testing-library/react'
 import { parseNotifications, useNotifications } from '../src/index.js'
 
-const lost = { id: 1, type: 'system_whatsapp_disconnect', title: 'WhatsApp connection lost', message: 'm', priority: 'high', created_at: '2025-01-31T12:00:00Z', business_id: 1 }
+const lost = { id: 1, type: 'system_whatsapp_disconnect', priority: 'high', title: 'חיבור הווטסאפ נותק', note: 'n', created_at: '2025-01-31T12:00:00Z', lang: 'he' }
 const other = { id: 2, type: 'task_due', title: 'Call back' }
 
 const ok = (body) => ({ ok: true, status: 200, json: async () => body })
