@@ -212,6 +212,16 @@ impl Sidecar {
         &self.registry
     }
 
+    /// Every tenant's state as `GET /tenants` shows it, sorted by id.
+    pub fn tenants(&self) -> Vec<registry::TenantView> {
+        self.registry.views(Now::read())
+    }
+
+    /// The metrics as `GET /metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        self.registry.metrics.encode()
+    }
+
     /// Applies a new config: tenants added and removed, new settings; links whose URL did not
     /// change stay up. A new backend client applies to the next request.
     pub fn reload(&self, config: Config) -> Result<(), StartError> {

@@ -16,3 +16,4 @@ mod compat;
 mod faults;
 mod process;
 mod systemd;
+mod trust;
