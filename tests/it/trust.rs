@@ -22,14 +22,21 @@ async fn a_tenant_removed_across_a_restart_is_never_reported_and_its_record_goes
     let sidecar = rig.start(&["b1"]).await;
     expect_no_call(&rig.backend, 10 * MINUTE).await;
     let ids: Vec<String> = sidecar.tenants().into_iter().map(|v| v.tenant).collect();
-    assert_eq!(ids, ["b1"], "nothing owed: the removed tenant's record is gone");
+    assert_eq!(
+        ids,
+        ["b1"],
+        "nothing owed: the removed tenant's record is gone"
+    );
     sidecar.shutdown().await;
 
     // Gone for good: added back, it is first-seen and its first stable state is reported once.
     rig.gateway.set_snapshot("b2", sim::baileys_open());
     let sidecar = rig.start(&["b1", "b2"]).await;
     let call = expect_call(&rig.backend, MINUTE).await;
-    assert_eq!((call.tenant_id.as_str(), call.status.as_str()), ("b2", "connected"));
+    assert_eq!(
+        (call.tenant_id.as_str(), call.status.as_str()),
+        ("b2", "connected")
+    );
     expect_no_call(&rig.backend, 10 * MINUTE).await;
     sidecar.shutdown().await;
 }
@@ -51,7 +58,9 @@ async fn shared_mode_started_with_no_tenants_links_the_tenants_a_reload_adds() {
             DEFAULT_DEBOUNCE,
         )
     };
-    let sidecar = wa_status_sidecar::Sidecar::start(shared(&[])).await.unwrap();
+    let sidecar = wa_status_sidecar::Sidecar::start(shared(&[]))
+        .await
+        .unwrap();
     rig.gateway.wait_accepted(sim::SHARED, 1).await;
     // The sidecar runs a while with its shared link up and no tenant to carry.
     tokio::time::sleep(MINUTE).await;
@@ -67,10 +76,17 @@ async fn shared_mode_started_with_no_tenants_links_the_tenants_a_reload_adds() {
     seen.sort();
     assert_eq!(
         seen,
-        [("b1".into(), "connected".into()), ("b2".into(), "connected".into())]
+        [
+            ("b1".into(), "connected".into()),
+            ("b2".into(), "connected".into())
+        ]
     );
     for view in sidecar.tenants() {
-        assert_eq!(view.link, "up", "{} is carried by the shared link", view.tenant);
+        assert_eq!(
+            view.link, "up",
+            "{} is carried by the shared link",
+            view.tenant
+        );
     }
     // Nothing more: no "gateway unreachable" for tenants the shared link carries.
     expect_no_call(&rig.backend, 10 * MINUTE).await;
@@ -80,7 +96,10 @@ async fn shared_mode_started_with_no_tenants_links_the_tenants_a_reload_adds() {
     rig.gateway.send(sim::SHARED, &waha("b3", "WORKING"));
     rig.gateway.send(sim::SHARED, &waha("b1", "FAILED"));
     let call = expect_call(&rig.backend, MINUTE).await;
-    assert_eq!((call.tenant_id.as_str(), call.status.as_str()), ("b3", "connected"));
+    assert_eq!(
+        (call.tenant_id.as_str(), call.status.as_str()),
+        ("b3", "connected")
+    );
     expect_no_call(&rig.backend, 10 * MINUTE).await;
     sidecar.shutdown().await;
 }
@@ -123,7 +142,10 @@ async fn a_frame_naming_another_tenant_changes_nothing_for_either_tenant() {
         r#"{"tenant_id":"b1","status":"disconnected","reason":"logged out on the phone"}"#,
     );
     let call = expect_call(&rig.backend, SECOND).await;
-    assert_eq!((call.tenant_id.as_str(), call.status.as_str()), ("b1", "disconnected"));
+    assert_eq!(
+        (call.tenant_id.as_str(), call.status.as_str()),
+        ("b1", "disconnected")
+    );
     sidecar.shutdown().await;
 }
 
@@ -137,7 +159,8 @@ async fn retry_after_zero_negative_or_past_never_retries_faster_than_the_backoff
         let sidecar = rig.start_connected(&["b1"]).await;
         rig.backend
             .set_default(Reply::status(503).with_header("retry-after", retry_after));
-        rig.gateway.send("b1", &sim::baileys_close(401, "Connection Failure"));
+        rig.gateway
+            .send("b1", &sim::baileys_close(401, "Connection Failure"));
 
         let start = tokio::time::Instant::now();
         let mut at = Vec::new();
