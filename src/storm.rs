@@ -862,3 +862,1076 @@ fn keep_reason(buf: &mut String, text: &str) {
         buf.push(if c.is_control() { ' ' } else { c });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const CLOSED_428: &str = "Connection Closed (code 428)";
+    const RESTART_515: &str = "Stream Errored (restart required) (code 515)";
+
+    /// How long the clock keeps moving after the last event, so every hold ends.
+    const HORIZON: Duration = Duration::from_secs(4 * 3600);
+
+    /// One input, as a table row.
+    #[derive(Debug, Clone)]
+    enum Ev {
+        /// The tenant drops with a 428 close.
+        Drop(u32),
+        /// The tenant drops with this close, or with none (a bare `connecting`).
+        DropWith(u32, Option<&'static str>),
+        Up(u32),
+        Unlink(u32),
+        Remove(u32),
+        /// The number of linked tenants the next drops pass (10 at the start).
+        Linked(usize),
+        /// A new policy, applied as the registry does after a reload: `on_timeout` at once.
+        Reload(StormPolicy),
+        /// A spurious `on_timeout`, due or not.
+        Wake,
+    }
+
+    /// The tests' usual policy: with 10 linked tenants, 3 drops within 60 s make a storm, held
+    /// 15 minutes.
+    fn small() -> StormPolicy {
+        StormPolicy {
+            fraction: 0.3,
+            min_tenants: 3,
+            window: Duration::from_secs(60),
+            hold: Duration::from_secs(900),
+        }
+    }
+
+    /// A hand-moved clock driving one detector.
+    struct Sim {
+        policy: StormPolicy,
+        d: Detector<u32>,
+        base: Instant,
+        now: Instant,
+        linked: usize,
+        seen: BTreeSet<u32>,
+        /// Every drained event with the second (from `base`) it was decided at.
+        events: Vec<(f64, Event<u32>)>,
+    }
+
+    impl Sim {
+        fn new(policy: StormPolicy) -> Self {
+            let base = Instant::now();
+            Sim {
+                policy,
+                d: Detector::new(),
+                base,
+                now: base,
+                linked: 10,
+                seen: BTreeSet::new(),
+                events: Vec::new(),
+            }
+        }
+
+        fn at(&self, secs: f64) -> Instant {
+            self.base + Duration::from_secs_f64(secs)
+        }
+
+        fn secs(&self, t: Instant) -> f64 {
+            t.saturating_duration_since(self.base).as_secs_f64()
+        }
+
+        /// Moves the clock to `to`, calling `on_timeout` exactly at each deadline on the way, as
+        /// the timer wheel does.
+        fn advance(&mut self, to: Instant) {
+            while let Some(due) = self.d.next_deadline(&self.policy) {
+                if due > to {
+                    break;
+                }
+                self.now = due.max(self.now);
+                self.d.on_timeout(self.now, &self.policy);
+                self.drain();
+                assert!(
+                    !matches!(self.d.next_deadline(&self.policy), Some(n) if n <= self.now),
+                    "on_timeout left a due deadline"
+                );
+                // A repeated call at the same instant must do nothing.
+                self.d.on_timeout(self.now, &self.policy);
+                assert_eq!(self.d.poll_event(), None, "a repeated on_timeout decided");
+            }
+            self.now = to.max(self.now);
+        }
+
+        fn apply(&mut self, ev: &Ev) {
+            let now = self.now;
+            let policy = &self.policy;
+            match ev {
+                Ev::Drop(t) => self
+                    .d
+                    .dropped(now, policy, t, self.linked, Some(CLOSED_428)),
+                Ev::DropWith(t, reason) => self.d.dropped(now, policy, t, self.linked, *reason),
+                Ev::Up(t) => self.d.recovered(now, policy, t),
+                Ev::Unlink(t) => self.d.unlinked(t),
+                Ev::Remove(t) => self.d.removed(now, policy, t),
+                Ev::Linked(n) => self.linked = *n,
+                Ev::Reload(new) => {
+                    self.policy = new.clone();
+                    self.d.on_timeout(now, &self.policy);
+                }
+                Ev::Wake => self.d.on_timeout(now, policy),
+            }
+            if let Ev::Drop(t) | Ev::DropWith(t, _) | Ev::Up(t) | Ev::Unlink(t) | Ev::Remove(t) = ev
+            {
+                self.seen.insert(*t);
+            }
+            self.drain();
+        }
+
+        fn drain(&mut self) {
+            while let Some(event) = self.d.poll_event() {
+                let at = self.secs(self.now);
+                self.events.push((at, event));
+            }
+            // `held_until` and the view agree on who is held.
+            let held = self
+                .seen
+                .iter()
+                .filter(|t| self.d.held_until(&self.policy, t).is_some())
+                .count();
+            assert_eq!(held, self.d.view(&self.policy).map_or(0, |v| v.held));
+        }
+
+        fn run(&mut self, events: &[(f64, Ev)]) {
+            for (secs, ev) in events {
+                let at = self.at(*secs);
+                self.advance(at);
+                self.apply(ev);
+            }
+        }
+
+        fn finish(&mut self) {
+            let end = self.now + HORIZON;
+            self.advance(end);
+        }
+
+        fn held_until(&self, tenant: u32) -> Option<f64> {
+            self.d
+                .held_until(&self.policy, &tenant)
+                .map(|t| self.secs(t))
+        }
+
+        /// The events in a short form: "began 3 of 10", "released [1, 2]",
+        /// "ended 1 of 4 down, held until 920".
+        fn shown(&self) -> Vec<(f64, String)> {
+            self.events
+                .iter()
+                .map(|(at, event)| (*at, self.show(event)))
+                .collect()
+        }
+
+        fn show(&self, event: &Event<u32>) -> String {
+            match event {
+                Event::Began {
+                    members, linked, ..
+                } => format!("began {members} of {linked}"),
+                Event::Released { tenants, .. } => format!("released {tenants:?}"),
+                Event::Ended {
+                    members,
+                    still_down,
+                    held_until,
+                    ..
+                } => match held_until {
+                    Some(t) => format!(
+                        "ended {still_down} of {members} down, held until {}",
+                        self.secs(*t)
+                    ),
+                    None => format!("ended {still_down} of {members} down"),
+                },
+            }
+        }
+
+        /// The reasons of the releases, in order.
+        fn released_reasons(&self) -> Vec<&str> {
+            self.events
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Event::Released { reason, .. } => Some(&**reason),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    /// The table-test entry point: runs `events` (second, event), then the clock for `HORIZON`,
+    /// and compares the decisions with `expected` (second, short form).
+    fn check_with(policy: StormPolicy, events: &[(f64, Ev)], expected: &[(f64, &str)]) -> Sim {
+        let mut sim = Sim::new(policy);
+        sim.run(events);
+        sim.finish();
+        let got = sim.shown();
+        let same = got.len() == expected.len()
+            && got
+                .iter()
+                .zip(expected)
+                .all(|(g, e)| (g.0 - e.0).abs() < 1e-6 && g.1 == e.1);
+        assert!(same, "events differ\n got: {got:#?}\nwant: {expected:#?}");
+        sim
+    }
+
+    fn check(events: &[(f64, Ev)], expected: &[(f64, &str)]) -> Sim {
+        check_with(small(), events, expected)
+    }
+
+    /// Drops of `tenants`, one a second from `from`.
+    fn drops(from: f64, tenants: impl IntoIterator<Item = u32>) -> Vec<(f64, Ev)> {
+        tenants
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (from + i as f64, Ev::Drop(t)))
+            .collect()
+    }
+
+    fn concat(parts: &[Vec<(f64, Ev)>]) -> Vec<(f64, Ev)> {
+        parts.concat()
+    }
+
+    #[test]
+    fn threshold_takes_the_larger_of_the_share_and_the_minimum() {
+        let p = |fraction, min_tenants| StormPolicy {
+            fraction,
+            min_tenants,
+            ..StormPolicy::default()
+        };
+        let cases = [
+            (p(0.3, 3), 10, Some(3)),
+            (p(0.3, 3), 5, Some(3)),
+            (p(0.2, 20), 10_000, Some(2000)),
+            (p(0.2, 20), 50, Some(20)),
+            (p(0.25, 1), 10, Some(3)),
+            (p(1.0, 1), 10, Some(10)),
+            // Whole shares that floating point lands a hair above: 3.0000000000000004, 7.000000000000001.
+            (p(0.1, 1), 30, Some(3)),
+            (p(0.7, 1), 10, Some(7)),
+            (p(0.2, 0), 0, Some(1)),
+            // More than all the linked tenants can never be met.
+            (p(2.0, 1), 10, Some(20)),
+            (p(f64::INFINITY, 1), 10, Some(usize::MAX)),
+            (p(0.0, 20), 100, None),
+            (p(-0.5, 20), 100, None),
+            (p(f64::NAN, 20), 100, None),
+        ];
+        for (policy, linked, want) in cases {
+            assert_eq!(threshold(&policy, linked), want, "{policy:?} {linked}");
+        }
+    }
+
+    #[test]
+    fn three_of_ten_within_the_window_begin_a_storm() {
+        let sim = check(
+            &drops(0.0, [1, 2, 3]),
+            &[(2.0, "began 3 of 10"), (902.0, "released [1, 2, 3]")],
+        );
+        assert_eq!(
+            sim.released_reasons(),
+            ["WhatsApp-wide outage: 3 of 10 sessions dropped within 60s; last: Connection Closed (code 428)"]
+        );
+    }
+
+    #[test]
+    fn one_short_of_the_threshold_is_no_storm() {
+        let sim = check(&drops(0.0, [1, 2]), &[]);
+        assert_eq!(sim.held_until(1), None);
+        assert_eq!(sim.d.view(&sim.policy), None);
+    }
+
+    #[test]
+    fn the_share_of_linked_tenants_and_min_tenants_both_apply() {
+        // 100 linked: 30% is 30 tenants, more than min_tenants; 29 are not a storm.
+        let mut events = vec![(0.0, Ev::Linked(100))];
+        events.extend(drops(0.0, 1..=29));
+        check(&events, &[]);
+        events.extend(drops(29.0, [30]));
+        check(
+            &events,
+            &[(29.0, "began 30 of 100"), (929.0, "released [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]")],
+        );
+        // 5 linked: 30% is 2 tenants, but min_tenants asks for 3.
+        let mut events = vec![(0.0, Ev::Linked(5))];
+        events.extend(drops(0.0, [1, 2]));
+        check(&events, &[]);
+        events.extend(drops(2.0, [3]));
+        check(
+            &events,
+            &[(2.0, "began 3 of 5"), (902.0, "released [1, 2, 3]")],
+        );
+    }
+
+    #[test]
+    fn the_window_slides() {
+        // The drop at 0 is 61 s old at 61: out. 30, 61 and 62 are within 60 s of 62.
+        check(
+            &[
+                (0.0, Ev::Drop(1)),
+                (30.0, Ev::Drop(2)),
+                (61.0, Ev::Drop(3)),
+                (62.0, Ev::Drop(4)),
+            ],
+            &[(62.0, "began 3 of 10"), (962.0, "released [2, 3, 4]")],
+        );
+        // Exactly `window` apart is within it.
+        check(
+            &[(0.0, Ev::Drop(1)), (30.0, Ev::Drop(2)), (60.0, Ev::Drop(3))],
+            &[(60.0, "began 3 of 10"), (960.0, "released [1, 2, 3]")],
+        );
+    }
+
+    #[test]
+    fn a_tenant_counts_once() {
+        let sim = check(
+            &[
+                (0.0, Ev::Drop(1)),
+                // A later close in the same drop.
+                (5.0, Ev::DropWith(1, Some(RESTART_515))),
+                (10.0, Ev::Drop(2)),
+                // Back and down again: still one tenant.
+                (15.0, Ev::Up(2)),
+                (20.0, Ev::Drop(2)),
+                (25.0, Ev::Drop(2)),
+            ],
+            &[],
+        );
+        assert_eq!(sim.d.recent.len(), 2);
+        check(
+            &[
+                (0.0, Ev::Drop(1)),
+                (5.0, Ev::Drop(1)),
+                (10.0, Ev::Drop(2)),
+                (15.0, Ev::Up(2)),
+                (20.0, Ev::Drop(2)),
+                (30.0, Ev::Drop(3)),
+            ],
+            &[(30.0, "began 3 of 10"), (930.0, "released [1, 2, 3]")],
+        );
+    }
+
+    #[test]
+    fn a_tenant_back_before_the_storm_does_not_count() {
+        let sim = check(
+            &[
+                (0.0, Ev::Drop(1)),
+                (5.0, Ev::Drop(2)),
+                (10.0, Ev::Up(1)),
+                (20.0, Ev::Drop(3)),
+                (30.0, Ev::Drop(4)),
+            ],
+            &[(30.0, "began 3 of 10"), (930.0, "released [2, 3, 4]")],
+        );
+        assert_eq!(sim.events.len(), 2);
+        check(
+            &[
+                (0.0, Ev::Drop(1)),
+                (5.0, Ev::Drop(2)),
+                (10.0, Ev::Up(1)),
+                (20.0, Ev::Drop(3)),
+            ],
+            &[],
+        );
+    }
+
+    #[test]
+    fn a_tenant_whose_link_went_down_leaves_the_window() {
+        check(
+            &[
+                (0.0, Ev::Drop(1)),
+                (5.0, Ev::Drop(2)),
+                (10.0, Ev::Unlink(1)),
+                (20.0, Ev::Drop(3)),
+            ],
+            &[],
+        );
+    }
+
+    #[test]
+    fn drops_after_the_begin_join_the_storm_and_are_held_with_it() {
+        let events = concat(&[
+            drops(0.0, [1, 2, 3]),
+            vec![
+                (100.0, Ev::Drop(4)),
+                (800.0, Ev::DropWith(5, Some(RESTART_515))),
+                // A bare `connecting` says nothing about why: the last close stays 515's.
+                (801.0, Ev::DropWith(6, None)),
+            ],
+        ]);
+        let mut sim = Sim::new(small());
+        sim.run(&events);
+        assert_eq!(sim.held_until(6), Some(902.0));
+        assert_eq!(sim.held_until(1), Some(902.0));
+        let view = sim.d.view(&sim.policy).expect("a storm");
+        assert_eq!(
+            (
+                view.active,
+                view.members,
+                view.still_down,
+                view.linked_at_start
+            ),
+            (true, 6, 6, 10)
+        );
+        assert_eq!((view.last_reason, view.held), (RESTART_515, 6));
+        assert_eq!(sim.secs(view.since), 2.0);
+        assert_eq!(sim.secs(view.hold_until), 902.0);
+        sim.finish();
+        assert_eq!(
+            sim.shown(),
+            [
+                (2.0, "began 3 of 10".to_string()),
+                (902.0, "released [1, 2, 3, 4, 5, 6]".to_string())
+            ]
+        );
+        match &sim.events[0].1 {
+            Event::Began { reason, .. } => assert_eq!(
+                &**reason,
+                "WhatsApp-wide outage: 3 of 10 sessions dropped within 60s; last: Connection Closed (code 428)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            sim.released_reasons(),
+            ["WhatsApp-wide outage: 6 of 10 sessions dropped within 60s; last: Stream Errored (restart required) (code 515)"]
+        );
+        // Released: nobody is held any more, though the storm goes on (all six are down).
+        assert_eq!(sim.held_until(1), None);
+        assert!(sim
+            .d
+            .view(&sim.policy)
+            .is_some_and(|v| v.active && v.released));
+    }
+
+    #[test]
+    fn a_storm_that_comes_back_within_the_hold_is_silent() {
+        let sim = check(
+            &concat(&[
+                drops(0.0, [1, 2, 3, 4]),
+                vec![
+                    (100.0, Ev::Up(1)),
+                    // Two of four down is half, not fewer than half.
+                    (110.0, Ev::Up(2)),
+                    (120.0, Ev::Up(3)),
+                    (130.0, Ev::Up(4)),
+                ],
+            ]),
+            &[
+                (2.0, "began 3 of 10"),
+                (120.0, "ended 1 of 4 down, held until 902"),
+            ],
+        );
+        assert_eq!(sim.d.view(&sim.policy), None);
+        assert!(sim.d.members.is_empty() && sim.d.storms.is_empty());
+    }
+
+    #[test]
+    fn members_still_down_stay_held_past_the_end_until_the_hold_ends() {
+        let mut sim = Sim::new(small());
+        sim.run(&concat(&[
+            drops(0.0, [1, 2, 3, 4]),
+            vec![(100.0, Ev::Up(1)), (110.0, Ev::Up(2)), (120.0, Ev::Up(3))],
+        ]));
+        assert_eq!(sim.held_until(4), Some(902.0));
+        assert_eq!(sim.held_until(1), None);
+        let view = sim.d.view(&sim.policy).expect("still holding");
+        assert_eq!((view.active, view.held, view.still_down), (false, 1, 1));
+        sim.finish();
+        assert_eq!(
+            sim.shown(),
+            [
+                (2.0, "began 3 of 10".to_string()),
+                (120.0, "ended 1 of 4 down, held until 902".to_string()),
+                (902.0, "released [4]".to_string()),
+            ]
+        );
+        assert_eq!(
+            sim.released_reasons(),
+            ["WhatsApp-wide outage: 4 of 10 sessions dropped within 60s; last: Connection Closed (code 428)"]
+        );
+    }
+
+    #[test]
+    fn a_new_storm_can_follow_while_the_old_hold_runs() {
+        let sim = check(
+            &concat(&[
+                drops(0.0, [1, 2, 3, 4]),
+                vec![(100.0, Ev::Up(1)), (100.0, Ev::Up(2)), (100.0, Ev::Up(3))],
+                // After the end, drops fill the window again.
+                drops(200.0, [5, 6]),
+                vec![(205.0, Ev::DropWith(7, Some(RESTART_515)))],
+                // Tenant 1, back from the first storm, drops in the second.
+                vec![(210.0, Ev::Drop(1))],
+            ]),
+            &[
+                (2.0, "began 3 of 10"),
+                (100.0, "ended 1 of 4 down, held until 902"),
+                (205.0, "began 3 of 10"),
+                (902.0, "released [4]"),
+                (1105.0, "released [1, 5, 6, 7]"),
+            ],
+        );
+        assert_eq!(
+            sim.released_reasons(),
+            [
+                "WhatsApp-wide outage: 4 of 10 sessions dropped within 60s; last: Connection Closed (code 428)",
+                "WhatsApp-wide outage: 4 of 10 sessions dropped within 60s; last: Connection Closed (code 428)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_drop_after_the_hold_is_not_held_and_the_storm_still_ends() {
+        let mut sim = Sim::new(small());
+        sim.run(&concat(&[
+            drops(0.0, [1, 2, 3]),
+            vec![(1000.0, Ev::Drop(4))],
+        ]));
+        assert_eq!(sim.held_until(4), None);
+        sim.run(&[
+            (1100.0, Ev::Up(1)),
+            (1110.0, Ev::Up(2)),
+            (1120.0, Ev::Up(3)),
+        ]);
+        sim.finish();
+        assert_eq!(
+            sim.shown(),
+            [
+                (2.0, "began 3 of 10".to_string()),
+                (902.0, "released [1, 2, 3]".to_string()),
+                (1120.0, "ended 1 of 4 down".to_string()),
+            ]
+        );
+        assert_eq!(sim.d.view(&sim.policy), None);
+    }
+
+    #[test]
+    fn a_removed_tenant_leaves_the_window_and_its_storm_unreleased() {
+        // From the window.
+        check(
+            &[
+                (0.0, Ev::Drop(1)),
+                (1.0, Ev::Drop(2)),
+                (2.0, Ev::Remove(1)),
+                (3.0, Ev::Drop(3)),
+            ],
+            &[],
+        );
+        // From the storm in progress: it counts one member fewer (3 of 3 down), so it goes on.
+        let sim = check(
+            &concat(&[drops(0.0, [1, 2, 3, 4]), vec![(50.0, Ev::Remove(4))]]),
+            &[(2.0, "began 3 of 10"), (902.0, "released [1, 2, 3]")],
+        );
+        assert_eq!(
+            sim.released_reasons()[0].split(';').next(),
+            Some("WhatsApp-wide outage: 3 of 10 sessions dropped within 60s")
+        );
+        // Removing a down member can end it; removing the one still held releases nobody.
+        check(
+            &concat(&[
+                drops(0.0, [1, 2, 3, 4]),
+                vec![
+                    (50.0, Ev::Up(1)),
+                    (55.0, Ev::Up(2)),
+                    (60.0, Ev::Remove(3)),
+                    (80.0, Ev::Remove(4)),
+                ],
+            ]),
+            &[
+                (2.0, "began 3 of 10"),
+                (60.0, "ended 1 of 3 down, held until 902"),
+            ],
+        );
+        // Removing every member ends it.
+        check(
+            &concat(&[
+                drops(0.0, [1, 2, 3]),
+                vec![
+                    (50.0, Ev::Remove(1)),
+                    (51.0, Ev::Remove(2)),
+                    (52.0, Ev::Remove(3)),
+                ],
+            ]),
+            &[(2.0, "began 3 of 10"), (52.0, "ended 0 of 0 down")],
+        );
+    }
+
+    #[test]
+    fn a_member_whose_link_went_down_stays_held() {
+        let mut sim = Sim::new(small());
+        sim.run(&concat(&[
+            drops(0.0, [1, 2, 3]),
+            vec![(10.0, Ev::Unlink(1))],
+        ]));
+        assert_eq!(sim.held_until(1), Some(902.0));
+        sim.finish();
+        assert_eq!(
+            sim.shown(),
+            [
+                (2.0, "began 3 of 10".to_string()),
+                (902.0, "released [1, 2, 3]".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reload_moves_the_hold() {
+        let with_hold = |secs| StormPolicy {
+            hold: Duration::from_secs(secs),
+            ..small()
+        };
+        // Grown before it ends.
+        check(
+            &concat(&[
+                drops(0.0, [1, 2, 3]),
+                vec![(100.0, Ev::Reload(with_hold(1800)))],
+            ]),
+            &[(2.0, "began 3 of 10"), (1802.0, "released [1, 2, 3]")],
+        );
+        // Shrunk to an instant already past: released at the reload.
+        check(
+            &concat(&[
+                drops(0.0, [1, 2, 3]),
+                vec![(100.0, Ev::Reload(with_hold(60)))],
+            ]),
+            &[(2.0, "began 3 of 10"), (100.0, "released [1, 2, 3]")],
+        );
+        // Shrunk to an instant still ahead.
+        check(
+            &concat(&[
+                drops(0.0, [1, 2, 3]),
+                vec![(100.0, Ev::Reload(with_hold(300)))],
+            ]),
+            &[(2.0, "began 3 of 10"), (302.0, "released [1, 2, 3]")],
+        );
+        // Grown after the release: what was released stays released.
+        let sim = check(
+            &concat(&[
+                drops(0.0, [1, 2, 3]),
+                vec![(1000.0, Ev::Reload(with_hold(1800)))],
+            ]),
+            &[(2.0, "began 3 of 10"), (902.0, "released [1, 2, 3]")],
+        );
+        assert_eq!(sim.held_until(1), None);
+        assert_eq!(sim.d.next_deadline(&sim.policy), None);
+    }
+
+    #[test]
+    fn fraction_zero_ends_every_storm_and_releases_everyone() {
+        let off = StormPolicy {
+            fraction: 0.0,
+            ..small()
+        };
+        let sim = check(
+            &concat(&[
+                drops(0.0, [1, 2, 3, 4]),
+                vec![(100.0, Ev::Up(1)), (100.0, Ev::Up(2)), (100.0, Ev::Up(3))],
+                drops(200.0, [5, 6, 7]),
+                vec![(210.0, Ev::Drop(8)), (220.0, Ev::Reload(off.clone()))],
+                // Off: nothing is counted or held.
+                drops(300.0, 1..=10),
+            ]),
+            &[
+                (2.0, "began 3 of 10"),
+                (100.0, "ended 1 of 4 down, held until 902"),
+                (202.0, "began 3 of 10"),
+                (220.0, "released [4]"),
+                (220.0, "released [5, 6, 7, 8]"),
+                (220.0, "ended 4 of 4 down"),
+            ],
+        );
+        assert!(sim.d.recent.is_empty() && sim.d.members.is_empty());
+        assert_eq!(sim.d.view(&off), None);
+        check_with(off, &drops(0.0, 1..=10), &[]);
+        // Turned on again: only fresh drops count.
+        check(
+            &concat(&[
+                drops(0.0, [1, 2]),
+                vec![(
+                    10.0,
+                    Ev::Reload(StormPolicy {
+                        fraction: 0.0,
+                        ..small()
+                    }),
+                )],
+                vec![(20.0, Ev::Reload(small()))],
+                drops(30.0, [3, 4]),
+            ]),
+            &[],
+        );
+    }
+
+    #[test]
+    fn a_reload_of_the_window_applies_to_detection_not_to_a_storm_in_progress() {
+        let window = |secs| StormPolicy {
+            window: Duration::from_secs(secs),
+            ..small()
+        };
+        let sim = check(
+            &[
+                (0.0, Ev::Drop(1)),
+                (50.0, Ev::Drop(2)),
+                (55.0, Ev::Reload(window(30))),
+                // 1 dropped 70 s ago: out of the new window.
+                (70.0, Ev::Drop(3)),
+                (75.0, Ev::Drop(4)),
+                (80.0, Ev::Reload(window(120))),
+            ],
+            &[(75.0, "began 3 of 10"), (975.0, "released [2, 3, 4]")],
+        );
+        assert_eq!(
+            sim.released_reasons(),
+            ["WhatsApp-wide outage: 3 of 10 sessions dropped within 30s; last: Connection Closed (code 428)"]
+        );
+    }
+
+    #[test]
+    fn a_restart_resumes_the_hold() {
+        let mut sim = Sim::new(small());
+        sim.run(&concat(&[
+            drops(0.0, [1, 2, 3, 4]),
+            vec![
+                (100.0, Ev::Up(4)),
+                (110.0, Ev::DropWith(5, Some(RESTART_515))),
+            ],
+        ]));
+        let saved = sim.d.saved();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(
+            (
+                saved[0].members,
+                saved[0].linked,
+                &*saved[0].held,
+                &*saved[0].last_reason
+            ),
+            (5, 10, &[1, 2, 3, 5][..], RESTART_515)
+        );
+        // The next process starts at 500 s; the storm began at 2 s on its clock too.
+        let mut next = Sim::new(small());
+        next.base = sim.base;
+        next.now = next.at(500.0);
+        next.d = Detector::resume(next.now, saved);
+        next.seen.extend(1..=5);
+        assert_eq!(next.held_until(1), Some(902.0));
+        assert_eq!(next.held_until(4), None);
+        let view = next.d.view(&next.policy).expect("resumed");
+        assert_eq!((view.active, view.held, view.members), (false, 4, 5));
+        next.run(&[(600.0, Ev::Up(2))]);
+        next.finish();
+        assert_eq!(next.shown(), [(902.0, "released [1, 3, 5]".to_string())]);
+        assert_eq!(
+            next.released_reasons(),
+            ["WhatsApp-wide outage: 5 of 10 sessions dropped within 60s; last: Stream Errored (restart required) (code 515)"]
+        );
+
+        // A hold that ran out while the process was down is released at the first call.
+        let mut late = Sim::new(small());
+        late.base = sim.base;
+        late.now = late.at(5000.0);
+        late.d = Detector::resume(late.now, sim.d.saved());
+        late.seen.extend(1..=5);
+        late.run(&[(5000.0, Ev::Wake)]);
+        assert_eq!(
+            late.shown(),
+            [(5000.0, "released [1, 2, 3, 5]".to_string())]
+        );
+
+        // A resumed storm has ended: new drops make a new one.
+        let mut again = Sim::new(small());
+        again.base = sim.base;
+        again.now = again.at(500.0);
+        again.d = Detector::resume(again.now, sim.d.saved());
+        again.seen.extend(1..=5);
+        again.run(&drops(510.0, [6, 7, 8]));
+        again.finish();
+        assert_eq!(
+            again.shown(),
+            [
+                (512.0, "began 3 of 10".to_string()),
+                (902.0, "released [1, 2, 3, 5]".to_string()),
+                (1412.0, "released [6, 7, 8]".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn resume_tolerates_odd_saved_state() {
+        let base = Instant::now();
+        let s = |since: u64, held: Vec<u32>, members| Saved {
+            since: base + Duration::from_secs(since),
+            linked: 0,
+            members,
+            window: Duration::from_secs(60),
+            last_reason: "line\none".to_string(),
+            held,
+        };
+        let now = base + Duration::from_secs(100);
+        // Out of order, a tenant in two storms, an empty one, a since in the future, counts
+        // smaller than the tenants held.
+        let mut d = Detector::resume(
+            now,
+            [
+                s(500, vec![3, 1], 0),
+                s(10, vec![1, 2, 2], 1),
+                s(20, vec![], 9),
+            ],
+        );
+        let policy = small();
+        assert_eq!(
+            d.held_until(&policy, &1),
+            Some(base + Duration::from_secs(910))
+        );
+        assert_eq!(
+            d.held_until(&policy, &3),
+            Some(now + Duration::from_secs(900))
+        );
+        d.on_timeout(base + Duration::from_secs(4000), &policy);
+        let reasons: Vec<_> = std::iter::from_fn(|| d.poll_event()).collect();
+        assert_eq!(
+            reasons,
+            [
+                Event::Released {
+                    tenants: vec![1, 2],
+                    reason:
+                        "WhatsApp-wide outage: 2 of 2 sessions dropped within 60s; last: line one"
+                            .into()
+                },
+                Event::Released {
+                    tenants: vec![3],
+                    reason:
+                        "WhatsApp-wide outage: 1 of 1 sessions dropped within 60s; last: line one"
+                            .into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_late_driver_decides_what_a_punctual_one_would() {
+        let policy = small();
+        let base = Instant::now();
+        let at = |secs| base + Duration::from_secs(secs);
+        let mut d: Detector<u32> = Detector::new();
+        for t in 1..=3 {
+            d.dropped(at(t.into()), &policy, &t, 10, Some(CLOSED_428));
+        }
+        // Nobody called on_timeout at 903; a drop at 1000 first releases, then is not held.
+        d.dropped(at(1000), &policy, &4, 10, Some(CLOSED_428));
+        let events: Vec<_> = std::iter::from_fn(|| d.poll_event()).collect();
+        assert!(
+            matches!(&events[..], [Event::Began { .. }, Event::Released { tenants, .. }] if tenants == &[1, 2, 3])
+        );
+        assert_eq!(d.held_until(&policy, &4), None);
+        // A clock that runs backwards is taken as not moving.
+        d.recovered(at(10), &policy, &1);
+        assert_eq!(d.poll_event(), None);
+    }
+
+    #[test]
+    fn reasons_are_cleaned_and_cut_and_connecting_never_replaces_a_close() {
+        // Only `connecting`: "session reconnecting".
+        let sim = check(
+            &[
+                (0.0, Ev::DropWith(1, None)),
+                (1.0, Ev::DropWith(2, None)),
+                (2.0, Ev::DropWith(3, Some("   "))),
+            ],
+            &[(2.0, "began 3 of 10"), (902.0, "released [1, 2, 3]")],
+        );
+        assert!(sim.released_reasons()[0].ends_with("; last: session reconnecting"));
+        // A reason from drops that left the window is not the storm's.
+        let sim = check(
+            &[
+                (0.0, Ev::DropWith(1, Some("old"))),
+                (100.0, Ev::DropWith(2, None)),
+                (101.0, Ev::DropWith(3, None)),
+                (102.0, Ev::DropWith(4, None)),
+            ],
+            &[(102.0, "began 3 of 10"), (1002.0, "released [2, 3, 4]")],
+        );
+        assert!(sim.released_reasons()[0].ends_with("; last: session reconnecting"));
+        // Control characters become spaces; a huge text is cut.
+        let long: &'static str = Box::leak(format!("x\ny{}", "é".repeat(10_000)).into_boxed_str());
+        let sim = check(
+            &concat(&[drops(0.0, [1, 2]), vec![(2.0, Ev::DropWith(3, Some(long)))]]),
+            &[(2.0, "began 3 of 10"), (902.0, "released [1, 2, 3]")],
+        );
+        let last = sim.released_reasons()[0]
+            .split("; last: ")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        assert!(last.starts_with("x yé"));
+        assert_eq!(last.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(last.ends_with('…'));
+    }
+
+    #[test]
+    fn windows_read_as_configured() {
+        let cases = [
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(150), "150s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(3600), "60m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(1500), "1500ms"),
+        ];
+        for (window, want) in cases {
+            assert_eq!(window_text(window), want);
+        }
+    }
+
+    #[test]
+    fn the_spec_example_at_fleet_scale() {
+        // 10,000 linked tenants under the default policy; 8,123 drop with 428 within 60 s.
+        let policy = StormPolicy::default();
+        let base = Instant::now();
+        let ids: Vec<Arc<str>> = (0..10_000)
+            .map(|i| Arc::from(format!("business_{i}")))
+            .collect();
+        let mut d: Detector = Detector::new();
+        for (i, id) in ids.iter().take(8123).enumerate() {
+            let at = base + Duration::from_millis(i as u64 * 7);
+            d.dropped(at, &policy, id, 10_000, Some(CLOSED_428));
+        }
+        let began = d.poll_event();
+        // 20% of 10,000: the 2,000th drop begins it, at 1999 * 7 ms.
+        assert!(
+            matches!(&began, Some(Event::Began { members: 2000, linked: 10_000, since, .. })
+                if *since == base + Duration::from_millis(1999 * 7)),
+            "{began:?}"
+        );
+        assert_eq!(d.poll_event(), None);
+        let since = base + Duration::from_millis(1999 * 7);
+        assert_eq!(d.next_deadline(&policy), Some(since + DEFAULT_HOLD));
+        assert_eq!(
+            d.held_until(&policy, &ids[8122]),
+            Some(since + DEFAULT_HOLD)
+        );
+        assert_eq!(d.held_until(&policy, &ids[8123]), None);
+        d.on_timeout(since + DEFAULT_HOLD, &policy);
+        match d.poll_event() {
+            Some(Event::Released { tenants, reason }) => {
+                assert_eq!(tenants.len(), 8123);
+                assert!(tenants.windows(2).all(|w| w[0] < w[1]));
+                assert_eq!(
+                    &*reason,
+                    "WhatsApp-wide outage: 8123 of 10000 sessions dropped within 60s; last: Connection Closed (code 428)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.poll_event(), None);
+    }
+
+    #[test]
+    fn the_window_stays_bounded_however_fast_a_tenant_flaps() {
+        let policy = StormPolicy {
+            window: Duration::from_secs(3600),
+            ..small()
+        };
+        let base = Instant::now();
+        let mut d: Detector<u32> = Detector::new();
+        d.dropped(base, &policy, &1, 10, None);
+        for i in 0..100_000u64 {
+            let now = base + Duration::from_millis(i);
+            d.dropped(now, &policy, &2, 10, None);
+            d.recovered(now, &policy, &2);
+            // Swept whenever a drop makes it longer than twice the window plus 32; the recovery
+            // after it can shrink the window by one.
+            assert!(
+                d.drops.len() <= 2 * (d.recent.len() + 1) + 32,
+                "{}",
+                d.drops.len()
+            );
+        }
+        assert_eq!(d.recent.len(), 1);
+        assert_eq!(d.poll_event(), None);
+    }
+
+    #[test]
+    fn a_storm_stays_bounded_under_removal_churn() {
+        let policy = small();
+        let base = Instant::now();
+        let mut d: Detector<u32> = Detector::new();
+        for t in 0..3 {
+            d.dropped(base, &policy, &t, 10, None);
+        }
+        // A tenant removed and added again by reloads, dropping each time.
+        for i in 0..10_000u64 {
+            let now = base + Duration::from_millis(i);
+            d.dropped(now, &policy, &7, 10, None);
+            d.removed(now, &policy, &7);
+            let storm = d.storms.back().expect("the storm goes on");
+            assert!(storm.tenants.len() <= 2 * storm.members + 17);
+        }
+        let view = d.view(&policy).expect("a storm");
+        assert_eq!((view.members, view.still_down), (3, 3));
+    }
+
+    #[test]
+    fn absurd_policies_and_clocks_do_not_panic() {
+        let huge = Duration::from_secs(u64::MAX / 4);
+        let policies = [
+            StormPolicy {
+                fraction: f64::NAN,
+                ..small()
+            },
+            StormPolicy {
+                fraction: f64::INFINITY,
+                ..small()
+            },
+            StormPolicy {
+                fraction: 1e-9,
+                min_tenants: 0,
+                window: Duration::ZERO,
+                hold: Duration::ZERO,
+            },
+            StormPolicy {
+                window: huge,
+                hold: huge,
+                ..small()
+            },
+        ];
+        for policy in policies {
+            let mut sim = Sim::new(policy.clone());
+            let events: Vec<(f64, Ev)> = (0..200u32)
+                .map(|i| {
+                    let t = i % 7;
+                    let ev = match i % 5 {
+                        0 | 1 => Ev::Drop(t),
+                        2 => Ev::Up(t),
+                        3 => Ev::Linked((i % 4) as usize),
+                        _ => Ev::Remove(t),
+                    };
+                    (f64::from(i / 3), ev)
+                })
+                .collect();
+            sim.run(&events);
+            // Backwards in time.
+            let back = sim.at(1.0);
+            sim.d.dropped(back, &policy, &1, 0, Some("\u{0}"));
+            sim.d.recovered(back, &policy, &1);
+            sim.finish();
+        }
+        // A zero hold releases at the begin; a hold beyond the clock's range never ends.
+        let zero = StormPolicy {
+            hold: Duration::ZERO,
+            ..small()
+        };
+        check_with(
+            zero,
+            &drops(0.0, [1, 2, 3]),
+            &[(2.0, "began 3 of 10"), (2.0, "released [1, 2, 3]")],
+        );
+        let forever = StormPolicy {
+            hold: huge,
+            ..small()
+        };
+        let sim = check_with(forever, &drops(0.0, [1, 2, 3]), &[(2.0, "began 3 of 10")]);
+        assert!(sim.held_until(1).is_some());
+    }
+}
