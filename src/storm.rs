@@ -35,7 +35,8 @@
 //!   **stay held until the hold ends**: an outage's sessions come back over a minute or two, and
 //!   the moment half of them are back is exactly when the rest are seconds away; releasing them
 //!   then would ring the thousands of bells the hold exists to prevent. The hold stays what the
-//!   SPEC promises: a drop made during a storm is reported at the latest `hold` after it began.
+//!   SPEC promises: a drop made during a storm is reported at the latest `hold` after the storm
+//!   began.
 //!   After the end, drops fill the window again, and a new storm can begin while the old one's
 //!   hold still runs; each storm releases its own members at its own hold end.
 //! - A removed tenant leaves the window and its storm at once and is never released: nothing new
@@ -71,8 +72,8 @@
 //!   `connecting`, which never replaces a close. Terminal downs are never fed: they are never held.
 //! - [`Detector::recovered`] on every Up observation (idempotent and cheap), so a member that
 //!   comes back within the hold is not released.
-//! - [`Detector::unlinked`] when a tenant's link goes down, [`Detector::removed`] when it leaves
-//!   the config.
+//! - [`Detector::unlinked`] when a tenant's link goes down (in shared mode, every tenant's when
+//!   the shared link does), [`Detector::removed`] when it leaves the config.
 //! - `next_deadline` is one more entry on the timer wheel; after every call the registry
 //!   reschedules it and drains [`Detector::poll_event`]. After a reload it calls `on_timeout` with
 //!   the new policy.
@@ -91,7 +92,6 @@
 //!   later is not held any more: a decision still deferred for it is due at once.
 //! - A drop that joins a storm is not the tenant flapping: the registry should not count it as a
 //!   flap (the drops made before the storm began were already counted).
-//! - The Hebrew bell is the backend's: the reason is plain text in the webhook body.
 //!
 //! # Restarts
 //!
@@ -99,15 +99,18 @@
 //! wall-clock time) and seeds the next process with [`Detector::resume`]. A resumed storm has
 //! ended: its held members stay held until their original hold end and are released with their
 //! original reason, unless they come back first; the up members, and whether the storm was still
-//! in progress, are not carried over. Without it, the held drops are decided by their debouncers
-//! again after the restart.
+//! in progress, are not carried over. Without it the hold is lost: the first state each link
+//! learns after the restart is not a drop, so no storm forms again, and every held drop is
+//! reported at its own `disconnect_grace` with its own reason.
 //!
 //! # Cost
 //!
-//! Every call is amortised O(1) (hash maps and queues), except that beginning, ending or
-//! releasing a storm is O(members). The window remembers at most two entries per tenant in it
-//! (plus a constant), a storm one per member, so memory is bounded by the number of tenants.
-//! Outside a storm nothing is allocated once the window's buffers have grown.
+//! Every call is amortised O(1) in the number of tenants (hash maps and queues; a tenant's storm
+//! is found by binary search among the few still holding), except that beginning, ending or
+//! releasing a storm walks and sorts its members once. The window remembers at most two entries
+//! per tenant in it (plus a constant), a storm one per member (twice that with removal churn), so
+//! memory is bounded by the number of tenants. Outside a storm nothing is allocated once the
+//! window's buffers have grown.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
