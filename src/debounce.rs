@@ -183,6 +183,8 @@ pub struct Debouncer {
     run: Run,
     link: Link,
     damping: Damping,
+    /// The mass-outage hold (SPEC 4 rev 12) over the current Down run: see [`Debouncer::hold`].
+    hold: Hold,
     /// Decided reports not yet drained. Usually empty (an empty `Vec` does not allocate); more
     /// than one only when a late `on_timeout` fires several deadlines at once.
     reports: Vec<Report>,
@@ -235,6 +237,31 @@ struct Damping {
     first_drop: Instant,
 }
 
+/// Where the current Down run stands with the fleet's mass-outage hold.
+#[derive(Debug, Clone, Default)]
+enum Hold {
+    /// Not held: the disconnect grace decides as usual.
+    #[default]
+    None,
+    /// Held: the drop is part of a WhatsApp-wide outage. No disconnect is decided for it, and a
+    /// drop made while held is not a flap, until [`Debouncer::release`].
+    Held,
+    /// The hold lifted while the session was still down: the disconnect is decided with this
+    /// reason (the outage's).
+    Released(Box<str>),
+}
+
+/// What one observation changed, for the fleet-level storm detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// Nothing the detector counts.
+    None,
+    /// Up -> Down on an established link: the change that counts as a flap.
+    Dropped,
+    /// The session is up.
+    Up,
+}
+
 /// The deadlines a debouncer can have. The order of the variants breaks ties between equal
 /// deadlines: a gateway outage is decided before a pending connect, so the tenant is not reported
 /// connected and disconnected in the same instant.
@@ -273,6 +300,7 @@ impl Debouncer {
                 first_drop: now,
             },
             reports: Vec::new(),
+            hold: Hold::None,
         }
     }
 
@@ -307,7 +335,10 @@ impl Debouncer {
     /// An observation that arrives while the link is marked down (a race in the driver) is still
     /// news about the session and is applied, but it is never counted as a flap and leaves the
     /// link state to `link_up` / `link_down`.
-    pub fn observe(&mut self, now: Instant, policy: &Policy, obs: &Observation) {
+    ///
+    /// Returns what changed for the fleet-level storm detector: a drop that counts as a flap, or
+    /// the session being up.
+    pub fn observe(&mut self, now: Instant, policy: &Policy, obs: &Observation) -> Edge {
         let established = matches!(self.link, Link::Up { fresh: false });
         if let Link::Up { fresh } = &mut self.link {
             *fresh = false;
@@ -318,7 +349,9 @@ impl Debouncer {
                 if !matches!(self.run, Run::Up { .. }) {
                     self.run = Run::Up { since: now };
                 }
-                return;
+                // The session is back: whatever held its drop is over.
+                self.hold = Hold::None;
+                return Edge::Up;
             }
             Observation::Down(cause) => cause,
         };
@@ -350,7 +383,9 @@ impl Debouncer {
                 now
             }
         };
-        if was_up && established && self.flap(now, policy) {
+        let dropped = was_up && established;
+        // A drop held by a mass outage is WhatsApp's, not the session flapping.
+        if dropped && !matches!(self.hold, Hold::Held) && self.flap(now, policy) {
             // The flapping report's episode is this drop, which the raw run began just now. The
             // reason keeps the drop's own cause after "last:", also when it is terminal.
             let damping = &self.damping;
@@ -365,6 +400,38 @@ impl Debouncer {
         if terminal {
             self.decide(Status::Disconnected, reason, since);
         }
+        if dropped {
+            Edge::Dropped
+        } else {
+            Edge::None
+        }
+    }
+
+    /// Holds the current drop for a mass outage (SPEC 4 rev 12): its disconnect is not decided
+    /// at `disconnect_grace`, and a drop made while held is not a flap, until
+    /// [`Debouncer::release`] or the session coming back. Terminal downs are decided at once
+    /// regardless, and so is a gateway outage.
+    pub fn hold(&mut self) {
+        self.hold = Hold::Held;
+    }
+
+    /// Lifts the hold: if the session is still down, its disconnect is decided at the next
+    /// [`Debouncer::on_timeout`] (its grace has long passed) with `reason`, the outage's.
+    pub fn release(&mut self, reason: &str) {
+        if matches!(self.hold, Hold::Held) {
+            self.hold = Hold::Released(reason.into());
+        }
+    }
+
+    /// Whether a mass-outage hold defers this tenant's disconnect now.
+    pub fn is_held(&self) -> bool {
+        matches!(self.hold, Hold::Held)
+    }
+
+    /// Whether the disconnect grace of a transient drop has run out at `now`, so a fleet-level
+    /// hold would have to defer it now.
+    pub fn disconnect_due(&self, now: Instant, policy: &Policy) -> bool {
+        matches!(self.timers(policy)[1], Some((at, _)) if at <= now)
     }
 
     /// Fires every timer due at `now`, in deadline order. Calling it early, late or repeatedly is
@@ -464,6 +531,7 @@ impl Debouncer {
             _ => None,
         };
         let disconnect = match &self.run {
+            Run::Down { .. } if matches!(self.hold, Hold::Held) => None,
             Run::Down { since, .. } if self.stable != Some(Status::Disconnected) => {
                 since.checked_add(policy.disconnect_grace)
             }
@@ -529,7 +597,10 @@ impl Debouncer {
                 let Run::Down { since, reason } = &self.run else {
                     return;
                 };
-                let reason = reason.as_deref().unwrap_or(RECONNECTING).to_string();
+                let reason = match std::mem::take(&mut self.hold) {
+                    Hold::Released(outage) => outage.into(),
+                    _ => reason.as_deref().unwrap_or(RECONNECTING).to_string(),
+                };
                 let since = *since;
                 self.decide(Status::Disconnected, Some(reason), since);
             }
@@ -1863,7 +1934,9 @@ mod tests {
                 Ev::LinkUp => d.link_up(now, policy),
                 Ev::LinkDown(error) => d.link_down(now, policy, error),
                 Ev::Wake => d.on_timeout(now, policy),
-                other => d.observe(now, policy, &other.observation().unwrap()),
+                other => {
+                    d.observe(now, policy, &other.observation().unwrap());
+                }
             }
             model.apply(now, ev);
             drain(&mut d, &mut model, now);

@@ -233,6 +233,7 @@ impl Sidecar {
         let registry = Arc::new(Registry::new(
             config.clone(),
             restored.records,
+            restored.storms,
             metrics,
             deliveries.clone(),
             store.clone(),

@@ -21,12 +21,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use crate::config::{Config, GatewayMode};
-use crate::debounce::{self, Debouncer, Policy, Report, Restored, Status};
+use crate::debounce::{self, Debouncer, Edge, Policy, Report, Restored, Status};
 use crate::deliver::Deliveries;
 use crate::metrics::Metrics;
 use crate::observe::{self, Ignored, Observation, SessionView};
 use crate::outbox::SlotView;
-use crate::store::{self, Damping, Owed, Record, Store};
+use crate::store::{self, Damping, Owed, Record, Store, StoredStorm};
+use crate::storm::{self, Detector, StormPolicy};
 use crate::timers;
 
 pub use crate::{Now, TenantId};
@@ -37,6 +38,21 @@ const NOISE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The reason of a link that has not connected yet, as "gateway unreachable" would name it.
 const NOT_CONNECTED_YET: &str = "not connected yet";
+
+/// The timer-wheel key of the storm detector's deadline. A control character makes it an
+/// impossible tenant id, so it never collides with one.
+const STORM_TIMER: &str = "\u{1}storm";
+
+/// The fleet-level state: the mass-outage detector and what it needs to know.
+struct Fleet {
+    detector: Detector,
+    /// Tenants whose gateway links are up.
+    linked: usize,
+    /// The detector's deadline last handed to the timer wheel.
+    scheduled: Option<Instant>,
+    /// Storm members when the holds were last handed to the journal.
+    saved_members: usize,
+}
 
 /// One configured tenant's live state.
 struct Tenant {
@@ -81,6 +97,8 @@ pub struct Registry {
     shared_link: Mutex<SharedLink>,
     /// When an ignored frame of the shared link was last logged.
     shared_noise_log: Mutex<Option<Instant>>,
+    /// Taken after a tenant's shard when both are needed, never before.
+    fleet: Mutex<Fleet>,
 }
 
 impl Registry {
@@ -89,6 +107,7 @@ impl Registry {
     pub fn new(
         config: Arc<Config>,
         restored: std::collections::HashMap<String, Record>,
+        storms: Vec<StoredStorm>,
         metrics: Arc<Metrics>,
         deliveries: Arc<Deliveries>,
         store: Arc<Store>,
@@ -104,6 +123,12 @@ impl Registry {
             timers,
             shared_link: Mutex::new(SharedLink::Unknown),
             shared_noise_log: Mutex::new(None),
+            fleet: Mutex::new(Fleet {
+                detector: resume_storms(storms, &config, now),
+                linked: 0,
+                scheduled: None,
+                saved_members: 0,
+            }),
         };
         let configured: HashSet<&str> = config.tenants.ids.iter().map(String::as_str).collect();
         for (id, record) in &restored {
@@ -124,6 +149,7 @@ impl Registry {
             registry.insert(&shared, id, seed, now);
         }
         drop(shared);
+        registry.with_fleet(now, |_, _| ());
         registry
     }
 
@@ -148,7 +174,7 @@ impl Registry {
             .map(|t| t.key().clone())
             .collect();
         for id in &removed {
-            self.remove(id);
+            self.remove(id, now);
         }
         let mut added = Vec::new();
         for id in &config.tenants.ids {
@@ -162,6 +188,8 @@ impl Registry {
             added.push(id);
         }
         drop(shared);
+        // A new storm policy applies at once (a hold turned off releases everyone).
+        self.with_fleet(now, |fleet, policy| fleet.detector.on_timeout(now.mono, policy));
         // New graces may move deadlines; re-arm every timer.
         for mut entry in self.tenants.iter_mut() {
             let id = entry.key().clone();
@@ -191,6 +219,9 @@ impl Registry {
         let counted = debounce.stable();
         self.metrics.tenant_state(None, Some(counted));
         self.metrics.link_state(None, link_up);
+        if link_up == Some(true) {
+            self.fleet.lock().unwrap().linked += 1;
+        }
         let mut tenant = Tenant {
             debounce,
             session: SessionView::default(),
@@ -209,13 +240,18 @@ impl Registry {
 
     /// Removes a tenant at once: its link is stopped by the caller, its debouncer and timer go
     /// here, and what it owes is left to the outbox.
-    fn remove(&self, id: &TenantId) {
+    fn remove(&self, id: &TenantId, now: Now) {
         if let Some((_, tenant)) = self.tenants.remove(id) {
             self.metrics.tenant_state(Some(tenant.counted), None);
             self.metrics.link_state(tenant.link_up, None);
             if tenant.scheduled.is_some() {
                 let _ = self.timers.send((id.clone(), None));
             }
+            let linked = tenant.link_up == Some(true);
+            self.with_fleet(now, |fleet, policy| {
+                fleet.linked -= usize::from(linked);
+                fleet.detector.removed(now.mono, policy, id);
+            });
         }
         self.deliveries.removed(id);
     }
@@ -324,8 +360,17 @@ impl Registry {
         self.metrics.frames_state.inc();
         let config = self.config();
         let policy = &config.debounce;
+        // A transient drop: the one kind of observation a mass outage holds.
+        let transient = match &obs {
+            Observation::Down(cause) if !debounce::is_terminal(policy, cause) => Some(cause),
+            _ => None,
+        };
+        if transient.is_some() && self.storm_holding(&config.storm) {
+            // It joins the storm in progress: held from the start, and not a flap.
+            entry.debounce.hold();
+        }
         let before = entry.debounce.view(now.mono, policy);
-        entry.debounce.observe(now.mono, policy, &obs);
+        let edge = entry.debounce.observe(now.mono, policy, &obs);
         let after = entry.debounce.view(now.mono, policy);
         if before.pending.is_some_and(|p| p.0 == Status::Disconnected)
             && after.pending.is_none()
@@ -335,12 +380,132 @@ impl Registry {
             self.metrics.flaps_suppressed.inc();
         }
         tracing::debug!(tenant = %tenant, observation = ?obs, "observation");
-        entry.last_observation = Some((obs, now.mono));
         let id = entry.key().clone();
+        let linked = entry.link_up == Some(true);
+        match (edge, transient) {
+            (Edge::Dropped, Some(cause)) if linked => {
+                let reason = (cause.kind != observe::DownKind::Connecting)
+                    .then(|| debounce::describe(policy, cause));
+                let events = self.with_fleet(now, |fleet, storm| {
+                    let linked = fleet.linked;
+                    fleet
+                        .detector
+                        .dropped(now.mono, storm, &id, linked, reason.as_deref());
+                });
+                drop(events);
+            }
+            (Edge::Up, _) => {
+                self.with_fleet(now, |fleet, storm| {
+                    fleet.detector.recovered(now.mono, storm, &id)
+                });
+            }
+            _ => {}
+        }
+        entry.last_observation = Some((obs, now.mono));
         let decided = self.settle(&id, &mut entry, policy, now);
         if decided || after.penalty > before.penalty + 0.5 {
             // A flap: the penalty must survive a kill -9 even when no transition was decided.
             self.persist_damping(&id, &entry, policy, now);
+        }
+        drop(entry);
+        self.storm_events(now);
+    }
+
+    /// Whether a storm in progress holds the drops that join it now.
+    fn storm_holding(&self, policy: &StormPolicy) -> bool {
+        let fleet = self.fleet.lock().unwrap();
+        fleet
+            .detector
+            .view(policy)
+            .is_some_and(|v| v.active && !v.released)
+    }
+
+    /// Runs `f` on the fleet state, then keeps the storm metrics, the detector's timer and the
+    /// stored holds up to date. Called with at most one tenant shard held (lock order: shard,
+    /// then fleet); what the detector decided is acted on by [`Registry::storm_events`] once no
+    /// shard is held.
+    fn with_fleet<R>(&self, now: Now, f: impl FnOnce(&mut Fleet, &StormPolicy) -> R) -> R {
+        let config = self.config();
+        let policy = &config.storm;
+        let mut fleet = self.fleet.lock().unwrap();
+        let result = f(&mut fleet, policy);
+        let view = fleet.detector.view(policy);
+        self.metrics
+            .storm_active
+            .set(i64::from(view.as_ref().is_some_and(|v| v.active)));
+        self.metrics
+            .storm_tenants_down
+            .set(view.as_ref().map_or(0, |v| v.still_down) as i64);
+        let members = view.as_ref().map_or(0, |v| v.members);
+        let deadline = fleet.detector.next_deadline(policy);
+        if deadline != fleet.scheduled {
+            fleet.scheduled = deadline;
+            let _ = self.timers.send((STORM_TIMER.into(), deadline));
+        }
+        // The holds survive a restart: stored when a storm begins, ends or releases (events are
+        // pending), and as it grows by a tenth.
+        let grown = members >= fleet.saved_members + (fleet.saved_members / 10).max(100);
+        if grown || (members < fleet.saved_members) || fleet.detector.has_events() {
+            fleet.saved_members = members;
+            self.store.storms(stored_storms(&fleet.detector, now));
+        }
+        result
+    }
+
+    /// Acts on what the storm detector decided: logs a storm's beginning and end, and reports the
+    /// released tenants' held drops with the outage reason. Takes tenant shards, so it is called
+    /// with none held.
+    fn storm_events(&self, now: Now) {
+        loop {
+            let Some(event) = self.fleet.lock().unwrap().detector.poll_event() else {
+                return;
+            };
+            match event {
+                storm::Event::Began {
+                    members,
+                    linked,
+                    reason,
+                    ..
+                } => {
+                    let hold = self.config().storm.hold;
+                    tracing::warn!(
+                        members,
+                        linked,
+                        hold = %humantime::format_duration(hold),
+                        reason = %reason,
+                        "mass outage: many sessions dropped at once; their transient drops are held instead of ringing a bell each"
+                    );
+                }
+                storm::Event::Ended {
+                    members,
+                    still_down,
+                    ..
+                } => {
+                    tracing::warn!(
+                        members,
+                        still_down,
+                        "mass outage over: fewer than half of its sessions are still down"
+                    );
+                }
+                storm::Event::Released { tenants, reason } => {
+                    tracing::info!(
+                        tenants = tenants.len(),
+                        reason = %reason,
+                        "mass-outage hold lifted: the sessions still down are reported"
+                    );
+                    let config = self.config();
+                    for id in tenants {
+                        let Some(mut entry) = self.tenants.get_mut(&id) else {
+                            continue;
+                        };
+                        entry.debounce.release(&reason);
+                        entry.debounce.on_timeout(now.mono, &config.debounce);
+                        if self.settle(&id, &mut entry, &config.debounce, now) {
+                            self.persist_damping(&id, &entry, &config.debounce, now);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -359,6 +524,9 @@ impl Registry {
         let config = self.config();
         tenant.session.reset();
         tenant.debounce.link_up(now.mono, &config.debounce);
+        if tenant.link_up != Some(true) {
+            self.fleet.lock().unwrap().linked += 1;
+        }
         self.metrics.link_state(tenant.link_up, Some(true));
         tenant.link_up = Some(true);
         tenant.link_since = now.mono;
@@ -370,15 +538,20 @@ impl Registry {
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
-        self.tenant_link_down(&mut entry, error, now);
-        let config = self.config();
         let id = entry.key().clone();
+        self.tenant_link_down(&id, &mut entry, error, now);
+        let config = self.config();
         self.settle(&id, &mut entry, &config.debounce, now);
     }
 
-    fn tenant_link_down(&self, tenant: &mut Tenant, error: &str, now: Now) {
+    fn tenant_link_down(&self, id: &TenantId, tenant: &mut Tenant, error: &str, now: Now) {
         let config = self.config();
         tenant.debounce.link_down(now.mono, &config.debounce, error);
+        if tenant.link_up == Some(true) {
+            let mut fleet = self.fleet.lock().unwrap();
+            fleet.linked -= 1;
+            fleet.detector.unlinked(id);
+        }
         if tenant.link_up != Some(false) {
             self.metrics.link_state(tenant.link_up, Some(false));
             tenant.link_up = Some(false);
@@ -405,18 +578,39 @@ impl Registry {
         *shared = SharedLink::Down(error.into());
         let config = self.config();
         for mut entry in self.tenants.iter_mut() {
-            self.tenant_link_down(&mut entry, error, now);
             let id = entry.key().clone();
+            self.tenant_link_down(&id, &mut entry, error, now);
             self.settle(&id, &mut entry, &config.debounce, now);
         }
     }
 
     /// A timer of `tenant` is due.
     pub fn timeout(&self, tenant: &str, now: Now) {
+        if tenant == STORM_TIMER {
+            self.with_fleet(now, |fleet, policy| {
+                fleet.scheduled = None;
+                fleet.detector.on_timeout(now.mono, policy);
+            });
+            self.storm_events(now);
+            return;
+        }
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
         let config = self.config();
+        if entry.debounce.disconnect_due(now.mono, &config.debounce) {
+            // A drop of a storm member whose grace ran out: held until the storm releases it.
+            let held = self
+                .fleet
+                .lock()
+                .unwrap()
+                .detector
+                .held_until(&config.storm, entry.key())
+                .is_some();
+            if held {
+                entry.debounce.hold();
+            }
+        }
         entry.debounce.on_timeout(now.mono, &config.debounce);
         entry.scheduled = None;
         let id = entry.key().clone();
@@ -675,4 +869,47 @@ fn describe_observation(policy: &Policy, obs: &Observation) -> String {
             format!("{kind}: {}", debounce::describe(policy, cause))
         }
     }
+}
+
+/// The stored form of the detector's holds: `since` on the wall clock.
+fn stored_storms(detector: &Detector, now: Now) -> Vec<StoredStorm> {
+    detector
+        .saved()
+        .into_iter()
+        .map(|s| StoredStorm {
+            since_ms: store::unix_ms(now.wall_of(s.since)),
+            linked: s.linked,
+            members: s.members,
+            window_ms: u64::try_from(s.window.as_millis()).unwrap_or(u64::MAX),
+            last_reason: s.last_reason,
+            held: s.held.iter().map(|t| t.to_string()).collect(),
+        })
+        .collect()
+}
+
+/// A detector continuing the holds stored by the previous process (SPEC 4 rev 12: a restart
+/// during a storm does not release its held drops early, nor turn them into one bell each).
+/// Holds of tenants no longer configured are dropped.
+fn resume_storms(storms: Vec<StoredStorm>, config: &Config, now: Now) -> Detector {
+    let configured: HashSet<&str> = config.tenants.ids.iter().map(String::as_str).collect();
+    let saved = storms.into_iter().map(|s| {
+        let ago = now
+            .wall
+            .duration_since(store::system_time(s.since_ms))
+            .unwrap_or_default();
+        storm::Saved {
+            since: now.mono.checked_sub(ago).unwrap_or(now.mono),
+            linked: s.linked,
+            members: s.members,
+            window: Duration::from_millis(s.window_ms),
+            last_reason: s.last_reason,
+            held: s
+                .held
+                .iter()
+                .filter(|t| configured.contains(t.as_str()))
+                .map(|t| TenantId::from(t.as_str()))
+                .collect(),
+        }
+    });
+    Detector::resume(now.mono, saved)
 }

@@ -159,11 +159,26 @@ impl Record {
     }
 }
 
+/// A mass-outage hold as stored, so that it survives a restart (see `storm::Saved`): when the
+/// storm began (wall clock), what its reason needs, and the tenants it holds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredStorm {
+    pub since_ms: u64,
+    pub linked: usize,
+    pub members: usize,
+    pub window_ms: u64,
+    pub last_reason: String,
+    pub held: Vec<String>,
+}
+
 /// What [`Store::open`] found on disk.
 #[derive(Debug, Default)]
 pub struct Restored {
     /// Every tenant's record: the snapshot with the journals applied over it, validated.
     pub records: HashMap<String, Record>,
+    /// The mass-outage holds in force when the state was last written.
+    pub storms: Vec<StoredStorm>,
     /// Journal lines applied over the snapshot.
     pub journal_lines: usize,
     /// Unparseable journal lines before a journal's last one (a real problem worth a warning).
@@ -273,6 +288,7 @@ impl Store {
             Ok(Some(data)) => match parse_snapshot(&data) {
                 Ok(snap) => {
                     restored.records = snap.tenants;
+                    restored.storms = snap.storms;
                     min_line_gen = snap.generation;
                     generation = snap.generation;
                 }
@@ -311,6 +327,7 @@ impl Store {
             dir.to_path_buf(),
             lock,
             records,
+            restored.storms.clone(),
             generation,
             obsolete,
             wake,
@@ -330,6 +347,11 @@ impl Store {
     pub fn delivery(&self, seq: u64, tenant: &TenantId, delivery: Option<Delivery>) {
         self.writer
             .send(writer::Op::Delivery(seq, tenant.clone(), delivery));
+    }
+
+    /// Hands the mass-outage holds now in force to the writer (they replace the stored ones).
+    pub fn storms(&self, storms: Vec<StoredStorm>) {
+        self.writer.send(writer::Op::Storms(storms));
     }
 
     /// Hands the damping half of `tenant`'s record to the writer.
@@ -477,26 +499,33 @@ fn journal_path(dir: &Path, gen: u64) -> PathBuf {
     dir.join(format!("{JOURNAL_PREFIX}{gen}{JOURNAL_SUFFIX}"))
 }
 
-/// One journal line as written: the tenant's whole record after the change, or its deletion.
+/// One journal line as written: a tenant's whole record after a change, or its deletion; or the
+/// mass-outage holds now in force.
 #[derive(Serialize)]
 struct JournalLineRef<'a> {
     gen: u64,
-    tenant: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     record: Option<&'a Record>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storms: Option<&'a [StoredStorm]>,
 }
 
 /// One journal line as read.
 #[derive(Deserialize)]
 struct JournalLine {
     gen: u64,
-    tenant: String,
+    #[serde(default)]
+    tenant: Option<String>,
     #[serde(default)]
     record: Option<Record>,
     #[serde(default)]
     deleted: bool,
+    #[serde(default)]
+    storms: Option<Vec<StoredStorm>>,
 }
 
 #[derive(Deserialize)]
@@ -506,6 +535,8 @@ struct Snapshot {
     #[serde(default)]
     generation: u64,
     tenants: HashMap<String, Record>,
+    #[serde(default)]
+    storms: Vec<StoredStorm>,
 }
 
 fn parse_snapshot(data: &[u8]) -> Result<Snapshot, String> {
@@ -558,14 +589,15 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
             Ok(entry) if entry.gen < min_gen => restored.stale_lines += 1,
             Ok(entry) => {
                 max_gen = max_gen.max(entry.gen);
-                match (entry.deleted, entry.record) {
-                    (true, _) => {
-                        restored.records.remove(&entry.tenant);
+                match (entry.tenant, entry.deleted, entry.record, entry.storms) {
+                    (Some(tenant), true, _, _) => {
+                        restored.records.remove(&tenant);
                     }
-                    (false, Some(record)) => {
-                        restored.records.insert(entry.tenant, record);
+                    (Some(tenant), false, Some(record), _) => {
+                        restored.records.insert(tenant, record);
                     }
-                    (false, None) => {
+                    (None, _, _, Some(storms)) => restored.storms = storms,
+                    _ => {
                         restored.skipped_lines += 1;
                         continue;
                     }
@@ -597,6 +629,14 @@ fn validate(restored: &mut Restored) {
             restored.repaired += 1;
         }
     }
+    for storm in &mut restored.storms {
+        storm.since_ms = storm.since_ms.min(MAX_UNIX_MS);
+        storm.last_reason = clean_text(&storm.last_reason).unwrap_or_default();
+        storm
+            .held
+            .retain(|id| crate::config::validate_tenant_id(id).is_ok());
+    }
+    restored.storms.retain(|s| !s.held.is_empty());
 }
 
 /// Brings a record's fields into range; returns whether anything changed.

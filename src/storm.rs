@@ -529,6 +529,11 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
         (!storm.released).then(|| hold_end(policy, storm))
     }
 
+    /// Whether decisions are waiting to be drained.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next decision, oldest first.
     pub fn poll_event(&mut self) -> Option<Event<T>> {
         self.events.pop_front()

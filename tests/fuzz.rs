@@ -585,7 +585,9 @@ fn debounce_case(
             Ev::LinkUp => d.link_up(now, policy),
             Ev::LinkDown => d.link_down(now, policy, "connection refused"),
             Ev::Wake => d.on_timeout(now, policy),
-            other => d.observe(now, policy, &other.observation().unwrap()),
+            other => {
+                d.observe(now, policy, &other.observation().unwrap());
+            }
         }
         model.apply(now, ev);
         drain(&mut d, &mut model, now)?;

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    journal_path, Damping, Delivery, JournalLineRef, Record, StoreError,
+    journal_path, Damping, Delivery, JournalLineRef, Record, StoreError, StoredStorm,
     DEFAULT_COMPACT_JOURNAL_BYTES, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE, SNAPSHOT_VERSION,
 };
 use crate::TenantId;
@@ -83,6 +83,8 @@ pub(super) enum Op {
     Delivery(u64, TenantId, Option<Delivery>),
     /// The registry's half of a record.
     Damping(TenantId, Damping),
+    /// The mass-outage holds in force.
+    Storms(Vec<StoredStorm>),
     /// Write what is queued, compact, stop; then answer.
     Close(mpsc::SyncSender<()>),
     /// Retry a failed compaction now rather than at the next retry tick (after a reload: the
@@ -91,6 +93,7 @@ pub(super) enum Op {
     /// Answer once everything before it is written and any compaction it started has finished.
     Barrier(mpsc::SyncSender<()>),
     /// Stop at once, writing nothing more (a simulated kill -9).
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     Crash,
 }
 
@@ -159,6 +162,7 @@ enum DiskJob {
 struct Compaction {
     gen: u64,
     records: HashMap<TenantId, Record>,
+    storms: Vec<StoredStorm>,
     obsolete: Vec<PathBuf>,
 }
 
@@ -166,6 +170,7 @@ struct Compaction {
 pub(super) struct Writer {
     dir: PathBuf,
     records: HashMap<TenantId, Record>,
+    storms: Vec<StoredStorm>,
     /// The journal appends go to (None when it could not be created: degraded).
     journal: Option<File>,
     /// Its generation, written into every line.
@@ -190,6 +195,7 @@ impl Writer {
     fn new(
         dir: PathBuf,
         records: HashMap<TenantId, Record>,
+        storms: Vec<StoredStorm>,
         gen: u64,
         obsolete: Vec<PathBuf>,
         options: Options,
@@ -198,6 +204,7 @@ impl Writer {
         Writer {
             dir,
             records,
+            storms,
             journal: None,
             gen,
             journal_bytes: 0,
@@ -215,6 +222,22 @@ impl Writer {
 
     /// Applies one record change and encodes its journal line into the batch.
     fn apply(&mut self, op: Op) {
+        if self.batch.is_empty() && !self.tail_clean {
+            self.batch.push(b'\n');
+        }
+        if let Op::Storms(storms) = op {
+            self.storms = storms;
+            let line = JournalLineRef {
+                gen: self.gen,
+                tenant: None,
+                record: None,
+                deleted: false,
+                storms: Some(&self.storms),
+            };
+            serde_json::to_writer(&mut self.batch, &line).expect("a journal line serializes");
+            self.batch.push(b'\n');
+            return;
+        }
         let (tenant, record) = match op {
             Op::Delivery(seq, tenant, Some(delivery)) => {
                 self.written = self.written.max(seq);
@@ -235,24 +258,22 @@ impl Writer {
                 record.flapping = damping.flapping;
                 (tenant, true)
             }
-            Op::Close(_) | Op::Crash | Op::Barrier(_) => return,
+            Op::Close(_) | Op::Crash | Op::Barrier(_) | Op::Storms(_) => return,
             Op::Retry => {
                 self.last_compaction = None;
                 return;
             }
         };
-        if self.batch.is_empty() && !self.tail_clean {
-            self.batch.push(b'\n');
-        }
         let line = JournalLineRef {
             gen: self.gen,
-            tenant: &tenant,
+            tenant: Some(&tenant),
             record: if record {
                 self.records.get(&tenant)
             } else {
                 None
             },
             deleted: !record,
+            storms: None,
         };
         // Serializing into a Vec fails only for non-string map keys, which these types do not have.
         serde_json::to_writer(&mut self.batch, &line).expect("a journal line serializes");
@@ -348,6 +369,7 @@ impl Writer {
                 Some(Compaction {
                     gen,
                     records: self.records.clone(),
+                    storms: self.storms.clone(),
                     obsolete: self.obsolete.clone(),
                 })
             }
@@ -374,7 +396,7 @@ impl Writer {
 fn compact(dir: &Path, job: &Compaction, shared: &Shared) -> Vec<PathBuf> {
     let tmp = dir.join(SNAPSHOT_TMP_FILE);
     let snapshot = dir.join(SNAPSHOT_FILE);
-    let result = write_snapshot(&tmp, job.gen, &job.records, shared)
+    let result = write_snapshot(&tmp, job, shared)
         .map_err(|source| StoreError::Io {
             op: "write snapshot",
             path: tmp.clone(),
@@ -422,12 +444,8 @@ fn compact(dir: &Path, job: &Compaction, shared: &Shared) -> Vec<PathBuf> {
     }
 }
 
-fn write_snapshot(
-    tmp: &Path,
-    generation: u64,
-    records: &HashMap<TenantId, Record>,
-    shared: &Shared,
-) -> io::Result<()> {
+fn write_snapshot(tmp: &Path, job: &Compaction, shared: &Shared) -> io::Result<()> {
+    let (generation, records) = (job.gen, &job.records);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -448,7 +466,9 @@ fn write_snapshot(
         w.write_all(b":")?;
         serde_json::to_writer(&mut w, record)?;
     }
-    w.write_all(b"}}\n")?;
+    w.write_all(b"},\"storms\":")?;
+    serde_json::to_writer(&mut w, &job.storms)?;
+    w.write_all(b"}\n")?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     shared.sleep_before_fsync();
     file.sync_all()
@@ -478,6 +498,7 @@ impl Handle {
         dir: PathBuf,
         lock: File,
         records: HashMap<TenantId, Record>,
+        storms: Vec<StoredStorm>,
         gen: u64,
         obsolete: Vec<PathBuf>,
         wake: Arc<Notify>,
@@ -493,7 +514,7 @@ impl Handle {
             wake,
             fsync_delay: options.fsync_delay,
         });
-        let mut writer = Writer::new(dir, records, gen, obsolete, options, shared.clone());
+        let mut writer = Writer::new(dir, records, storms, gen, obsolete, options, shared.clone());
         // The restored records become one fresh snapshot and an empty journal. If that fails
         // the store starts degraded, keeping the old files, which still replay correctly.
         if let Some(job) = writer.cut() {
@@ -731,6 +752,7 @@ mod tests {
         let mut writer = Writer::new(
             tmp.path().to_path_buf(),
             HashMap::new(),
+            Vec::new(),
             1,
             Vec::new(),
             Options::default(),
@@ -778,6 +800,7 @@ mod tests {
         let mut writer = Writer::new(
             tmp.path().to_path_buf(),
             HashMap::new(),
+            Vec::new(),
             1,
             Vec::new(),
             Options::default(),
