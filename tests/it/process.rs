@@ -300,6 +300,34 @@ format = "xml"
     assert!(!String::from_utf8_lossy(&output.stdout).contains(SECRET));
 }
 
+/// SPEC section 5 [rev 12]: nothing in a config file can panic the process. A duration that
+/// overflows every arithmetic on it is a problem with exit 2, not a panic (exit 101).
+#[test]
+fn check_refuses_an_absurd_duration_with_exit_2_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absurd.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nurl = \"ws://127.0.0.1:1/ws/{tenant}\"\nping_interval = \"400000000000y\"\n\
+         [backend]\nurl = \"http://127.0.0.1:2\"\n[tenants]\nids = [\"b1\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("INTERNAL_SHARED_SECRET", SECRET)
+        .env_remove("BACKEND_INTERNAL_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\n  - gateway.ping_interval: ") && stderr.contains("30 days"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_memory() {
     use std::os::unix::process::CommandExt;
