@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, GatewayConfig};
+use crate::config::{redact_url, Config, GatewayConfig};
 use crate::observe::Ignored;
 use crate::registry::{Now, Registry, TenantId};
 use crate::webhook::full_jitter;
@@ -197,7 +197,7 @@ async fn connect(
 async fn handshake(url: &str, gateway: &GatewayConfig) -> Result<Established, String> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| format!("bad gateway URL {url}: {e}"))?;
+        .map_err(|e| format!("bad gateway URL {}: {e}", redact_url(url)))?;
     // Validated once at load: the token's Authorization and the configured headers.
     request.headers_mut().extend(gateway.request_headers());
     let config = ws_config(gateway.max_frame_size);
@@ -384,12 +384,13 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
 /// Fetches `gateway.state_url` for each tenant of the link and applies what it says, so a
 /// gateway that sends no snapshot still tells the current state after a reconnect.
 async fn fetch_states(ctx: &LinkContext, target: &Target, config: &Config) {
+    let headers = config.gateway.request_headers();
     for tenant in target.tenants(&ctx.registry) {
         let Some(url) = config.state_url(&tenant) else {
             return;
         };
         let request = ctx.http.get(&url).timeout(STATE_FETCH_TIMEOUT);
-        let request = request.headers(config.gateway.request_headers());
+        let request = request.headers(headers.clone());
         let response = request.send().await.and_then(|r| r.error_for_status());
         let body = match response {
             Ok(r) => r.text().await,
@@ -398,6 +399,8 @@ async fn fetch_states(ctx: &LinkContext, target: &Target, config: &Config) {
         match body {
             Ok(text) => ctx.registry.frame(&tenant, &text, Now::read()),
             Err(e) => {
+                // Without the URL: its query may hold a key (`?api_key=...`).
+                let e = e.without_url();
                 tracing::debug!(tenant = %tenant, error = %e, "state fetch failed; keeping the last known state")
             }
         }

@@ -385,7 +385,7 @@ impl Check<'_> {
         {
             let checked = match value {
                 Value::String(url) => validate_tenant_id(tenant).and_then(|()| {
-                    if !ids.contains(tenant) {
+                    if !seen.contains(tenant.as_str()) {
                         Err(format!("`{tenant}` is not a configured tenant; add it to tenants.ids or tenants.file, or remove this override"))
                     } else if url.contains(['{', '}']) {
                         Err("an override is a complete URL: `{tenant}` and other placeholders are not replaced here".to_string())
