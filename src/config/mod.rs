@@ -814,7 +814,8 @@ fn read_file(path: &Path) -> std::io::Result<String> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
-    String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidData, "not valid UTF-8"))
+    String::from_utf8(bytes)
+        .map_err(|_| Error::new(ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
 }
 
 /// `text` with every control character but those in `keep` escaped (`\u{1b}`), so that text
