@@ -24,14 +24,13 @@ use tokio_tungstenite::tungstenite::handshake::client::{
     generate_request, Request as ClientRequest,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, GatewayConfig};
+use crate::config::{redact_url, Config, GatewayConfig};
 use crate::observe::Ignored;
 use crate::registry::Registry;
 use crate::webhook::full_jitter;
@@ -206,21 +205,9 @@ async fn connect(
 async fn handshake(url: &str, gateway: &GatewayConfig) -> Result<Established, String> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| format!("bad gateway URL {url}: {e}"))?;
-    let headers = request.headers_mut();
-    if let Some(token) = &gateway.token {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| "gateway token is not a valid header value".to_string())?;
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
-    }
-    for (name, value) in &gateway.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("bad header name {name}"))?;
-        let value =
-            HeaderValue::from_str(value).map_err(|_| format!("bad value for header {name}"))?;
-        headers.insert(name, value);
-    }
+        .map_err(|e| format!("bad gateway URL {}: {e}", redact_url(url)))?;
+    // Validated once at load: the token's Authorization and the configured headers.
+    request.headers_mut().extend(gateway.request_headers());
     let config = ws_config(gateway.max_frame_size);
     let upgrade = async move {
         if request.uri().scheme_str() == Some("ws") {
@@ -449,16 +436,16 @@ async fn fetch_state(ctx: &LinkContext, tenant: &TenantId, config: &Config) {
     let Some(mark) = ctx.registry.observations(tenant) else {
         return;
     };
-    let mut request = ctx.http.get(&url).timeout(STATE_FETCH_TIMEOUT);
-    if let Some(token) = &config.gateway.token {
-        request = request.bearer_auth(token.expose());
-    }
-    for (name, value) in &config.gateway.headers {
-        request = request.header(name.as_str(), value.as_str());
-    }
+    // The token's Authorization and the configured headers, validated once at load.
+    let request = ctx
+        .http
+        .get(&url)
+        .timeout(STATE_FETCH_TIMEOUT)
+        .headers(config.gateway.request_headers());
     let body = match request.send().await {
         Ok(response) if response.status().is_success() => read_capped(response).await,
         Ok(response) => Err(format!("answered {}", response.status().as_u16())),
+        // Without the URL: its query may hold a key (`?api_key=...`).
         Err(e) => Err(e.without_url().to_string()),
     };
     match body {
@@ -491,6 +478,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<String, String> 
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
 
     /// A one-shot gateway on loopback: reads the upgrade request, answers with `answer(key)` in a
     /// single write, and returns the request it saw.
@@ -570,6 +558,36 @@ mod tests {
                 .contains("authorization: bearer gw-token\r\n"),
             "{seen}"
         );
+    }
+
+    /// The token and the configured headers (inline and from the environment), validated once
+    /// at load, reach the gateway with the handshake.
+    #[tokio::test]
+    async fn the_handshake_carries_the_token_and_the_configured_headers() {
+        let (url, server) = gateway(switching).await;
+        let text = format!(
+            "[gateway]\nurl = \"{url}\"\nmode = \"shared\"\ntoken_env = \"GW_TOKEN\"\n\
+             [gateway.headers]\nX-Plain = \"inline-1\"\n[gateway.headers_env]\nX-Api-Key = \"API_KEY\"\n\
+             [backend]\nurl = \"http://127.0.0.1:1\"\n"
+        );
+        let env = [
+            ("INTERNAL_SHARED_SECRET", "s"),
+            ("GW_TOKEN", "gw-token-7"),
+            ("API_KEY", "from-env-8"),
+        ];
+        let config = Config::from_toml_str(&text, std::path::Path::new("/"), &env).unwrap();
+        let Ok(Established::Plain(mut ws)) = handshake(&url, &config.gateway).await else {
+            panic!("no plain link");
+        };
+        let _ = ws.as_mut().close(None).await;
+        let seen = server.await.unwrap().to_ascii_lowercase();
+        for header in [
+            "authorization: bearer gw-token-7\r\n",
+            "x-plain: inline-1\r\n",
+            "x-api-key: from-env-8\r\n",
+        ] {
+            assert!(seen.contains(header), "{header} not in {seen}");
+        }
     }
 
     #[tokio::test]

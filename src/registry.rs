@@ -189,7 +189,9 @@ impl Registry {
         }
         drop(shared);
         // A new storm policy applies at once (a hold turned off releases everyone).
-        self.with_fleet(now, |fleet, policy| fleet.detector.on_timeout(now.mono, policy));
+        self.with_fleet(now, |fleet, policy| {
+            fleet.detector.on_timeout(now.mono, policy)
+        });
         // New graces may move deadlines; re-arm every timer.
         for mut entry in self.tenants.iter_mut() {
             let id = entry.key().clone();
@@ -386,13 +388,12 @@ impl Registry {
             (Edge::Dropped, Some(cause)) if linked => {
                 let reason = (cause.kind != observe::DownKind::Connecting)
                     .then(|| debounce::describe(policy, cause));
-                let events = self.with_fleet(now, |fleet, storm| {
+                self.with_fleet(now, |fleet, storm| {
                     let linked = fleet.linked;
                     fleet
                         .detector
                         .dropped(now.mono, storm, &id, linked, reason.as_deref());
                 });
-                drop(events);
             }
             (Edge::Up, _) => {
                 self.with_fleet(now, |fleet, storm| {
