@@ -9,6 +9,9 @@
 //! - `GET /tenants`: JSON array of every tenant: link state, last observation, stable state,
 //!   pending change, reported state, owed delivery, attempts, last error, flap penalty.
 //! - `GET /tenants/{id}`: the same for one tenant; 404 JSON when it is not known.
+//! - `GET /storm`: `{"storm": {...}}`, the mass outage in progress or still holding drops (SPEC 4
+//!   rev 12), or `{"storm": null}`. Each tenant of `/tenants` carries the same object, and
+//!   `held` when its own drop is held.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Cancellatio
         .route("/metrics", get(metrics))
         .route("/tenants", get(tenants))
         .route("/tenants/{id}", get(tenant))
+        .route("/storm", get(storm))
         .with_state(engine);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -76,6 +80,10 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
 
 async fn tenants(State(engine): State<Arc<Engine>>) -> Response {
     Json(engine.tenants(Now::read())).into_response()
+}
+
+async fn storm(State(engine): State<Arc<Engine>>) -> Response {
+    Json(serde_json::json!({ "storm": engine.storm(Now::read()) })).into_response()
 }
 
 async fn tenant(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Response {

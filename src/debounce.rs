@@ -183,8 +183,8 @@ pub struct Debouncer {
     run: Run,
     link: Link,
     damping: Damping,
-    /// The mass-outage hold (SPEC 4 rev 12) over the current Down run: see [`Debouncer::hold`].
-    hold: Hold,
+    /// A mass-outage hold (SPEC 4 rev 12) defers the current drop: see [`Debouncer::hold`].
+    held: bool,
     /// Decided reports not yet drained. Usually empty (an empty `Vec` does not allocate); more
     /// than one only when a late `on_timeout` fires several deadlines at once.
     reports: Vec<Report>,
@@ -237,20 +237,6 @@ struct Damping {
     first_drop: Instant,
 }
 
-/// Where the current Down run stands with the fleet's mass-outage hold.
-#[derive(Debug, Clone, Default)]
-enum Hold {
-    /// Not held: the disconnect grace decides as usual.
-    #[default]
-    None,
-    /// Held: the drop is part of a WhatsApp-wide outage. No disconnect is decided for it, and a
-    /// drop made while held is not a flap, until [`Debouncer::release`].
-    Held,
-    /// The hold lifted while the session was still down: the disconnect is decided with this
-    /// reason (the outage's).
-    Released(Box<str>),
-}
-
 /// What one observation changed, for the fleet-level storm detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Edge {
@@ -300,7 +286,7 @@ impl Debouncer {
                 first_drop: now,
             },
             reports: Vec::new(),
-            hold: Hold::None,
+            held: false,
         }
     }
 
@@ -339,6 +325,18 @@ impl Debouncer {
     /// Returns what changed for the fleet-level storm detector: a drop that counts as a flap, or
     /// the session being up.
     pub fn observe(&mut self, now: Instant, policy: &Policy, obs: &Observation) -> Edge {
+        self.observe_in_outage(now, policy, obs, false)
+    }
+
+    /// [`Debouncer::observe`] during a mass outage: with `outage`, a drop this observation makes
+    /// is held from the start (see [`Debouncer::hold`]) and is not counted as a flap.
+    pub fn observe_in_outage(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+        obs: &Observation,
+        outage: bool,
+    ) -> Edge {
         let established = matches!(self.link, Link::Up { fresh: false });
         if let Link::Up { fresh } = &mut self.link {
             *fresh = false;
@@ -350,7 +348,7 @@ impl Debouncer {
                     self.run = Run::Up { since: now };
                 }
                 // The session is back: whatever held its drop is over.
-                self.hold = Hold::None;
+                self.held = false;
                 return Edge::Up;
             }
             Observation::Down(cause) => cause,
@@ -384,8 +382,11 @@ impl Debouncer {
             }
         };
         let dropped = was_up && established;
-        // A drop held by a mass outage is WhatsApp's, not the session flapping.
-        if dropped && !matches!(self.hold, Hold::Held) && self.flap(now, policy) {
+        if dropped && outage && !terminal {
+            // WhatsApp's outage, not the session flapping: held, and not a flap.
+            self.held = true;
+        }
+        if dropped && !self.held && self.flap(now, policy) {
             // The flapping report's episode is this drop, which the raw run began just now. The
             // reason keeps the drop's own cause after "last:", also when it is terminal.
             let damping = &self.damping;
@@ -412,20 +413,28 @@ impl Debouncer {
     /// [`Debouncer::release`] or the session coming back. Terminal downs are decided at once
     /// regardless, and so is a gateway outage.
     pub fn hold(&mut self) {
-        self.hold = Hold::Held;
+        self.held = true;
     }
 
-    /// Lifts the hold: if the session is still down, its disconnect is decided at the next
-    /// [`Debouncer::on_timeout`] (its grace has long passed) with `reason`, the outage's.
-    pub fn release(&mut self, reason: &str) {
-        if matches!(self.hold, Hold::Held) {
-            self.hold = Hold::Released(reason.into());
+    /// Lifts the hold. A drop still down whose grace has run out is decided now, with `reason`,
+    /// the outage's (its episode still began at its first Down); one that has not is decided at
+    /// its grace, as any drop.
+    pub fn release(&mut self, now: Instant, policy: &Policy, reason: &str) {
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        if let Some((at, _)) = self.timers(policy)[1] {
+            if at <= now {
+                if let Run::Down { since, .. } = self.run {
+                    self.decide(Status::Disconnected, Some(reason.to_string()), since);
+                }
+            }
         }
     }
 
     /// Whether a mass-outage hold defers this tenant's disconnect now.
     pub fn is_held(&self) -> bool {
-        matches!(self.hold, Hold::Held)
+        self.held
     }
 
     /// Whether the disconnect grace of a transient drop has run out at `now`, so a fleet-level
@@ -531,7 +540,7 @@ impl Debouncer {
             _ => None,
         };
         let disconnect = match &self.run {
-            Run::Down { .. } if matches!(self.hold, Hold::Held) => None,
+            Run::Down { .. } if self.held => None,
             Run::Down { since, .. } if self.stable != Some(Status::Disconnected) => {
                 since.checked_add(policy.disconnect_grace)
             }
@@ -597,10 +606,7 @@ impl Debouncer {
                 let Run::Down { since, reason } = &self.run else {
                     return;
                 };
-                let reason = match std::mem::take(&mut self.hold) {
-                    Hold::Released(outage) => outage.into(),
-                    _ => reason.as_deref().unwrap_or(RECONNECTING).to_string(),
-                };
+                let reason = reason.as_deref().unwrap_or(RECONNECTING).to_string();
                 let since = *since;
                 self.decide(Status::Disconnected, Some(reason), since);
             }

@@ -123,6 +123,11 @@ impl Engine {
         self.registry.tenant_view(id, now)
     }
 
+    /// The mass outage in progress or still holding drops, if any.
+    pub fn storm(&self, now: Now) -> Option<registry::StormView> {
+        self.registry.storm(now)
+    }
+
     /// Why the sidecar is not ready; empty when it is. The config is loaded and the state
     /// restored before anything serves, so what can still go wrong is the backend and the disk.
     pub fn not_ready_reasons(&self, now: Now) -> Vec<String> {
@@ -232,8 +237,7 @@ impl Sidecar {
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let registry = Arc::new(Registry::new(
             config.clone(),
-            restored.records,
-            restored.storms,
+            restored,
             metrics,
             deliveries.clone(),
             store.clone(),

@@ -50,8 +50,6 @@ struct Fleet {
     linked: usize,
     /// The detector's deadline last handed to the timer wheel.
     scheduled: Option<Instant>,
-    /// Storm members when the holds were last handed to the journal.
-    saved_members: usize,
 }
 
 /// One configured tenant's live state.
@@ -106,8 +104,7 @@ impl Registry {
     /// hands every stored record to the outbox (those of unconfigured tenants to finish and go).
     pub fn new(
         config: Arc<Config>,
-        restored: std::collections::HashMap<String, Record>,
-        storms: Vec<StoredStorm>,
+        restored: store::Restored,
         metrics: Arc<Metrics>,
         deliveries: Arc<Deliveries>,
         store: Arc<Store>,
@@ -124,13 +121,13 @@ impl Registry {
             shared_link: Mutex::new(SharedLink::Unknown),
             shared_noise_log: Mutex::new(None),
             fleet: Mutex::new(Fleet {
-                detector: resume_storms(storms, &config, now),
+                detector: resume_storms(restored.storms, &config, now),
                 linked: 0,
                 scheduled: None,
-                saved_members: 0,
             }),
         };
         let configured: HashSet<&str> = config.tenants.ids.iter().map(String::as_str).collect();
+        let restored = restored.records;
         for (id, record) in &restored {
             let id: TenantId = id.as_str().into();
             let is_configured = configured.contains(&*id);
@@ -192,6 +189,7 @@ impl Registry {
         self.with_fleet(now, |fleet, policy| {
             fleet.detector.on_timeout(now.mono, policy)
         });
+        self.storm_events(now);
         // New graces may move deadlines; re-arm every timer.
         for mut entry in self.tenants.iter_mut() {
             let id = entry.key().clone();
@@ -367,12 +365,21 @@ impl Registry {
             Observation::Down(cause) if !debounce::is_terminal(policy, cause) => Some(cause),
             _ => None,
         };
-        if transient.is_some() && self.storm_holding(&config.storm) {
-            // It joins the storm in progress: held from the start, and not a flap.
-            entry.debounce.hold();
-        }
+        let id = entry.key().clone();
+        let linked = entry.link_up == Some(true);
+        // A drop that a storm would hold is held from the start, and is not a flap.
+        let outage = transient.is_some()
+            && linked
+            && self
+                .fleet
+                .lock()
+                .unwrap()
+                .detector
+                .would_hold(&config.storm, &id);
         let before = entry.debounce.view(now.mono, policy);
-        let edge = entry.debounce.observe(now.mono, policy, &obs);
+        let edge = entry
+            .debounce
+            .observe_in_outage(now.mono, policy, &obs, outage);
         let after = entry.debounce.view(now.mono, policy);
         if before.pending.is_some_and(|p| p.0 == Status::Disconnected)
             && after.pending.is_none()
@@ -382,18 +389,25 @@ impl Registry {
             self.metrics.flaps_suppressed.inc();
         }
         tracing::debug!(tenant = %tenant, observation = ?obs, "observation");
-        let id = entry.key().clone();
-        let linked = entry.link_up == Some(true);
         match (edge, transient) {
             (Edge::Dropped, Some(cause)) if linked => {
                 let reason = (cause.kind != observe::DownKind::Connecting)
                     .then(|| debounce::describe(policy, cause));
-                self.with_fleet(now, |fleet, storm| {
+                let held = self.with_fleet(now, |fleet, storm| {
                     let linked = fleet.linked;
                     fleet
                         .detector
                         .dropped(now.mono, storm, &id, linked, reason.as_deref());
+                    fleet.detector.held_until(storm, &id).is_some()
                 });
+                if held {
+                    // Carried over a restart: the holds stored at the storm's beginning and this
+                    // tenant, who joined since.
+                    self.store.storm_held(&id);
+                } else if entry.debounce.is_held() {
+                    // The storm ended or lifted between the two looks: nothing holds this drop.
+                    entry.debounce.release(now.mono, policy, "");
+                }
             }
             (Edge::Up, _) => {
                 self.with_fleet(now, |fleet, storm| {
@@ -412,15 +426,6 @@ impl Registry {
         self.storm_events(now);
     }
 
-    /// Whether a storm in progress holds the drops that join it now.
-    fn storm_holding(&self, policy: &StormPolicy) -> bool {
-        let fleet = self.fleet.lock().unwrap();
-        fleet
-            .detector
-            .view(policy)
-            .is_some_and(|v| v.active && !v.released)
-    }
-
     /// Runs `f` on the fleet state, then keeps the storm metrics, the detector's timer and the
     /// stored holds up to date. Called with at most one tenant shard held (lock order: shard,
     /// then fleet); what the detector decided is acted on by [`Registry::storm_events`] once no
@@ -437,17 +442,14 @@ impl Registry {
         self.metrics
             .storm_tenants_down
             .set(view.as_ref().map_or(0, |v| v.still_down) as i64);
-        let members = view.as_ref().map_or(0, |v| v.members);
         let deadline = fleet.detector.next_deadline(policy);
         if deadline != fleet.scheduled {
             fleet.scheduled = deadline;
             let _ = self.timers.send((STORM_TIMER.into(), deadline));
         }
-        // The holds survive a restart: stored when a storm begins, ends or releases (events are
-        // pending), and as it grows by a tenth.
-        let grown = members >= fleet.saved_members + (fleet.saved_members / 10).max(100);
-        if grown || (members < fleet.saved_members) || fleet.detector.has_events() {
-            fleet.saved_members = members;
+        // The holds survive a restart: stored whole when a storm begins, ends or releases (its
+        // events are pending), and tenant by tenant as they join (`Store::storm_held`).
+        if fleet.detector.has_events() {
             self.store.storms(stored_storms(&fleet.detector, now));
         }
         result
@@ -499,8 +501,7 @@ impl Registry {
                         let Some(mut entry) = self.tenants.get_mut(&id) else {
                             continue;
                         };
-                        entry.debounce.release(&reason);
-                        entry.debounce.on_timeout(now.mono, &config.debounce);
+                        entry.debounce.release(now.mono, &config.debounce, &reason);
                         if self.settle(&id, &mut entry, &config.debounce, now) {
                             self.persist_damping(&id, &entry, &config.debounce, now);
                         }
@@ -682,16 +683,21 @@ impl Registry {
     pub fn tenant_view(&self, tenant: &str, now: Now) -> Option<TenantView> {
         let config = self.config();
         let slot = self.deliveries.view(tenant);
-        match self.tenants.get(tenant) {
-            Some(entry) => Some(view_of(
-                entry.key(),
-                Some(&entry),
-                slot,
-                &config.debounce,
-                now,
-            )),
-            None => slot.map(|s| view_of(tenant, None, Some(s), &config.debounce, now)),
-        }
+        let mut view = match self.tenants.get(tenant) {
+            Some(entry) => view_of(entry.key(), Some(&entry), slot, &config.debounce, now),
+            None => view_of(tenant, None, Some(slot?), &config.debounce, now),
+        };
+        let fleet = self.fleet.lock().unwrap();
+        let id = TenantId::from(tenant);
+        view.held = view.configured && fleet.detector.held_until(&config.storm, &id).is_some();
+        view.storm = storm_view(&fleet.detector, &config.storm, now);
+        Some(view)
+    }
+
+    /// The mass outage in progress or still holding drops, if any.
+    pub fn storm(&self, now: Now) -> Option<StormView> {
+        let config = self.config();
+        storm_view(&self.fleet.lock().unwrap().detector, &config.storm, now)
     }
 
     /// Every tenant's state (configured, and removed but still owing), sorted by id.
@@ -764,6 +770,30 @@ pub struct TenantView {
     pub last_error: Option<String>,
     pub flap_penalty: f64,
     pub flapping: bool,
+    /// This tenant's drop is held by a mass outage.
+    #[serde(default)]
+    pub held: bool,
+    /// The mass outage in progress or still holding drops, if any (the same for every tenant).
+    #[serde(default)]
+    pub storm: Option<StormView>,
+}
+
+/// A mass outage, for the admin API (`/tenants`, `/storm`) and `status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StormView {
+    /// In progress: transient drops join it.
+    pub active: bool,
+    pub since_secs_ago: u64,
+    /// When the hold ends (or ended: 0), in seconds from now.
+    pub hold_ends_in_secs: u64,
+    /// Its hold has lifted: drops are reported as usual.
+    pub released: bool,
+    pub members: usize,
+    pub still_down: usize,
+    pub linked_at_start: usize,
+    /// Drops held now, over every storm still holding.
+    pub held: usize,
+    pub last_reason: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -855,7 +885,24 @@ fn view_of(
             .as_ref()
             .map_or(0.0, |v| (v.penalty * 10.0).round() / 10.0),
         flapping: view.as_ref().is_some_and(|v| v.flapping),
+        held: false,
+        storm: None,
     }
+}
+
+fn storm_view(detector: &Detector, policy: &StormPolicy, now: Now) -> Option<StormView> {
+    let v = detector.view(policy)?;
+    Some(StormView {
+        active: v.active,
+        since_secs_ago: now.mono.saturating_duration_since(v.since).as_secs(),
+        hold_ends_in_secs: v.hold_until.saturating_duration_since(now.mono).as_secs(),
+        released: v.released,
+        members: v.members,
+        still_down: v.still_down,
+        linked_at_start: v.linked_at_start,
+        held: v.held,
+        last_reason: v.last_reason.to_string(),
+    })
 }
 
 fn describe_observation(policy: &Policy, obs: &Observation) -> String {

@@ -323,16 +323,13 @@ impl Store {
             .map(|(_, path)| path)
             .filter(|path| path.exists() || path.is_symlink())
             .collect();
-        let writer = writer::Handle::start(
-            dir.to_path_buf(),
-            lock,
+        let on_disk = writer::OnDisk {
             records,
-            restored.storms.clone(),
-            generation,
+            storms: restored.storms.clone(),
+            gen: generation,
             obsolete,
-            wake,
-            options,
-        )?;
+        };
+        let writer = writer::Handle::start(dir.to_path_buf(), lock, on_disk, wake, options)?;
         Ok((
             Store {
                 writer,
@@ -352,6 +349,11 @@ impl Store {
     /// Hands the mass-outage holds now in force to the writer (they replace the stored ones).
     pub fn storms(&self, storms: Vec<StoredStorm>) {
         self.writer.send(writer::Op::Storms(storms));
+    }
+
+    /// Adds a tenant to the newest stored hold (it joined the storm after it began).
+    pub fn storm_held(&self, tenant: &TenantId) {
+        self.writer.send(writer::Op::StormHeld(tenant.clone()));
     }
 
     /// Hands the damping half of `tenant`'s record to the writer.
@@ -512,6 +514,8 @@ struct JournalLineRef<'a> {
     deleted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     storms: Option<&'a [StoredStorm]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storm_held: Option<&'a str>,
 }
 
 /// One journal line as read.
@@ -526,6 +530,8 @@ struct JournalLine {
     deleted: bool,
     #[serde(default)]
     storms: Option<Vec<StoredStorm>>,
+    #[serde(default)]
+    storm_held: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -597,6 +603,15 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
                         restored.records.insert(tenant, record);
                     }
                     (None, _, _, Some(storms)) => restored.storms = storms,
+                    (None, _, _, None) if entry.storm_held.is_some() => {
+                        if let (Some(storm), Some(t)) =
+                            (restored.storms.last_mut(), entry.storm_held)
+                        {
+                            if !storm.held.contains(&t) {
+                                storm.held.push(t);
+                            }
+                        }
+                    }
                     _ => {
                         restored.skipped_lines += 1;
                         continue;

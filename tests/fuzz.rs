@@ -673,9 +673,10 @@ mod storm_model {
                 .collect()
         }
 
-        /// In progress, or ended but still holding someone.
+        /// In progress, or ended with its hold still running (its members are its members until
+        /// then).
         fn alive(&self) -> bool {
-            !self.ended || (!self.released && !self.down().is_empty())
+            !(self.ended && self.released)
         }
 
         fn last(&self) -> &str {
@@ -797,6 +798,15 @@ mod storm_model {
                 keep(&mut s.last);
                 return;
             }
+            // A member of an ended storm whose hold still runs is down (and held) again.
+            if let Some(s) = self
+                .alive()
+                .find(|s| s.ended && !s.released && s.members.contains_key(&t))
+            {
+                s.members.insert(t, true);
+                keep(&mut s.last);
+                return;
+            }
             if let Some(s) = self.active() {
                 s.members.insert(t, true);
                 keep(&mut s.last);
@@ -862,10 +872,7 @@ mod storm_model {
             if self.leave_window(t) {
                 return;
             }
-            if let Some(s) = self
-                .alive()
-                .find(|s| s.ended && s.members.get(&t) == Some(&true))
-            {
+            if let Some(s) = self.alive().find(|s| s.ended && s.members.contains_key(&t)) {
                 s.members.remove(&t);
                 return;
             }

@@ -85,6 +85,8 @@ pub(super) enum Op {
     Damping(TenantId, Damping),
     /// The mass-outage holds in force.
     Storms(Vec<StoredStorm>),
+    /// A tenant joined the newest hold.
+    StormHeld(TenantId),
     /// Write what is queued, compact, stop; then answer.
     Close(mpsc::SyncSender<()>),
     /// Retry a failed compaction now rather than at the next retry tick (after a reload: the
@@ -166,6 +168,15 @@ struct Compaction {
     obsolete: Vec<PathBuf>,
 }
 
+/// What the writer starts from: the records and holds restored, the generation to continue
+/// from, and the journals on disk that the first snapshot will make obsolete.
+pub(super) struct OnDisk {
+    pub records: HashMap<TenantId, Record>,
+    pub storms: Vec<StoredStorm>,
+    pub gen: u64,
+    pub obsolete: Vec<PathBuf>,
+}
+
 /// The files and the in-memory records, owned by the writer thread.
 pub(super) struct Writer {
     dir: PathBuf,
@@ -192,15 +203,13 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    fn new(
-        dir: PathBuf,
-        records: HashMap<TenantId, Record>,
-        storms: Vec<StoredStorm>,
-        gen: u64,
-        obsolete: Vec<PathBuf>,
-        options: Options,
-        shared: Arc<Shared>,
-    ) -> Writer {
+    fn new(dir: PathBuf, on_disk: OnDisk, options: Options, shared: Arc<Shared>) -> Writer {
+        let OnDisk {
+            records,
+            storms,
+            gen,
+            obsolete,
+        } = on_disk;
         Writer {
             dir,
             records,
@@ -225,15 +234,32 @@ impl Writer {
         if self.batch.is_empty() && !self.tail_clean {
             self.batch.push(b'\n');
         }
-        if let Op::Storms(storms) = op {
-            self.storms = storms;
-            let line = JournalLineRef {
-                gen: self.gen,
-                tenant: None,
-                record: None,
-                deleted: false,
-                storms: Some(&self.storms),
-            };
+        let mut line = JournalLineRef {
+            gen: self.gen,
+            tenant: None,
+            record: None,
+            deleted: false,
+            storms: None,
+            storm_held: None,
+        };
+        match &op {
+            Op::Storms(storms) => {
+                self.storms = storms.clone();
+                line.storms = Some(&self.storms);
+            }
+            Op::StormHeld(tenant) => {
+                let Some(storm) = self.storms.last_mut() else {
+                    return;
+                };
+                if storm.held.iter().any(|t| **t == **tenant) {
+                    return;
+                }
+                storm.held.push(tenant.to_string());
+                line.storm_held = Some(tenant);
+            }
+            _ => {}
+        }
+        if line.storms.is_some() || line.storm_held.is_some() {
             serde_json::to_writer(&mut self.batch, &line).expect("a journal line serializes");
             self.batch.push(b'\n');
             return;
@@ -258,7 +284,7 @@ impl Writer {
                 record.flapping = damping.flapping;
                 (tenant, true)
             }
-            Op::Close(_) | Op::Crash | Op::Barrier(_) | Op::Storms(_) => return,
+            Op::Close(_) | Op::Crash | Op::Barrier(_) | Op::Storms(_) | Op::StormHeld(_) => return,
             Op::Retry => {
                 self.last_compaction = None;
                 return;
@@ -274,6 +300,7 @@ impl Writer {
             },
             deleted: !record,
             storms: None,
+            storm_held: None,
         };
         // Serializing into a Vec fails only for non-string map keys, which these types do not have.
         serde_json::to_writer(&mut self.batch, &line).expect("a journal line serializes");
@@ -497,10 +524,7 @@ impl Handle {
     pub(super) fn start(
         dir: PathBuf,
         lock: File,
-        records: HashMap<TenantId, Record>,
-        storms: Vec<StoredStorm>,
-        gen: u64,
-        obsolete: Vec<PathBuf>,
+        on_disk: OnDisk,
         wake: Arc<Notify>,
         options: Options,
     ) -> Result<Handle, StoreError> {
@@ -514,7 +538,7 @@ impl Handle {
             wake,
             fsync_delay: options.fsync_delay,
         });
-        let mut writer = Writer::new(dir, records, storms, gen, obsolete, options, shared.clone());
+        let mut writer = Writer::new(dir, on_disk, options, shared.clone());
         // The restored records become one fresh snapshot and an empty journal. If that fails
         // the store starts degraded, keeping the old files, which still replay correctly.
         if let Some(job) = writer.cut() {
@@ -751,10 +775,12 @@ mod tests {
         let shared = shared(Duration::ZERO);
         let mut writer = Writer::new(
             tmp.path().to_path_buf(),
-            HashMap::new(),
-            Vec::new(),
-            1,
-            Vec::new(),
+            OnDisk {
+                records: HashMap::new(),
+                storms: Vec::new(),
+                gen: 1,
+                obsolete: Vec::new(),
+            },
             Options::default(),
             shared.clone(),
         );
@@ -799,10 +825,12 @@ mod tests {
         let shared = shared(Duration::ZERO);
         let mut writer = Writer::new(
             tmp.path().to_path_buf(),
-            HashMap::new(),
-            Vec::new(),
-            1,
-            Vec::new(),
+            OnDisk {
+                records: HashMap::new(),
+                storms: Vec::new(),
+                gen: 1,
+                obsolete: Vec::new(),
+            },
             Options::default(),
             shared.clone(),
         );
