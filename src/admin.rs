@@ -9,10 +9,12 @@
 //! - `GET /tenants`: JSON array of every tenant: link state, last observation, stable state,
 //!   pending change, reported state, owed delivery, attempts, last error, flap penalty.
 //! - `GET /tenants/{id}`: the same for one tenant; 404 JSON when it is not known.
+//! - `GET /storm`: `{"storm": {...}}`, the mass outage in progress or still holding drops (SPEC 4
+//!   rev 12), or `{"storm": null}`. Each tenant of `/tenants` carries the same object, and
+//!   `held` when its own drop is held.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -22,11 +24,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{Now, Registry};
-
-/// The backend may fail this long before readiness reports it: brief outages are retried
-/// quietly, a long one is worth an orchestrator's attention.
-pub const BACKEND_UNREACHABLE_UNREADY: Duration = Duration::from_secs(300);
+use crate::{Engine, Now};
 
 /// Binds the admin listener. Kept apart from [`serve`] so a bind error stops start-up with a
 /// clear message before anything else runs.
@@ -35,14 +33,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the admin API until `stop` fires.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: CancellationToken) {
     let app = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/tenants", get(tenants))
         .route("/tenants/{id}", get(tenant))
-        .with_state(registry);
+        .route("/storm", get(storm))
+        .with_state(engine);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -55,35 +54,8 @@ async fn livez() -> &'static str {
     "ok\n"
 }
 
-/// The reasons the sidecar is not ready; empty when it is.
-pub fn not_ready_reasons(registry: &Registry, now: Now) -> Vec<String> {
-    let health = registry.health();
-    // The config is loaded and the state restored before this server is started, so those two
-    // readiness conditions hold by construction; what can still go wrong at run time is below.
-    let mut reasons = Vec::new();
-    if let Some(fault) = health.credentials_fault {
-        reasons.push(fault);
-    }
-    if let Some(since) = health.backend_failing_since {
-        let failing = now.mono.saturating_duration_since(since);
-        if failing >= BACKEND_UNREACHABLE_UNREADY {
-            reasons.push(format!(
-                "backend unreachable for {}s: {}",
-                failing.as_secs(),
-                health.backend_error.as_deref().unwrap_or("unknown error")
-            ));
-        }
-    }
-    if let Some(error) = health.store_error {
-        reasons.push(format!(
-            "state directory not writable (running from memory): {error}"
-        ));
-    }
-    reasons
-}
-
-async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
-    let reasons = not_ready_reasons(&registry, Now::read());
+async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
+    let reasons = engine.not_ready_reasons(Now::read());
     if reasons.is_empty() {
         (StatusCode::OK, Json(serde_json::json!({"ready": true}))).into_response()
     } else {
@@ -95,23 +67,27 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
     }
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        registry.metrics.encode(),
+        engine.metrics_text(Now::read()),
     )
         .into_response()
 }
 
-async fn tenants(State(registry): State<Arc<Registry>>) -> Response {
-    Json(registry.views(Now::read())).into_response()
+async fn tenants(State(engine): State<Arc<Engine>>) -> Response {
+    Json(engine.tenants(Now::read())).into_response()
 }
 
-async fn tenant(State(registry): State<Arc<Registry>>, Path(id): Path<String>) -> Response {
-    match registry.tenant_view(&id, Now::read()) {
+async fn storm(State(engine): State<Arc<Engine>>) -> Response {
+    Json(serde_json::json!({ "storm": engine.storm(Now::read()) })).into_response()
+}
+
+async fn tenant(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Response {
+    match engine.tenant(&id, Now::read()) {
         Some(view) => Json(view).into_response(),
         None => (
             StatusCode::NOT_FOUND,

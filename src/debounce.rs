@@ -183,6 +183,8 @@ pub struct Debouncer {
     run: Run,
     link: Link,
     damping: Damping,
+    /// A mass-outage hold (SPEC 4 rev 12) defers the current drop: see [`Debouncer::hold`].
+    held: bool,
     /// Decided reports not yet drained. Usually empty (an empty `Vec` does not allocate); more
     /// than one only when a late `on_timeout` fires several deadlines at once.
     reports: Vec<Report>,
@@ -235,6 +237,17 @@ struct Damping {
     first_drop: Instant,
 }
 
+/// What one observation changed, for the fleet-level storm detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// Nothing the detector counts.
+    None,
+    /// Up -> Down on an established link: the change that counts as a flap.
+    Dropped,
+    /// The session is up.
+    Up,
+}
+
 /// The deadlines a debouncer can have. The order of the variants breaks ties between equal
 /// deadlines: a gateway outage is decided before a pending connect, so the tenant is not reported
 /// connected and disconnected in the same instant.
@@ -273,6 +286,7 @@ impl Debouncer {
                 first_drop: now,
             },
             reports: Vec::new(),
+            held: false,
         }
     }
 
@@ -307,7 +321,22 @@ impl Debouncer {
     /// An observation that arrives while the link is marked down (a race in the driver) is still
     /// news about the session and is applied, but it is never counted as a flap and leaves the
     /// link state to `link_up` / `link_down`.
-    pub fn observe(&mut self, now: Instant, policy: &Policy, obs: &Observation) {
+    ///
+    /// Returns what changed for the fleet-level storm detector: a drop that counts as a flap, or
+    /// the session being up.
+    pub fn observe(&mut self, now: Instant, policy: &Policy, obs: &Observation) -> Edge {
+        self.observe_in_outage(now, policy, obs, false)
+    }
+
+    /// [`Debouncer::observe`] during a mass outage: with `outage`, a drop this observation makes
+    /// is held from the start (see [`Debouncer::hold`]) and is not counted as a flap.
+    pub fn observe_in_outage(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+        obs: &Observation,
+        outage: bool,
+    ) -> Edge {
         let established = matches!(self.link, Link::Up { fresh: false });
         if let Link::Up { fresh } = &mut self.link {
             *fresh = false;
@@ -318,7 +347,9 @@ impl Debouncer {
                 if !matches!(self.run, Run::Up { .. }) {
                     self.run = Run::Up { since: now };
                 }
-                return;
+                // The session is back: whatever held its drop is over.
+                self.held = false;
+                return Edge::Up;
             }
             Observation::Down(cause) => cause,
         };
@@ -350,7 +381,12 @@ impl Debouncer {
                 now
             }
         };
-        if was_up && established && self.flap(now, policy) {
+        let dropped = was_up && established;
+        if dropped && outage && !terminal {
+            // WhatsApp's outage, not the session flapping: held, and not a flap.
+            self.held = true;
+        }
+        if dropped && !self.held && self.flap(now, policy) {
             // The flapping report's episode is this drop, which the raw run began just now. The
             // reason keeps the drop's own cause after "last:", also when it is terminal.
             let damping = &self.damping;
@@ -365,6 +401,46 @@ impl Debouncer {
         if terminal {
             self.decide(Status::Disconnected, reason, since);
         }
+        if dropped {
+            Edge::Dropped
+        } else {
+            Edge::None
+        }
+    }
+
+    /// Holds the current drop for a mass outage (SPEC 4 rev 12): its disconnect is not decided
+    /// at `disconnect_grace`, and a drop made while held is not a flap, until
+    /// [`Debouncer::release`] or the session coming back. Terminal downs are decided at once
+    /// regardless, and so is a gateway outage.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// Lifts the hold. A drop still down whose grace has run out is decided now, with `reason`,
+    /// the outage's (its episode still began at its first Down); one that has not is decided at
+    /// its grace, as any drop.
+    pub fn release(&mut self, now: Instant, policy: &Policy, reason: &str) {
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        if let Some((at, _)) = self.timers(policy)[1] {
+            if at <= now {
+                if let Run::Down { since, .. } = self.run {
+                    self.decide(Status::Disconnected, Some(reason.to_string()), since);
+                }
+            }
+        }
+    }
+
+    /// Whether a mass-outage hold defers this tenant's disconnect now.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// Whether the disconnect grace of a transient drop has run out at `now`, so a fleet-level
+    /// hold would have to defer it now.
+    pub fn disconnect_due(&self, now: Instant, policy: &Policy) -> bool {
+        matches!(self.timers(policy)[1], Some((at, _)) if at <= now)
     }
 
     /// Fires every timer due at `now`, in deadline order. Calling it early, late or repeatedly is
@@ -464,6 +540,7 @@ impl Debouncer {
             _ => None,
         };
         let disconnect = match &self.run {
+            Run::Down { .. } if self.held => None,
             Run::Down { since, .. } if self.stable != Some(Status::Disconnected) => {
                 since.checked_add(policy.disconnect_grace)
             }
@@ -1863,7 +1940,9 @@ mod tests {
                 Ev::LinkUp => d.link_up(now, policy),
                 Ev::LinkDown(error) => d.link_down(now, policy, error),
                 Ev::Wake => d.on_timeout(now, policy),
-                other => d.observe(now, policy, &other.observation().unwrap()),
+                other => {
+                    d.observe(now, policy, &other.observation().unwrap());
+                }
             }
             model.apply(now, ev);
             drain(&mut d, &mut model, now);

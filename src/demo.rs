@@ -133,15 +133,18 @@ pub async fn run(duration: Duration, out: &mut (dyn Write + Send)) -> anyhow::Re
         }
         out.flush()?;
     }
-    let metrics = sidecar.registry().metrics.clone();
+    let (absorbed, frames) = (
+        sidecar.metrics().flaps_suppressed.get(),
+        sidecar.metrics().frames_state.get(),
+    );
     sidecar.shutdown().await;
     writeln!(out)?;
     writeln!(
         out,
         "demo over after {:.0}s: {calls} webhook calls; {} drops absorbed by the debouncer; {} frames seen.",
         started.elapsed().as_secs_f64(),
-        metrics.flaps_suppressed.get(),
-        metrics.frames_state.get(),
+        absorbed,
+        frames,
     )?;
     gateway.stop();
     backend.stop();

@@ -8,15 +8,18 @@
 //! - [`config`]: the TOML config, validated into typed settings with every problem listed at once.
 //! - [`observe`]: gateway frame -> observation (Baileys wrapped/bare, native, WAHA, Evolution).
 //! - [`debounce`]: the pure per-tenant state machine deciding real transitions (no I/O, no clock).
-//! - [`registry`]: the concurrent tenant map where frames, link events and timers meet the
-//!   debouncer and decided transitions become owed deliveries.
+//! - [`registry`]: the concurrent map of configured tenants where frames, link events and timers
+//!   meet the debouncer; decided transitions go to the outbox.
 //! - [`link`]: one gateway WebSocket: connect, read, keepalive, reconnect with backoff.
 //! - [`timers`]: one task waking each tenant's debouncer at its next deadline.
-//! - [`deliver`]: the dispatcher sending owed transitions (ordering, in-flight cap, retries).
+//! - [`outbox`]: the pure delivery state machine: what each tenant owes, supersession, retry
+//!   policy, the removed-but-owing lifecycle, readiness that heals.
+//! - [`deliver`]: the outbox's shared handle and the dispatcher task that sends its jobs.
 //! - [`webhook`]: the backend HTTP client; the only code that calls the backend.
 //! - [`status`]: the `status` command's table of tenants.
 //! - [`storm`]: the mass-outage hold: the fleet-level detector of WhatsApp-wide outages.
-//! - [`store`]: durable records under `state.dir` (journal + atomic snapshot).
+//! - [`store`]: durable records under `state.dir`: the journal writer thread (group commit,
+//!   compaction that cannot drop an append) and the validated restore.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the admin HTTP API (`/livez`, `/readyz`, `/metrics`, `/tenants`).
 //! - [`system`]: systemd notify and the open-files limit.
@@ -31,33 +34,57 @@ pub mod demo;
 pub mod link;
 pub mod metrics;
 pub mod observe;
+pub mod outbox;
 pub mod registry;
 pub mod sim;
 pub mod status;
-pub mod storm;
 pub mod store;
+pub mod storm;
 pub mod system;
 pub mod timers;
 pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, GatewayMode};
-use crate::deliver::SharedWebhook;
+use crate::deliver::{Deliveries, SharedWebhook};
 use crate::link::{LinkContext, Target};
 use crate::metrics::Metrics;
-use crate::registry::{Now, Registry, TenantId};
+use crate::registry::{Registry, TenantView};
 use crate::store::Store;
 use crate::webhook::Webhook;
 
-/// How often the journal is synced to disk (and compacted when it has grown).
-const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// A tenant id, shared between the map, the timer wheel and the outbox without copying.
+pub type TenantId = Arc<str>;
+
+/// A point in time on both clocks: monotonic for deadlines, wall-clock for what is persisted or
+/// sent. Drivers read it once per event and pass it down.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: SystemTime,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The wall-clock time of an earlier monotonic instant.
+    pub fn wall_of(&self, earlier: Instant) -> SystemTime {
+        self.wall - self.mono.saturating_duration_since(earlier)
+    }
+}
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +102,69 @@ pub enum StartError {
     Http(String),
 }
 
-/// A running sidecar: its links, timers, dispatcher and persister.
-pub struct Sidecar {
+/// What the admin API and the `Sidecar` read: the tenant map, the outbox and the store.
+pub struct Engine {
     registry: Arc<Registry>,
+    deliveries: Arc<Deliveries>,
+    store: Arc<Store>,
+}
+
+impl Engine {
+    pub fn metrics(&self) -> &Metrics {
+        &self.registry.metrics
+    }
+
+    /// Every tenant (configured, and removed but still owing), sorted by id.
+    pub fn tenants(&self, now: Now) -> Vec<TenantView> {
+        self.registry.views(now)
+    }
+
+    pub fn tenant(&self, id: &str, now: Now) -> Option<TenantView> {
+        self.registry.tenant_view(id, now)
+    }
+
+    /// The mass outage in progress or still holding drops, if any.
+    pub fn storm(&self, now: Now) -> Option<registry::StormView> {
+        self.registry.storm(now)
+    }
+
+    /// Why the sidecar is not ready; empty when it is. The config is loaded and the state
+    /// restored before anything serves, so what can still go wrong is the backend and the disk.
+    pub fn not_ready_reasons(&self, now: Now) -> Vec<String> {
+        let mut reasons = self.deliveries.not_ready_reasons(now.mono);
+        if let Some(error) = self.store.failure() {
+            reasons.push(format!(
+                "state directory not writable (running from memory): {error}"
+            ));
+        }
+        reasons
+    }
+
+    /// The metrics text, with the gauges that are read rather than counted brought up to date.
+    pub fn metrics_text(&self, now: Now) -> String {
+        let metrics = self.metrics();
+        let reasons = self.not_ready_reasons(now);
+        metrics.ready.set(i64::from(reasons.is_empty()));
+        metrics
+            .store_degraded
+            .set(i64::from(self.store.failure().is_some()));
+        let errors = self.store.errors();
+        let counted = metrics.store_errors.get();
+        if errors > counted {
+            metrics.store_errors.inc_by(errors - counted);
+        }
+        metrics.owed_oldest.set(
+            self.deliveries
+                .oldest_owed(now.mono)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        metrics.encode()
+    }
+}
+
+/// A running sidecar: its links, timers, dispatcher and journal writer.
+pub struct Sidecar {
+    engine: Arc<Engine>,
     webhook: SharedWebhook,
     link_ctx: Arc<LinkContext>,
     links: Mutex<Links>,
@@ -85,11 +172,11 @@ pub struct Sidecar {
     stop_links: CancellationToken,
     /// Stops the dispatcher, which then flushes.
     stop_delivery: CancellationToken,
-    /// Stops the persister.
-    stop_persist: CancellationToken,
     link_tasks: TaskTracker,
     core_tasks: TaskTracker,
-    delivery_wake: mpsc::UnboundedSender<TenantId>,
+    /// The timer wheel and the dispatcher, which a simulated crash stops without a flush.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    core_aborts: Vec<tokio::task::AbortHandle>,
     admin_addr: std::net::SocketAddr,
     /// Stops the admin server, last of all.
     stop_admin: CancellationToken,
@@ -120,79 +207,88 @@ impl Sidecar {
                 addr: config.admin.listen,
                 error,
             })?;
-        let (store, restored) = Store::open(&config.state.dir)?;
-        if let Some(aside) = &restored.set_aside {
-            tracing::error!(path = %aside.display(), "the state file was unreadable and has been set aside; starting from the journal alone");
-        }
-        if restored.skipped_lines > 0 {
-            tracing::warn!(
-                skipped = restored.skipped_lines,
-                "skipped unreadable journal lines"
-            );
-        }
-        tracing::info!(
-            tenants = restored.records.len(),
-            dir = %config.state.dir.display(),
-            "state restored"
-        );
+        let wake = Arc::new(Notify::new());
+        let dir = config.state.dir.clone();
+        let opened = {
+            let wake = wake.clone();
+            // Reading and compacting the state files blocks; keep it off the async workers.
+            tokio::task::spawn_blocking(move || Store::open(&dir, wake))
+                .await
+                .map_err(|e| StartError::Http(e.to_string()))?
+        };
+        let (store, restored) = opened?;
+        log_restored(&restored, &config);
         let webhook = new_webhook(&config)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
 
         let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(store);
+        let deliveries = Arc::new(Deliveries::new(
+            store.clone(),
+            metrics.clone(),
+            wake,
+            config.backend.max_in_flight,
+        ));
+        deliveries.set_webhook_url(webhook.url());
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
-        let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
         let registry = Arc::new(Registry::new(
             config.clone(),
-            store,
-            restored.records,
+            restored,
             metrics,
+            deliveries.clone(),
+            store.clone(),
             timer_tx,
-            delivery_tx.clone(),
             Now::read(),
         ));
+        let engine = Arc::new(Engine {
+            registry: registry.clone(),
+            deliveries: deliveries.clone(),
+            store,
+        });
         let webhook: SharedWebhook = Arc::new(RwLock::new(Arc::new(webhook)));
         let link_ctx = Arc::new(LinkContext {
             registry: registry.clone(),
             handshakes: Arc::new(Semaphore::new(config.gateway.handshake_concurrency)),
+            state_fetches: Arc::new(Semaphore::new(link::STATE_FETCH_CONCURRENCY)),
             http,
         });
-        let sidecar = Sidecar {
-            registry: registry.clone(),
+        let mut sidecar = Sidecar {
+            engine: engine.clone(),
             webhook: webhook.clone(),
             link_ctx,
             links: Mutex::new(Links::default()),
             stop_links: CancellationToken::new(),
             stop_delivery: CancellationToken::new(),
-            stop_persist: CancellationToken::new(),
             link_tasks: TaskTracker::new(),
             core_tasks: TaskTracker::new(),
-            delivery_wake: delivery_tx,
+            core_aborts: Vec::new(),
             admin_addr,
             stop_admin: CancellationToken::new(),
             admin_task: TaskTracker::new(),
         };
         sidecar.admin_task.spawn(admin::serve(
             admin_listener,
-            registry.clone(),
+            engine,
             sidecar.stop_admin.clone(),
         ));
-        sidecar.core_tasks.spawn(timers::run(
-            registry.clone(),
-            timer_rx,
-            sidecar.stop_links.clone(),
-        ));
-        sidecar.core_tasks.spawn(deliver::run(
-            registry.clone(),
+        let timers = {
+            let registry = registry.clone();
+            sidecar.core_tasks.spawn(timers::run(
+                timer_rx,
+                move |tenant, now| registry.timeout(tenant, now),
+                sidecar.stop_links.clone(),
+            ))
+        };
+        let dispatcher = sidecar.core_tasks.spawn(deliver::run(
+            deliveries,
             webhook,
-            delivery_rx,
             sidecar.stop_delivery.clone(),
         ));
-        sidecar
-            .core_tasks
-            .spawn(persist(registry.clone(), sidecar.stop_persist.clone()));
+        sidecar.core_aborts = vec![timers.abort_handle(), dispatcher.abort_handle()];
         sidecar.sync_links(&config);
         tracing::info!(
             tenants = config.tenants.ids.len(),
@@ -207,9 +303,29 @@ impl Sidecar {
         self.admin_addr
     }
 
-    /// The tenant map, for the admin API and tests.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    /// The metrics, for tests and the benchmark.
+    pub fn metrics(&self) -> &Metrics {
+        self.engine.metrics()
+    }
+
+    /// Every tenant's state as `GET /tenants` shows it, sorted by id.
+    pub fn tenants(&self) -> Vec<TenantView> {
+        self.engine.tenants(Now::read())
+    }
+
+    /// One tenant's state as `GET /tenants/{id}` shows it.
+    pub fn tenant(&self, id: &str) -> Option<TenantView> {
+        self.engine.tenant(id, Now::read())
+    }
+
+    /// Why `GET /readyz` would answer 503; empty when ready.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        self.engine.not_ready_reasons(Now::read())
+    }
+
+    /// The metrics as `GET /metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        self.engine.metrics_text(Now::read())
     }
 
     /// Applies a new config: tenants added and removed, new settings; links whose URL did not
@@ -217,7 +333,8 @@ impl Sidecar {
     pub fn reload(&self, config: Config) -> Result<(), StartError> {
         let config = Arc::new(config);
         let webhook = new_webhook(&config)?;
-        let old = self.registry.config();
+        let registry = &self.engine.registry;
+        let old = registry.config();
         if old.admin.listen != config.admin.listen {
             tracing::warn!(listen = %old.admin.listen, "admin.listen changes only at a restart; still listening on the old address");
         }
@@ -227,20 +344,16 @@ impl Sidecar {
         if old.gateway.handshake_concurrency != config.gateway.handshake_concurrency {
             tracing::warn!("gateway.handshake_concurrency changes only at a restart");
         }
+        let url = webhook.url().to_string();
         *self.webhook.write().unwrap() = Arc::new(webhook);
-        let shared_link_up = self.registry.any_link_up();
-        let (added, removed) = self.registry.reload(config.clone(), Now::read());
+        let (added, removed) = registry.reload(config.clone(), Now::read());
         self.sync_links(&config);
-        if config.gateway.mode == GatewayMode::Shared && shared_link_up {
-            // Tenants added to a running shared link are carried by it from now on.
-            for tenant in &added {
-                self.registry.link_up(tenant, Now::read());
-            }
-        }
-        // The credentials may have been fixed: try every owed delivery now.
-        for tenant in self.registry.retry_now() {
-            let _ = self.delivery_wake.send(tenant);
-        }
+        // The credentials or the URL may have been fixed: try every owed delivery now; and the
+        // disk may have been: retry a failed compaction now.
+        self.engine
+            .deliveries
+            .reloaded(config.backend.max_in_flight, &url);
+        self.engine.store.retry();
         tracing::info!(
             added = added.len(),
             removed = removed.len(),
@@ -259,8 +372,8 @@ impl Sidecar {
                     stop.cancel();
                 }
                 let url = config.gateway.url.clone();
-                if links.shared.as_ref().is_some_and(|(u, _)| *u != url) {
-                    links.shared.take().unwrap().1.cancel();
+                if let Some((_, stop)) = links.shared.take_if(|(u, _)| *u != url) {
+                    stop.cancel();
                 }
                 if links.shared.is_none() {
                     let stop = self.stop_links.child_token();
@@ -314,14 +427,15 @@ impl Sidecar {
         self.link_tasks.close();
         self.link_tasks.wait().await;
         self.stop_delivery.cancel();
-        self.stop_persist.cancel();
         self.core_tasks.close();
         self.core_tasks.wait().await;
-        self.registry.flush_store(true, Now::read());
+        let store = self.engine.store.clone();
+        // The last snapshot blocks on the disk; keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
         self.stop_admin.cancel();
         self.admin_task.close();
         self.admin_task.wait().await;
-        let owed = self.registry.owing().len();
+        let owed = self.engine.deliveries.owed();
         if owed > 0 {
             tracing::warn!(
                 owed,
@@ -330,6 +444,74 @@ impl Sidecar {
         }
         tracing::info!("stopped");
     }
+
+    /// Waits until the journal writer has written everything decided so far (and finished a
+    /// compaction it started), so a test can look at the files or the readiness it leads to.
+    pub async fn settle_state(&self) {
+        let store = self.engine.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.barrier()).await;
+    }
+
+    /// Stops everything the way a kill -9 would: no flush, no last snapshot; what the journal
+    /// writer had not yet written is lost. For tests of what survives a crash.
+    #[cfg(feature = "testing")]
+    pub async fn crash(self) {
+        for task in &self.core_aborts {
+            task.abort();
+        }
+        self.stop_links.cancel();
+        self.stop_admin.cancel();
+        let store = self.engine.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.crash()).await;
+        self.link_tasks.close();
+        self.link_tasks.wait().await;
+        self.admin_task.close();
+        self.admin_task.wait().await;
+        // Aborted above: no flush; requests in flight are cut, as the kernel would cut them.
+        self.core_tasks.close();
+        self.core_tasks.wait().await;
+    }
+}
+
+fn log_restored(restored: &store::Restored, config: &Config) {
+    for (path, reason) in &restored.set_aside {
+        tracing::error!(path = %path.display(), reason = %reason, "an unusable state file was set aside; starting without it");
+    }
+    if restored.skipped_lines > 0 {
+        tracing::warn!(
+            skipped = restored.skipped_lines,
+            "skipped unreadable journal lines"
+        );
+    }
+    if !restored.rejected.is_empty() {
+        tracing::warn!(
+            count = restored.rejected.len(),
+            ids = %restored.rejected.join(", "),
+            "state records with an invalid tenant id were dropped"
+        );
+    }
+    if restored.repaired > 0 {
+        tracing::warn!(
+            count = restored.repaired,
+            "state records with out-of-range values were repaired"
+        );
+    }
+    for warning in &restored.warnings {
+        tracing::warn!("{warning}");
+    }
+    let configured: std::collections::HashSet<&str> =
+        config.tenants.ids.iter().map(String::as_str).collect();
+    let unconfigured = restored
+        .records
+        .keys()
+        .filter(|id| !configured.contains(id.as_str()))
+        .count();
+    tracing::info!(
+        tenants = restored.records.len(),
+        unconfigured,
+        dir = %config.state.dir.display(),
+        "state restored"
+    );
 }
 
 fn new_webhook(config: &Config) -> Result<Webhook, StartError> {
@@ -340,21 +522,4 @@ fn new_webhook(config: &Config) -> Result<Webhook, StartError> {
         config.backend.connect_timeout,
     )
     .map_err(|e| StartError::Webhook(e.to_string()))
-}
-
-/// Syncs the journal about once a second and compacts it when it has grown, so a storm of
-/// transitions costs appends, not 10,000 rewrites of the state file.
-async fn persist(registry: Arc<Registry>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(PERSIST_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                let registry = registry.clone();
-                // File I/O blocks; keep it off the runtime's workers.
-                let _ = tokio::task::spawn_blocking(move || registry.flush_store(false, Now::read())).await;
-            }
-        }
-    }
 }

@@ -24,17 +24,17 @@ use tokio_tungstenite::tungstenite::handshake::client::{
     generate_request, Request as ClientRequest,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, GatewayConfig};
+use crate::config::{redact_url, Config, GatewayConfig};
 use crate::observe::Ignored;
-use crate::registry::{Now, Registry, TenantId};
+use crate::registry::Registry;
 use crate::webhook::full_jitter;
+use crate::{Now, TenantId};
 
 /// A `wss://` link. A `MaybeTlsStream` is sized for its TLS variant (1.1 KiB) even when it holds
 /// plain TCP, so plain links use [`PlainWs`] (0.3 KiB).
@@ -57,8 +57,12 @@ pub const RECONNECT_CAP: Duration = Duration::from_secs(30);
 pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
 /// A handshake (TCP, TLS, HTTP upgrade) that takes longer than this is abandoned and retried.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The state fetch after a (re)connect gives up after this long; frames wait meanwhile.
+/// A state fetch after a (re)connect gives up after this long.
 const STATE_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most `state_url` fetches in progress at once, process-wide (SPEC 3 rev 12).
+pub const STATE_FETCH_CONCURRENCY: usize = 16;
+/// Largest `state_url` answer read (SPEC 2 rev 12); a state is a few hundred bytes.
+pub const STATE_BODY_LIMIT: usize = 64 * 1024;
 /// Read buffer per link. Gateway frames are a few hundred bytes; the buffer grows for a rare
 /// large one. tungstenite zero-fills the whole buffer on every read, so all of it is resident:
 /// 1 KiB instead of 4 KiB saves 30 MiB at 10,000 links (128 KiB, the default, would cost 1.3 GiB).
@@ -73,7 +77,10 @@ pub struct LinkContext {
     pub registry: Arc<Registry>,
     /// Bounds concurrent handshakes so 10,000 links start as a spread, not a thundering herd.
     pub handshakes: Arc<Semaphore>,
-    /// For `gateway.state_url`.
+    /// Bounds `state_url` fetches in progress across all links.
+    pub state_fetches: Arc<Semaphore>,
+    /// For `gateway.state_url`: never follows a redirect (the gateway's credentials must not
+    /// travel to wherever a redirect points).
     pub http: reqwest::Client,
 }
 
@@ -127,15 +134,13 @@ pub async fn run(ctx: Arc<LinkContext>, target: Target, stop: CancellationToken)
             Ok(ws) => {
                 let up_at = Instant::now();
                 tracing::debug!(tenant = %target.label(), "gateway link up");
-                for tenant in target.tenants(&ctx.registry) {
-                    ctx.registry.link_up(&tenant, Now::read());
+                match &target {
+                    Target::Tenant(t) => ctx.registry.link_up(t, Now::read()),
+                    Target::Shared => ctx.registry.shared_link_up(Now::read()),
                 }
-                if config.gateway.state_url.is_some() {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        () = Box::pin(fetch_states(&ctx, &target, &config)) => {}
-                    }
-                }
+                // Fetched beside the read loop, never in its way (SPEC 3 rev 12).
+                let fetches = stop.child_token();
+                spawn_state_fetches(&ctx, target.tenants(&ctx.registry), &config, &fetches);
                 let reason = match ws {
                     Established::Plain(ws) => {
                         read_loop(&ctx, &target, ws, &config.gateway, &stop).await
@@ -144,6 +149,7 @@ pub async fn run(ctx: Arc<LinkContext>, target: Target, stop: CancellationToken)
                         read_loop(&ctx, &target, ws, &config.gateway, &stop).await
                     }
                 };
+                fetches.cancel();
                 if stop.is_cancelled() {
                     return;
                 }
@@ -155,8 +161,9 @@ pub async fn run(ctx: Arc<LinkContext>, target: Target, stop: CancellationToken)
             Err(error) => error,
         };
         tracing::debug!(tenant = %target.label(), error = %error, attempt, "gateway link down");
-        for tenant in target.tenants(&ctx.registry) {
-            ctx.registry.link_down(&tenant, &error, Now::read());
+        match &target {
+            Target::Tenant(t) => ctx.registry.link_down(t, &error, Now::read()),
+            Target::Shared => ctx.registry.shared_link_down(&error, Now::read()),
         }
         let wait = full_jitter(attempt, RECONNECT_BASE, RECONNECT_CAP, fastrand::f64());
         attempt = attempt.saturating_add(1);
@@ -198,21 +205,9 @@ async fn connect(
 async fn handshake(url: &str, gateway: &GatewayConfig) -> Result<Established, String> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| format!("bad gateway URL {url}: {e}"))?;
-    let headers = request.headers_mut();
-    if let Some(token) = &gateway.token {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| "gateway token is not a valid header value".to_string())?;
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
-    }
-    for (name, value) in &gateway.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("bad header name {name}"))?;
-        let value =
-            HeaderValue::from_str(value).map_err(|_| format!("bad value for header {name}"))?;
-        headers.insert(name, value);
-    }
+        .map_err(|e| format!("bad gateway URL {}: {e}", redact_url(url)))?;
+    // Validated once at load: the token's Authorization and the configured headers.
+    request.headers_mut().extend(gateway.request_headers());
     let config = ws_config(gateway.max_frame_size);
     let upgrade = async move {
         if request.uri().scheme_str() == Some("ws") {
@@ -394,38 +389,96 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
 }
 
-/// Fetches `gateway.state_url` for each tenant of the link and applies what it says, so a
-/// gateway that sends no snapshot still tells the current state after a reconnect.
-async fn fetch_states(ctx: &LinkContext, target: &Target, config: &Config) {
-    for tenant in target.tenants(&ctx.registry) {
-        let Some(url) = config.state_url(&tenant) else {
-            return;
-        };
-        let mut request = ctx.http.get(&url).timeout(STATE_FETCH_TIMEOUT);
-        if let Some(token) = &config.gateway.token {
-            request = request.bearer_auth(token.expose());
+/// Fetches `gateway.state_url` for `tenants` in a task of its own, at most
+/// [`STATE_FETCH_CONCURRENCY`] at a time process-wide, so a gateway that sends no snapshot still
+/// tells the current state after a (re)connect. The link keeps reading frames meanwhile; an
+/// answer is applied only if no frame arrived for that tenant since its request was sent.
+pub fn spawn_state_fetches(
+    ctx: &Arc<LinkContext>,
+    tenants: Vec<TenantId>,
+    config: &Arc<Config>,
+    stop: &CancellationToken,
+) {
+    if config.gateway.state_url.is_none() || tenants.is_empty() {
+        return;
+    }
+    let (ctx, config, stop) = (ctx.clone(), config.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut running = tokio::task::JoinSet::new();
+        for tenant in tenants {
+            // The permit first, so the tenants still waiting hold no request future.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = ctx.state_fetches.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let (ctx, config, stop) = (ctx.clone(), config.clone(), stop.clone());
+            running.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = Box::pin(fetch_state(&ctx, &tenant, &config)) => {}
+                }
+                drop(permit);
+            });
+            // Reap finished fetches as we go, so the set stays at the concurrency bound.
+            while running.try_join_next().is_some() {}
         }
-        for (name, value) in &config.gateway.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let response = request.send().await.and_then(|r| r.error_for_status());
-        let body = match response {
-            Ok(r) => r.text().await,
-            Err(e) => Err(e),
-        };
-        match body {
-            Ok(text) => ctx.registry.frame(&tenant, &text, Now::read()),
-            Err(e) => {
-                tracing::debug!(tenant = %tenant, error = %e, "state fetch failed; keeping the last known state")
-            }
+        while running.join_next().await.is_some() {}
+    });
+}
+
+async fn fetch_state(ctx: &LinkContext, tenant: &TenantId, config: &Config) {
+    let Some(url) = config.state_url(tenant) else {
+        return;
+    };
+    let Some(mark) = ctx.registry.observations(tenant) else {
+        return;
+    };
+    // The token's Authorization and the configured headers, validated once at load.
+    let request = ctx
+        .http
+        .get(&url)
+        .timeout(STATE_FETCH_TIMEOUT)
+        .headers(config.gateway.request_headers());
+    let body = match request.send().await {
+        Ok(response) if response.status().is_success() => read_capped(response).await,
+        Ok(response) => Err(format!("answered {}", response.status().as_u16())),
+        // Without the URL: its query may hold a key (`?api_key=...`).
+        Err(e) => Err(e.without_url().to_string()),
+    };
+    match body {
+        Ok(text) => ctx.registry.state_fetched(tenant, &text, mark, Now::read()),
+        Err(error) => {
+            tracing::debug!(tenant = %tenant, error = %error, "state fetch failed; keeping the last known state")
         }
     }
+}
+
+/// The body of a `state_url` answer, refused past [`STATE_BODY_LIMIT`] bytes.
+async fn read_capped(mut response: reqwest::Response) -> Result<String, String> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > STATE_BODY_LIMIT as u64)
+    {
+        return Err(format!("answer over {STATE_BODY_LIMIT} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > STATE_BODY_LIMIT {
+            return Err(format!("answer over {STATE_BODY_LIMIT} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "answer is not UTF-8".to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
 
     /// A one-shot gateway on loopback: reads the upgrade request, answers with `answer(key)` in a
     /// single write, and returns the request it saw.
@@ -505,6 +558,36 @@ mod tests {
                 .contains("authorization: bearer gw-token\r\n"),
             "{seen}"
         );
+    }
+
+    /// The token and the configured headers (inline and from the environment), validated once
+    /// at load, reach the gateway with the handshake.
+    #[tokio::test]
+    async fn the_handshake_carries_the_token_and_the_configured_headers() {
+        let (url, server) = gateway(switching).await;
+        let text = format!(
+            "[gateway]\nurl = \"{url}\"\nmode = \"shared\"\ntoken_env = \"GW_TOKEN\"\n\
+             [gateway.headers]\nX-Plain = \"inline-1\"\n[gateway.headers_env]\nX-Api-Key = \"API_KEY\"\n\
+             [backend]\nurl = \"http://127.0.0.1:1\"\n"
+        );
+        let env = [
+            ("INTERNAL_SHARED_SECRET", "s"),
+            ("GW_TOKEN", "gw-token-7"),
+            ("API_KEY", "from-env-8"),
+        ];
+        let config = Config::from_toml_str(&text, std::path::Path::new("/"), &env).unwrap();
+        let Ok(Established::Plain(mut ws)) = handshake(&url, &config.gateway).await else {
+            panic!("no plain link");
+        };
+        let _ = ws.as_mut().close(None).await;
+        let seen = server.await.unwrap().to_ascii_lowercase();
+        for header in [
+            "authorization: bearer gw-token-7\r\n",
+            "x-plain: inline-1\r\n",
+            "x-api-key: from-env-8\r\n",
+        ] {
+            assert!(seen.contains(header), "{header} not in {seen}");
+        }
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub frames_unknown_tenant: Counter,
     /// Frames over the size limit (the link is closed with 1009).
     pub frames_oversize: Counter,
+    /// Frames on a per-tenant link that name another tenant (ignored: SPEC 3 rev 12).
+    pub frames_foreign: Counter,
     transitions: Family<Labels, Counter>,
     /// Transient drops that healed within the grace, and flaps held back by damping.
     pub flaps_suppressed: Counter,
@@ -45,6 +47,16 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// Failed writes to the state directory.
     pub store_errors: Counter,
+    /// 1 while `/readyz` would answer 200.
+    pub ready: Gauge,
+    /// 1 while the state directory is not durable (running from memory).
+    pub store_degraded: Gauge,
+    /// Seconds the oldest owed delivery has waited since it was decided.
+    pub owed_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while a mass-outage storm holds transient drops (SPEC 4 rev 12).
+    pub storm_active: Gauge,
+    /// Tenants of the current storm still down.
+    pub storm_tenants_down: Gauge,
 }
 
 impl Metrics {
@@ -102,7 +114,39 @@ impl Metrics {
             store_errors.clone(),
         );
 
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the sidecar is ready (GET /readyz answers 200), else 0",
+            ready.clone(),
+        );
+        let store_degraded = Gauge::default();
+        registry.register(
+            "store_degraded",
+            "1 while the state directory cannot be written and state lives in memory only",
+            store_degraded.clone(),
+        );
+        let owed_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "owed_oldest_seconds",
+            "Age of the oldest delivery owed to the backend (0 when nothing is owed)",
+            owed_oldest.clone(),
+        );
+        let storm_active = Gauge::default();
+        registry.register(
+            "storm_active",
+            "1 while a mass outage (many sessions dropping at once) holds transient drops",
+            storm_active.clone(),
+        );
+        let storm_tenants_down = Gauge::default();
+        registry.register(
+            "storm_tenants_down",
+            "Tenants of the current mass outage that are still down",
+            storm_tenants_down.clone(),
+        );
+
         let frames_state = frames.get_or_create_owned(&[("kind", "state")]);
+        let frames_foreign = frames.get_or_create_owned(&[("kind", "foreign")]);
         let frames_unknown_tenant = frames.get_or_create_owned(&[("kind", "unknown_tenant")]);
         let frames_oversize = frames.get_or_create_owned(&[("kind", "oversize")]);
         // Create every series up front so dashboards see zeros, not missing series.
@@ -127,6 +171,7 @@ impl Metrics {
             frames_state,
             frames_unknown_tenant,
             frames_oversize,
+            frames_foreign,
             transitions,
             flaps_suppressed,
             webhook,
@@ -136,6 +181,11 @@ impl Metrics {
             tenants,
             reconnects,
             store_errors,
+            ready,
+            store_degraded,
+            owed_oldest,
+            storm_active,
+            storm_tenants_down,
         }
     }
 

@@ -382,16 +382,21 @@ fn evolution<D>(f: &Fields<'_, D>) -> Result<Update, Ignored> {
     let Some(state) = string(&f.state)? else {
         return Err(Ignored::NoState);
     };
+    evolution_state(state, code(&f.status_reason))
+}
+
+/// An Evolution API connection state, with its `statusReason` code if any.
+fn evolution_state(state: &str, status_reason: Option<u16>) -> Result<Update, Ignored> {
     let observation = if state.eq_ignore_ascii_case("open") {
         Observation::Up
     } else if state.eq_ignore_ascii_case("connecting") {
         down(DownKind::Connecting, None, None)
     } else if state.eq_ignore_ascii_case("close") {
-        down(DownKind::Closed, code(&f.status_reason), None)
+        down(DownKind::Closed, status_reason, None)
     } else if state.eq_ignore_ascii_case("refused") {
         down(
             DownKind::Ended,
-            code(&f.status_reason),
+            status_reason,
             Some("connection refused".to_owned()),
         )
     } else {
@@ -409,6 +414,15 @@ fn waha(root: &Root<'_>) -> Result<Frame, Ignored> {
     let Some(status) = string(&payload.status)? else {
         return Err(Ignored::NoState);
     };
+    let observation = waha_status(status)?;
+    Ok(Frame {
+        tenant: tenant(root)?,
+        update: Update::State(observation),
+    })
+}
+
+/// A WAHA session status (`session.status` events, `GET /api/sessions/{session}` bodies).
+fn waha_status(status: &str) -> Result<Observation, Ignored> {
     let ended = |status: &str| {
         down(
             DownKind::Ended,
@@ -416,7 +430,7 @@ fn waha(root: &Root<'_>) -> Result<Frame, Ignored> {
             Some(format!("WAHA session status {status}")),
         )
     };
-    let observation = if status.eq_ignore_ascii_case("WORKING") {
+    Ok(if status.eq_ignore_ascii_case("WORKING") {
         Observation::Up
     } else if status.eq_ignore_ascii_case("STARTING") {
         down(DownKind::Connecting, None, None)
@@ -428,11 +442,57 @@ fn waha(root: &Root<'_>) -> Result<Frame, Ignored> {
         ended("STOPPED")
     } else {
         return Err(Ignored::UnknownShape);
-    };
-    Ok(Frame {
-        tenant: tenant(root)?,
-        update: Update::State(observation),
     })
+}
+
+/// Parses the body of a `gateway.state_url` answer (SPEC 3 rev 12): any frame shape [`parse`]
+/// knows (the native body, a Baileys snapshot), WAHA's `GET /api/sessions/{session}`
+/// (`{"name": ..., "status": "WORKING", ...}`) or Evolution's
+/// `GET /instance/connectionState/{instance}` (`{"instance": {"instanceName": ..., "state": "open"}}`).
+pub fn parse_state(text: &str) -> Result<Frame, Ignored> {
+    let first = match parse(text) {
+        Ok(frame) => return Ok(frame),
+        Err(e) => e,
+    };
+    let Ok(Json::Object(body)) = serde_json::from_str::<Json<'_, StateBody<'_>>>(text) else {
+        return Err(first);
+    };
+    if let Some(Json::Object(instance)) = &body.instance {
+        if let Ok(Some(state)) = string(&instance.state) {
+            let update = evolution_state(state, None)?;
+            let tenant = string(&instance.instance_name)?.and_then(tenant_text);
+            return Ok(Frame { tenant, update });
+        }
+    }
+    if let Ok(Some(status)) = string(&body.status) {
+        if let Ok(observation) = waha_status(status) {
+            let tenant = string(&body.name)?.and_then(tenant_text);
+            return Ok(Frame {
+                tenant,
+                update: Update::State(observation),
+            });
+        }
+    }
+    Err(first)
+}
+
+/// The keys of a WAHA or Evolution state body that [`parse`] does not read.
+#[derive(serde::Deserialize)]
+struct StateBody<'a> {
+    #[serde(borrow)]
+    status: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    name: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    instance: Option<Json<'a, EvolutionInstance<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EvolutionInstance<'a> {
+    #[serde(borrow, rename = "instanceName")]
+    instance_name: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    state: Option<Scalar<'a>>,
 }
 
 fn native(root: &Root<'_>) -> Result<Frame, Ignored> {
@@ -458,14 +518,35 @@ fn native(root: &Root<'_>) -> Result<Frame, Ignored> {
 
 fn tenant<D>(f: &Fields<'_, D>) -> Result<Option<String>, Ignored> {
     for key in [&f.tenant_id, &f.tenant, &f.session, &f.instance] {
-        if let Some(tenant) = string(key)? {
-            if !tenant.is_empty() {
-                return Ok(Some(tenant.to_owned()));
-            }
+        if let Some(tenant) = string(key)?.and_then(tenant_text) {
+            return Ok(Some(tenant));
         }
     }
     Ok(None)
 }
+
+/// The tenant a frame names, kept only as long as a tenant id can be (128 bytes) plus one
+/// character, so a longer name still differs from every configured id but a hostile gateway
+/// cannot make us keep a megabyte of it. None when empty.
+fn tenant_text(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    let end = name
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|end| *end <= MAX_TENANT_BYTES + 4)
+        .last()
+        .unwrap_or(0);
+    Some(name[..end].to_owned())
+}
+
+/// The longest tenant id (SPEC 3 rev 12).
+const MAX_TENANT_BYTES: usize = 128;
+
+/// The longest text kept from a frame (SPEC 3 rev 12): a reason or message longer than this is
+/// cut, so whatever a gateway sends, a tenant's memory stays bounded.
+pub const MAX_TEXT_CHARS: usize = 256;
 
 /// The string value of a key: missing or `null` is `Ok(None)`, another type is `WrongType`.
 fn string<'r>(value: &'r Option<Scalar<'_>>) -> Result<Option<&'r str>, Ignored> {
@@ -493,8 +574,15 @@ fn message(value: &Option<Scalar<'_>>) -> Option<String> {
     }
 }
 
+/// A non-empty text, cut at [`MAX_TEXT_CHARS`] characters.
 fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
+    if s.is_empty() {
+        return None;
+    }
+    Some(match s.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    })
 }
 
 /// A whole frame: the top level, whose `data` has the same keys one level down.

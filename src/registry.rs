@@ -1,132 +1,85 @@
-//! The concurrent map of tenants: where gateway frames, link events and timers meet each tenant's
-//! debouncer, and where decided transitions become owed deliveries.
+//! The concurrent map of configured tenants: where gateway frames, link events and timers meet
+//! each tenant's debouncer, and where decided transitions are handed to the outbox.
 //!
-//! Every entry point takes the current time from its caller (the link driver, the timer wheel or
-//! the delivery dispatcher), so this module never reads the clock either. Each call locks exactly
-//! one tenant's map shard, does its work without awaiting, and releases it: a slow backend or a
-//! slow disk never holds a gateway link up.
+//! The map holds exactly the configured tenants (SPEC 4 rev 12, tenant lifecycle): removing a
+//! tenant takes its entry out at once, so nothing new is ever decided for it (no "gateway
+//! unreachable", no frame applied); what it already owes stays with the outbox until delivered.
+//! A tenant added (again) starts first-seen.
 //!
-//! Lock order: a map shard, then the store mutex. Nothing takes them the other way round.
+//! Every entry point takes the current time from its caller (a link, the timer wheel), so this
+//! module never reads the clock. Each call locks one tenant's map shard, does its work without
+//! awaiting and without touching the disk (records go to the journal writer's channel, decisions
+//! to the outbox's mutex), and releases it. Lock order: the shared-link state, then a map shard,
+//! then the outbox. Nothing takes them the other way round.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use crate::config::Config;
-use crate::debounce::{self, Debouncer, Policy, Report, Restored, Status};
+use crate::config::{Config, GatewayMode};
+use crate::debounce::{self, Debouncer, Edge, Policy, Report, Restored, Status};
+use crate::deliver::Deliveries;
 use crate::metrics::Metrics;
 use crate::observe::{self, Ignored, Observation, SessionView};
-use crate::store::{self, Owed, Record, Reported, Store};
+use crate::outbox::SlotView;
+use crate::store::{self, Damping, Owed, Record, Store, StoredStorm};
+use crate::storm::{self, Detector, StormPolicy};
+use crate::timers;
 
-/// A tenant id, shared between the map, the timer wheel and the dispatcher without copying.
-pub type TenantId = Arc<str>;
+pub use crate::{Now, TenantId};
 
-/// Ignored frames are logged at most this often per tenant, so a gateway that sends thousands of
-/// unknown events cannot flood the journal.
-const IGNORED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Ignored and foreign frames are logged at most this often per link, so a gateway that sends
+/// thousands of them cannot flood the log.
+const NOISE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A point in time on both clocks: monotonic for deadlines, wall-clock for what is persisted or
-/// sent. Drivers read it once per event and pass it down.
-#[derive(Debug, Clone, Copy)]
-pub struct Now {
-    pub mono: Instant,
-    pub wall: SystemTime,
+/// The reason of a link that has not connected yet, as "gateway unreachable" would name it.
+const NOT_CONNECTED_YET: &str = "not connected yet";
+
+/// The timer-wheel key of the storm detector's deadline. A control character makes it an
+/// impossible tenant id, so it never collides with one.
+const STORM_TIMER: &str = "\u{1}storm";
+
+/// The fleet-level state: the mass-outage detector and what it needs to know.
+struct Fleet {
+    detector: Detector,
+    /// Tenants whose gateway links are up.
+    linked: usize,
+    /// The detector's deadline last handed to the timer wheel.
+    scheduled: Option<Instant>,
 }
 
-impl Now {
-    pub fn read() -> Self {
-        Now {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
-        }
-    }
-
-    /// The wall-clock time of an earlier monotonic instant.
-    fn wall_of(&self, earlier: Instant) -> SystemTime {
-        self.wall - self.mono.saturating_duration_since(earlier)
-    }
-}
-
-/// One tenant's live state.
-pub struct Tenant {
+/// One configured tenant's live state.
+struct Tenant {
     debounce: Debouncer,
     /// Merged Baileys partial updates.
     session: SessionView,
-    /// What is persisted: reported state, owed delivery, flap penalty.
-    record: Record,
     /// `None` until the first connect attempt ends, then whether the gateway link is up.
     link_up: Option<bool>,
     link_since: Instant,
-    link_error: Option<String>,
+    link_error: Option<Box<str>>,
     /// The most recent observation and when it arrived.
     last_observation: Option<(Observation, Instant)>,
-    /// Delivery bookkeeping (not persisted: attempts restart after a restart).
-    delivery: DeliveryState,
+    /// Counts frames applied, so a `state_url` answer older than a frame is not applied over it.
+    observations: u64,
     /// The deadline last handed to the timer wheel.
     scheduled: Option<Instant>,
-    last_ignored_log: Option<Instant>,
-    /// False once the tenant is removed from the config; its owed delivery still completes.
-    configured: bool,
+    /// When an ignored or foreign frame of this link was last logged.
+    last_noise_log: Option<Instant>,
     /// The stable state this tenant is counted under in the tenants gauge.
     counted: Option<Status>,
 }
 
-impl Tenant {
-    /// Copies the debouncer's current flap penalty into the record about to be stored, so it
-    /// decays from the right wall-clock time after a restart.
-    fn stamp_penalty(&mut self, policy: &Policy, now: Now) {
-        self.record.penalty = self.debounce.penalty(now.mono, policy);
-        self.record.penalty_at_ms = store::unix_ms(now.wall);
-        self.record.flapping = self.debounce.is_flapping();
-    }
-}
-
-#[derive(Default)]
-struct DeliveryState {
-    in_flight: bool,
-    attempts: u32,
-    /// Not before this instant (backoff, Retry-After, configuration-fault pause).
-    not_before: Option<Instant>,
-    last_error: Option<String>,
-    /// When the owed transition was decided, for the latency histogram.
-    decided: Option<Instant>,
-}
-
-/// A delivery the dispatcher should send now.
+/// The state of the one link in shared mode, which every configured tenant shares.
 #[derive(Debug, Clone)]
-pub struct Job {
-    pub tenant: TenantId,
-    pub status: Status,
-    pub reason: Option<String>,
-    pub idempotency_key: String,
-    pub changed_at: SystemTime,
-    pub attempt: u32,
-    /// The config epoch the job was sent under (see [`Registry::epoch`]).
-    pub epoch: u64,
-}
-
-/// What the dispatcher learned from one request, in the registry's terms.
-#[derive(Debug, Clone)]
-pub enum Settled {
-    Delivered,
-    /// Try again at this instant.
-    RetryAt(Instant, String),
-    /// The backend refused this payload; it is dropped.
-    Dropped(String),
-}
-
-/// Why the sidecar is not ready; empty when ready.
-#[derive(Debug, Default, Clone)]
-pub struct Health {
-    pub credentials_fault: Option<String>,
-    /// Since when every webhook call has failed to get an answer (connection error, timeout, 5xx).
-    pub backend_failing_since: Option<Instant>,
-    pub backend_error: Option<String>,
-    pub store_error: Option<String>,
+enum SharedLink {
+    /// Per-tenant mode, or the shared link has not finished its first connect.
+    Unknown,
+    Up,
+    Down(Box<str>),
 }
 
 /// The tenant map and everything an entry point needs besides it.
@@ -135,214 +88,298 @@ pub struct Registry {
     /// pointer (24 bytes) rather than a 0.5 KiB record (3 MiB less at 10,000 tenants).
     tenants: DashMap<TenantId, Box<Tenant>>,
     config: RwLock<Arc<Config>>,
-    /// Counts reloads, so an answer to a request sent under an older config can be told apart.
-    epoch: std::sync::atomic::AtomicU64,
-    store: Mutex<Store>,
     pub metrics: Arc<Metrics>,
-    health: Mutex<Health>,
-    timers: UnboundedSender<(Instant, TenantId)>,
-    deliveries: UnboundedSender<TenantId>,
+    deliveries: Arc<Deliveries>,
+    store: Arc<Store>,
+    timers: UnboundedSender<timers::Update>,
+    shared_link: Mutex<SharedLink>,
+    /// When an ignored frame of the shared link was last logged.
+    shared_noise_log: Mutex<Option<Instant>>,
+    /// Taken after a tenant's shard when both are needed, never before.
+    fleet: Mutex<Fleet>,
 }
 
 impl Registry {
-    /// Builds the map from the restored records and the configured tenants. Tenants with a record
-    /// but no longer configured are kept so their owed delivery completes.
+    /// Builds the map from the configured tenants, seeding each from its stored record, and
+    /// hands every stored record to the outbox (those of unconfigured tenants to finish and go).
     pub fn new(
         config: Arc<Config>,
-        store: Store,
-        restored: std::collections::HashMap<String, Record>,
+        restored: store::Restored,
         metrics: Arc<Metrics>,
-        timers: UnboundedSender<(Instant, TenantId)>,
-        deliveries: UnboundedSender<TenantId>,
+        deliveries: Arc<Deliveries>,
+        store: Arc<Store>,
+        timers: UnboundedSender<timers::Update>,
         now: Now,
     ) -> Self {
         let registry = Registry {
             tenants: DashMap::new(),
             config: RwLock::new(config.clone()),
-            epoch: Default::default(),
-            store: Mutex::new(store),
             metrics,
-            health: Mutex::new(Health::default()),
-            timers,
             deliveries,
+            store,
+            timers,
+            shared_link: Mutex::new(SharedLink::Unknown),
+            shared_noise_log: Mutex::new(None),
+            fleet: Mutex::new(Fleet {
+                detector: resume_storms(restored.storms, &config, now),
+                linked: 0,
+                scheduled: None,
+            }),
         };
-        for (id, record) in restored {
-            let id: TenantId = id.into();
-            registry.insert(id, record, false, now);
+        let configured: HashSet<&str> = config.tenants.ids.iter().map(String::as_str).collect();
+        let restored = restored.records;
+        for (id, record) in &restored {
+            let id: TenantId = id.as_str().into();
+            let is_configured = configured.contains(&*id);
+            registry
+                .deliveries
+                .restore(now, &id, record.delivery(), is_configured);
         }
-        registry.set_tenants(&config.tenants.ids, now);
+        let shared = registry.shared_link.lock().unwrap();
+        for id in &config.tenants.ids {
+            let id: TenantId = id.as_str().into();
+            let seed = restored
+                .get(&*id)
+                .map(|r| restore_of(r, &config.debounce, now))
+                .unwrap_or_default();
+            registry.deliveries.added(&id);
+            registry.insert(&shared, id, seed, now);
+        }
+        drop(shared);
+        registry.with_fleet(now, |_, _| ());
         registry
-    }
-
-    /// How many reloads have happened.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
     }
 
-    /// Applies a reloaded config: new settings, tenants added and removed. Returns the tenant ids
-    /// that were added and removed, so the caller can start and stop their links.
+    /// Applies a reloaded config: new settings, tenants added and removed. Returns the tenants
+    /// added and removed, so the caller can start and stop their links.
     pub fn reload(&self, config: Arc<Config>, now: Now) -> (Vec<TenantId>, Vec<TenantId>) {
-        *self.config.write().unwrap() = config.clone();
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let changes = self.set_tenants(&config.tenants.ids, now);
+        let old = std::mem::replace(&mut *self.config.write().unwrap(), config.clone());
+        let mut shared = self.shared_link.lock().unwrap();
+        if old.gateway.mode != config.gateway.mode || old.gateway.url != config.gateway.url {
+            // A new link will tell; until it does, new tenants are "not connected yet".
+            *shared = SharedLink::Unknown;
+        }
+        let wanted: HashSet<&str> = config.tenants.ids.iter().map(String::as_str).collect();
+        let removed: Vec<TenantId> = self
+            .tenants
+            .iter()
+            .filter(|t| !wanted.contains(&**t.key()))
+            .map(|t| t.key().clone())
+            .collect();
+        for id in &removed {
+            self.remove(id, now);
+        }
+        let mut added = Vec::new();
+        for id in &config.tenants.ids {
+            if self.tenants.contains_key(id.as_str()) {
+                continue;
+            }
+            let id: TenantId = id.as_str().into();
+            // First-seen: a tenant configured again starts with no stable state.
+            self.deliveries.added(&id);
+            self.insert(&shared, id.clone(), Restored::default(), now);
+            added.push(id);
+        }
+        drop(shared);
+        // A new storm policy applies at once (a hold turned off releases everyone).
+        self.with_fleet(now, |fleet, policy| {
+            fleet.detector.on_timeout(now.mono, policy)
+        });
+        self.storm_events(now);
         // New graces may move deadlines; re-arm every timer.
         for mut entry in self.tenants.iter_mut() {
             let id = entry.key().clone();
             entry.scheduled = None;
             self.reschedule(&id, &mut entry, &config.debounce);
         }
-        changes
-    }
-
-    fn set_tenants(&self, ids: &[String], now: Now) -> (Vec<TenantId>, Vec<TenantId>) {
-        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        for mut entry in self.tenants.iter_mut() {
-            let is_wanted = wanted.contains(&**entry.key());
-            if entry.configured && !is_wanted {
-                removed.push(entry.key().clone());
-                self.metrics.tenant_state(Some(entry.counted), None);
-                self.metrics.link_state(entry.link_up, None);
-                entry.configured = false;
-            }
-        }
-        for id in ids {
-            let configured = self.tenants.get(id.as_str()).map(|t| t.configured);
-            match configured {
-                Some(true) => {}
-                Some(false) => {
-                    let mut entry = self.tenants.get_mut(id.as_str()).unwrap();
-                    entry.configured = true;
-                    self.metrics.tenant_state(None, Some(entry.counted));
-                    self.metrics.link_state(None, entry.link_up);
-                    added.push(entry.key().clone());
-                }
-                None => {
-                    let id: TenantId = id.as_str().into();
-                    self.insert(id.clone(), Record::default(), true, now);
-                    added.push(id);
-                }
-            }
-        }
-        // Removed tenants with nothing owed have nothing left to do here.
-        for id in &removed {
-            self.tenants
-                .remove_if(id, |_, t| t.record.owed.is_none() && !t.delivery.in_flight);
-        }
         (added, removed)
     }
 
-    fn insert(&self, id: TenantId, record: Record, configured: bool, now: Now) {
+    /// Adds a configured tenant. In shared mode it is linked exactly while the shared link is up.
+    fn insert(&self, shared: &SharedLink, id: TenantId, seed: Restored, now: Now) {
         let config = self.config();
-        let restored = restore_of(&record, &config.debounce, now);
-        let mut debounce = Debouncer::new(now.mono, restored);
-        // A tenant starts with its gateway link down: if the gateway stays unreachable, the
-        // gateway-down grace runs from start-up.
-        debounce.link_down(now.mono, &config.debounce, "not connected yet");
-        let owed = record.owed.is_some();
-        if owed {
-            // The one place a record's owed delivery enters the map without `set_owed`.
-            self.metrics.owed.inc();
-        }
-        if configured {
-            self.metrics.tenant_state(None, Some(debounce.stable()));
-        }
+        let policy = &config.debounce;
+        let mut debounce = Debouncer::new(now.mono, seed);
+        let link_up = match (config.gateway.mode, shared) {
+            (GatewayMode::Shared, SharedLink::Up) => Some(true),
+            (GatewayMode::Shared, SharedLink::Down(error)) => {
+                debounce.link_down(now.mono, policy, error);
+                Some(false)
+            }
+            _ => {
+                // The gateway-down grace runs from when the tenant was added.
+                debounce.link_down(now.mono, policy, NOT_CONNECTED_YET);
+                None
+            }
+        };
         let counted = debounce.stable();
+        self.metrics.tenant_state(None, Some(counted));
+        self.metrics.link_state(None, link_up);
+        if link_up == Some(true) {
+            self.fleet.lock().unwrap().linked += 1;
+        }
         let mut tenant = Tenant {
             debounce,
             session: SessionView::default(),
-            record,
-            link_up: None,
+            link_up,
             link_since: now.mono,
             link_error: None,
             last_observation: None,
-            delivery: DeliveryState {
-                decided: owed.then_some(now.mono),
-                ..DeliveryState::default()
-            },
+            observations: 0,
             scheduled: None,
-            last_ignored_log: None,
-            configured,
+            last_noise_log: None,
             counted,
         };
-        self.reschedule(&id, &mut tenant, &config.debounce);
-        self.tenants.insert(id.clone(), Box::new(tenant));
-        if owed {
-            let _ = self.deliveries.send(id);
+        self.reschedule(&id, &mut tenant, policy);
+        self.tenants.insert(id, Box::new(tenant));
+    }
+
+    /// Removes a tenant at once: its link is stopped by the caller, its debouncer and timer go
+    /// here, and what it owes is left to the outbox.
+    fn remove(&self, id: &TenantId, now: Now) {
+        if let Some((_, tenant)) = self.tenants.remove(id) {
+            self.metrics.tenant_state(Some(tenant.counted), None);
+            self.metrics.link_state(tenant.link_up, None);
+            if tenant.scheduled.is_some() {
+                let _ = self.timers.send((id.clone(), None));
+            }
+            let linked = tenant.link_up == Some(true);
+            self.with_fleet(now, |fleet, policy| {
+                fleet.linked -= usize::from(linked);
+                fleet.detector.removed(now.mono, policy, id);
+            });
         }
+        self.deliveries.removed(id);
     }
 
-    /// Whether the tenant is configured (frames for others are counted and ignored).
+    /// Whether the tenant is configured.
     pub fn is_configured(&self, tenant: &str) -> bool {
-        self.tenants.get(tenant).is_some_and(|t| t.configured)
+        self.tenants.contains_key(tenant)
     }
 
-    /// Handles one text frame from a per-tenant link.
+    /// Every configured tenant.
+    pub fn tenant_ids(&self) -> Vec<TenantId> {
+        self.tenants.iter().map(|t| t.key().clone()).collect()
+    }
+
+    /// Handles one text frame from `tenant`'s own link. A frame that names another tenant is
+    /// foreign: it changes nothing, for either tenant (SPEC 3 rev 12).
     pub fn frame(&self, tenant: &str, text: &str, now: Now) {
         match observe::parse(text) {
-            Ok(frame) => self.apply(tenant, frame.update, now),
+            Ok(frame) => match frame.tenant {
+                Some(named) if named != tenant => {
+                    self.metrics.frames_foreign.inc();
+                    self.noise(tenant, "foreign", now);
+                }
+                _ => self.apply(tenant, frame.update, now, None),
+            },
             Err(ignored) => self.ignored(tenant, ignored, now),
         }
     }
 
-    /// Handles one text frame from a shared link: the tenant comes from the frame.
+    /// The state a `state_url` fetch returned for `tenant`, fetched when its frame count was
+    /// `mark` (see [`Registry::observations`]): applied only if no frame arrived meanwhile,
+    /// since a frame is newer news than an answer to a request sent before it.
+    pub fn state_fetched(&self, tenant: &str, text: &str, mark: u64, now: Now) {
+        match observe::parse_state(text) {
+            Ok(frame) => match frame.tenant {
+                Some(named) if named != tenant => {
+                    self.metrics.frames_foreign.inc();
+                    self.noise(tenant, "foreign", now);
+                }
+                _ => self.apply(tenant, frame.update, now, Some(mark)),
+            },
+            Err(ignored) => self.ignored(tenant, ignored, now),
+        }
+    }
+
+    /// How many frames `tenant` has applied, to stamp a `state_url` fetch with.
+    pub fn observations(&self, tenant: &str) -> Option<u64> {
+        self.tenants.get(tenant).map(|t| t.observations)
+    }
+
+    /// Handles one text frame from the shared link: the tenant comes from the frame.
     pub fn shared_frame(&self, text: &str, now: Now) {
         match observe::parse(text) {
             Ok(frame) => match frame.tenant {
                 Some(tenant) if self.is_configured(&tenant) => {
-                    self.apply(&tenant, frame.update, now)
+                    self.apply(&tenant, frame.update, now, None)
                 }
                 Some(tenant) => {
                     self.metrics.frames_unknown_tenant.inc();
-                    tracing::debug!(tenant = %tenant, "frame for a tenant that is not configured; ignored");
+                    tracing::debug!(tenant = %escape(&tenant), "frame for a tenant that is not configured; ignored");
                 }
-                None => {
-                    self.metrics.frame_ignored(Ignored::UnknownShape);
-                    tracing::debug!("frame without a tenant on the shared link; ignored");
-                }
+                None => self.ignored(SHARED_LABEL, Ignored::UnknownShape, now),
             },
-            Err(ignored) => self.ignored("(shared link)", ignored, now),
+            Err(ignored) => self.ignored(SHARED_LABEL, ignored, now),
         }
     }
 
-    /// Counts an ignored frame and logs it at most once a minute per tenant.
-    pub fn ignored(&self, tenant: &str, kind: Ignored, now: Now) {
+    /// Counts an ignored frame and logs it at most once a minute per link.
+    pub fn ignored(&self, link: &str, kind: Ignored, now: Now) {
         self.metrics.frame_ignored(kind);
-        let due = match self.tenants.get_mut(tenant) {
-            Some(mut t) => {
-                let due = t
-                    .last_ignored_log
-                    .is_none_or(|at| now.mono.duration_since(at) >= IGNORED_LOG_INTERVAL);
-                if due {
-                    t.last_ignored_log = Some(now.mono);
-                }
-                due
+        self.noise(link, kind.as_str(), now);
+    }
+
+    /// Logs an ignored or foreign frame, at most once a minute per link.
+    fn noise(&self, link: &str, kind: &str, now: Now) {
+        let due = |last: &mut Option<Instant>| {
+            let due =
+                last.is_none_or(|at| now.mono.saturating_duration_since(at) >= NOISE_LOG_INTERVAL);
+            if due {
+                *last = Some(now.mono);
             }
-            None => true,
+            due
+        };
+        let due = match self.tenants.get_mut(link) {
+            Some(mut t) => due(&mut t.last_noise_log),
+            None => due(&mut self.shared_noise_log.lock().unwrap()),
         };
         if due {
-            tracing::info!(tenant = %tenant, kind = kind.as_str(), "ignored a gateway frame (logged at most once a minute per tenant)");
+            tracing::info!(link = %escape(link), kind, "ignored a gateway frame (logged at most once a minute per link)");
         }
     }
 
-    fn apply(&self, tenant: &str, update: observe::Update, now: Now) {
+    fn apply(&self, tenant: &str, update: observe::Update, now: Now, mark: Option<u64>) {
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
+        if mark.is_some_and(|m| m != entry.observations) {
+            // A frame arrived while the state was being fetched: it is newer.
+            return;
+        }
         let Some(obs) = entry.session.apply(update) else {
             self.metrics.frame_ignored(Ignored::NoState);
             return;
         };
+        entry.observations += 1;
         self.metrics.frames_state.inc();
         let config = self.config();
         let policy = &config.debounce;
+        // A transient drop: the one kind of observation a mass outage holds.
+        let transient = match &obs {
+            Observation::Down(cause) if !debounce::is_terminal(policy, cause) => Some(cause),
+            _ => None,
+        };
+        let id = entry.key().clone();
+        let linked = entry.link_up == Some(true);
+        // A drop that a storm would hold is held from the start, and is not a flap.
+        let outage = transient.is_some()
+            && linked
+            && self
+                .fleet
+                .lock()
+                .unwrap()
+                .detector
+                .would_hold(&config.storm, &id);
         let before = entry.debounce.view(now.mono, policy);
-        entry.debounce.observe(now.mono, policy, &obs);
+        let edge = entry
+            .debounce
+            .observe_in_outage(now.mono, policy, &obs, outage);
         let after = entry.debounce.view(now.mono, policy);
         if before.pending.is_some_and(|p| p.0 == Status::Disconnected)
             && after.pending.is_none()
@@ -352,31 +389,150 @@ impl Registry {
             self.metrics.flaps_suppressed.inc();
         }
         tracing::debug!(tenant = %tenant, observation = ?obs, "observation");
+        match (edge, transient) {
+            (Edge::Dropped, Some(cause)) if linked => {
+                let reason = (cause.kind != observe::DownKind::Connecting)
+                    .then(|| debounce::describe(policy, cause));
+                let held = self.with_fleet(now, |fleet, storm| {
+                    let linked = fleet.linked;
+                    fleet
+                        .detector
+                        .dropped(now.mono, storm, &id, linked, reason.as_deref());
+                    fleet.detector.held_until(storm, &id).is_some()
+                });
+                if held {
+                    // Carried over a restart: the holds stored at the storm's beginning and this
+                    // tenant, who joined since.
+                    self.store.storm_held(&id);
+                } else if entry.debounce.is_held() {
+                    // The storm ended or lifted between the two looks: nothing holds this drop.
+                    entry.debounce.release(now.mono, policy, "");
+                }
+            }
+            (Edge::Up, _) => {
+                self.with_fleet(now, |fleet, storm| {
+                    fleet.detector.recovered(now.mono, storm, &id)
+                });
+            }
+            _ => {}
+        }
         entry.last_observation = Some((obs, now.mono));
-        let id = entry.key().clone();
-        self.settle(&id, &mut entry, policy, now);
-        if after.penalty > before.penalty + 0.5 {
+        let decided = self.settle(&id, &mut entry, policy, now);
+        if decided || after.penalty > before.penalty + 0.5 {
             // A flap: the penalty must survive a kill -9 even when no transition was decided.
-            self.persist(&id, &mut entry, policy, now);
+            self.persist_damping(&id, &entry, policy, now);
+        }
+        drop(entry);
+        self.storm_events(now);
+    }
+
+    /// Runs `f` on the fleet state, then keeps the storm metrics, the detector's timer and the
+    /// stored holds up to date. Called with at most one tenant shard held (lock order: shard,
+    /// then fleet); what the detector decided is acted on by [`Registry::storm_events`] once no
+    /// shard is held.
+    fn with_fleet<R>(&self, now: Now, f: impl FnOnce(&mut Fleet, &StormPolicy) -> R) -> R {
+        let config = self.config();
+        let policy = &config.storm;
+        let mut fleet = self.fleet.lock().unwrap();
+        let result = f(&mut fleet, policy);
+        let view = fleet.detector.view(policy);
+        self.metrics
+            .storm_active
+            .set(i64::from(view.as_ref().is_some_and(|v| v.active)));
+        self.metrics
+            .storm_tenants_down
+            .set(view.as_ref().map_or(0, |v| v.still_down) as i64);
+        let deadline = fleet.detector.next_deadline(policy);
+        if deadline != fleet.scheduled {
+            fleet.scheduled = deadline;
+            let _ = self.timers.send((STORM_TIMER.into(), deadline));
+        }
+        // The holds survive a restart: stored whole when a storm begins, ends or releases (its
+        // events are pending), and tenant by tenant as they join (`Store::storm_held`).
+        if fleet.detector.has_events() {
+            self.store.storms(stored_storms(&fleet.detector, now));
+        }
+        result
+    }
+
+    /// Acts on what the storm detector decided: logs a storm's beginning and end, and reports the
+    /// released tenants' held drops with the outage reason. Takes tenant shards, so it is called
+    /// with none held.
+    fn storm_events(&self, now: Now) {
+        loop {
+            let Some(event) = self.fleet.lock().unwrap().detector.poll_event() else {
+                return;
+            };
+            match event {
+                storm::Event::Began {
+                    members,
+                    linked,
+                    reason,
+                    ..
+                } => {
+                    let hold = self.config().storm.hold;
+                    tracing::warn!(
+                        members,
+                        linked,
+                        hold = %humantime::format_duration(hold),
+                        reason = %reason,
+                        "mass outage: many sessions dropped at once; their transient drops are held instead of ringing a bell each"
+                    );
+                }
+                storm::Event::Ended {
+                    members,
+                    still_down,
+                    ..
+                } => {
+                    tracing::warn!(
+                        members,
+                        still_down,
+                        "mass outage over: fewer than half of its sessions are still down"
+                    );
+                }
+                storm::Event::Released { tenants, reason } => {
+                    tracing::info!(
+                        tenants = tenants.len(),
+                        reason = %reason,
+                        "mass-outage hold lifted: the sessions still down are reported"
+                    );
+                    let config = self.config();
+                    for id in tenants {
+                        let Some(mut entry) = self.tenants.get_mut(&id) else {
+                            continue;
+                        };
+                        entry.debounce.release(now.mono, &config.debounce, &reason);
+                        if self.settle(&id, &mut entry, &config.debounce, now) {
+                            self.persist_damping(&id, &entry, &config.debounce, now);
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// The gateway link of `tenant` (or of every tenant in shared mode) is up.
+    /// The gateway link of `tenant` is up.
     pub fn link_up(&self, tenant: &str, now: Now) {
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
+        self.tenant_link_up(&mut entry, now);
         let config = self.config();
-        entry.session.reset();
-        entry.debounce.link_up(now.mono, &config.debounce);
-        if entry.configured {
-            self.metrics.link_state(entry.link_up, Some(true));
-        }
-        entry.link_up = Some(true);
-        entry.link_since = now.mono;
-        entry.link_error = None;
         let id = entry.key().clone();
         self.settle(&id, &mut entry, &config.debounce, now);
+    }
+
+    fn tenant_link_up(&self, tenant: &mut Tenant, now: Now) {
+        let config = self.config();
+        tenant.session.reset();
+        tenant.debounce.link_up(now.mono, &config.debounce);
+        if tenant.link_up != Some(true) {
+            self.fleet.lock().unwrap().linked += 1;
+        }
+        self.metrics.link_state(tenant.link_up, Some(true));
+        tenant.link_up = Some(true);
+        tenant.link_since = now.mono;
+        tenant.link_error = None;
     }
 
     /// The gateway link of `tenant` is down (or a connect attempt failed).
@@ -384,77 +540,108 @@ impl Registry {
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
-        let config = self.config();
-        entry.debounce.link_down(now.mono, &config.debounce, error);
-        if entry.link_up != Some(false) {
-            if entry.configured {
-                self.metrics.link_state(entry.link_up, Some(false));
-            }
-            entry.link_up = Some(false);
-            entry.link_since = now.mono;
-        }
-        entry.link_error = Some(error.to_string());
         let id = entry.key().clone();
+        self.tenant_link_down(&id, &mut entry, error, now);
+        let config = self.config();
         self.settle(&id, &mut entry, &config.debounce, now);
     }
 
-    /// Whether any configured tenant's link is up (in shared mode: whether the shared link is).
-    pub fn any_link_up(&self) -> bool {
-        self.tenants
-            .iter()
-            .any(|t| t.configured && t.link_up == Some(true))
+    fn tenant_link_down(&self, id: &TenantId, tenant: &mut Tenant, error: &str, now: Now) {
+        let config = self.config();
+        tenant.debounce.link_down(now.mono, &config.debounce, error);
+        if tenant.link_up == Some(true) {
+            let mut fleet = self.fleet.lock().unwrap();
+            fleet.linked -= 1;
+            fleet.detector.unlinked(id);
+        }
+        if tenant.link_up != Some(false) {
+            self.metrics.link_state(tenant.link_up, Some(false));
+            tenant.link_up = Some(false);
+            tenant.link_since = now.mono;
+        }
+        tenant.link_error = Some(error.into());
     }
 
-    /// Every configured tenant, for shared-mode link events.
-    pub fn tenant_ids(&self) -> Vec<TenantId> {
-        self.tenants
-            .iter()
-            .filter(|t| t.configured)
-            .map(|t| t.key().clone())
-            .collect()
+    /// The shared link is up: every configured tenant is linked, now and as they are added.
+    pub fn shared_link_up(&self, now: Now) {
+        let mut shared = self.shared_link.lock().unwrap();
+        *shared = SharedLink::Up;
+        let config = self.config();
+        for mut entry in self.tenants.iter_mut() {
+            self.tenant_link_up(&mut entry, now);
+            let id = entry.key().clone();
+            self.settle(&id, &mut entry, &config.debounce, now);
+        }
+    }
+
+    /// The shared link is down: every configured tenant is unlinked, now and as they are added.
+    pub fn shared_link_down(&self, error: &str, now: Now) {
+        let mut shared = self.shared_link.lock().unwrap();
+        *shared = SharedLink::Down(error.into());
+        let config = self.config();
+        for mut entry in self.tenants.iter_mut() {
+            let id = entry.key().clone();
+            self.tenant_link_down(&id, &mut entry, error, now);
+            self.settle(&id, &mut entry, &config.debounce, now);
+        }
     }
 
     /// A timer of `tenant` is due.
     pub fn timeout(&self, tenant: &str, now: Now) {
+        if tenant == STORM_TIMER {
+            self.with_fleet(now, |fleet, policy| {
+                fleet.scheduled = None;
+                fleet.detector.on_timeout(now.mono, policy);
+            });
+            self.storm_events(now);
+            return;
+        }
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
         let config = self.config();
-        if entry
-            .debounce
-            .next_deadline(&config.debounce)
-            .is_some_and(|d| d <= now.mono)
-        {
-            entry.debounce.on_timeout(now.mono, &config.debounce);
+        if entry.debounce.disconnect_due(now.mono, &config.debounce) {
+            // A drop of a storm member whose grace ran out: held until the storm releases it.
+            let held = self
+                .fleet
+                .lock()
+                .unwrap()
+                .detector
+                .held_until(&config.storm, entry.key())
+                .is_some();
+            if held {
+                entry.debounce.hold();
+            }
         }
+        entry.debounce.on_timeout(now.mono, &config.debounce);
         entry.scheduled = None;
         let id = entry.key().clone();
-        self.settle(&id, &mut entry, &config.debounce, now);
+        if self.settle(&id, &mut entry, &config.debounce, now) {
+            self.persist_damping(&id, &entry, &config.debounce, now);
+        }
     }
 
-    /// Drains the debouncer's reports into the owed delivery and re-arms the tenant's timer.
-    fn settle(&self, id: &TenantId, tenant: &mut Tenant, policy: &Policy, now: Now) {
-        let mut changed = false;
+    /// Hands the debouncer's reports to the outbox and re-arms the tenant's timer. Returns
+    /// whether a transition was decided.
+    fn settle(&self, id: &TenantId, tenant: &mut Tenant, policy: &Policy, now: Now) -> bool {
+        let mut decided = false;
         while let Some(report) = tenant.debounce.poll_report() {
-            self.decided(id, tenant, report, now);
-            changed = true;
+            self.decided(id, report, now);
+            decided = true;
         }
-        if changed {
+        if decided {
             let stable = tenant.debounce.stable();
-            if tenant.configured && stable != tenant.counted {
+            if stable != tenant.counted {
                 self.metrics
                     .tenant_state(Some(tenant.counted), Some(stable));
-            }
-            tenant.counted = stable;
-            self.persist(id, tenant, policy, now);
-            if tenant.record.owed.is_some() {
-                let _ = self.deliveries.send(id.clone());
+                tenant.counted = stable;
             }
         }
         self.reschedule(id, tenant, policy);
+        decided
     }
 
-    fn decided(&self, id: &TenantId, tenant: &mut Tenant, report: Report, now: Now) {
+    fn decided(&self, id: &TenantId, report: Report, now: Now) {
         self.metrics.transition(report.status);
         tracing::info!(
             tenant = %id,
@@ -462,286 +649,69 @@ impl Registry {
             reason = report.reason.as_deref().unwrap_or(""),
             "transition decided"
         );
-        let reported = tenant.record.reported.as_ref().map(|r| r.status);
-        if reported == Some(report.status) && !tenant.delivery.in_flight {
-            // The newest state is what the backend already has: nothing to send, and any queued
-            // opposite transition is void.
-            self.set_owed(tenant, None);
-        } else {
-            self.set_owed(
-                tenant,
-                Some(Owed {
-                    status: report.status,
-                    reason: report.reason,
-                    changed_at_ms: store::unix_ms(now.wall_of(report.since)),
-                    idempotency_key: store::new_idempotency_key(),
-                }),
-            );
-            tenant.delivery.decided = Some(now.mono);
-            tenant.delivery.attempts = 0;
-            // A superseded transition's backoff does not apply to the new one.
-            tenant.delivery.not_before = None;
-        }
+        let owed = Owed {
+            status: report.status,
+            reason: report.reason,
+            changed_at_ms: store::unix_ms(now.wall_of(report.since)),
+            idempotency_key: store::new_idempotency_key(),
+        };
+        self.deliveries.decided(now, id, owed);
     }
 
-    /// Replaces the tenant's owed delivery, keeping the owed-deliveries gauge in step.
-    fn set_owed(&self, tenant: &mut Tenant, owed: Option<Owed>) {
-        match (tenant.record.owed.is_some(), owed.is_some()) {
-            (false, true) => {
-                self.metrics.owed.inc();
-            }
-            (true, false) => {
-                self.metrics.owed.dec();
-            }
-            _ => {}
-        }
-        tenant.record.owed = owed;
-    }
-
-    fn persist(&self, id: &TenantId, tenant: &mut Tenant, policy: &Policy, now: Now) {
-        tenant.stamp_penalty(policy, now);
-        let result = self.store.lock().unwrap().append(id, &tenant.record);
-        if let Err(e) = result {
-            self.store_failed(&e.to_string());
-        }
-    }
-
-    fn store_failed(&self, error: &str) {
-        self.metrics.store_errors.inc();
-        let mut health = self.health.lock().unwrap();
-        if health.store_error.is_none() {
-            tracing::error!(error = %error, "cannot write the state directory; running from memory until it is writable again (fix the disk or permissions; nothing owed is dropped)");
-        }
-        health.store_error = Some(error.to_string());
+    /// Hands the debouncer's flap penalty to the journal writer, so it decays from the right
+    /// wall-clock time after a restart.
+    fn persist_damping(&self, id: &TenantId, tenant: &Tenant, policy: &Policy, now: Now) {
+        self.store.damping(
+            id,
+            Damping {
+                penalty: tenant.debounce.penalty(now.mono, policy),
+                penalty_at_ms: store::unix_ms(now.wall),
+                flapping: tenant.debounce.is_flapping(),
+            },
+        );
     }
 
     fn reschedule(&self, id: &TenantId, tenant: &mut Tenant, policy: &Policy) {
         let deadline = tenant.debounce.next_deadline(policy);
         if deadline != tenant.scheduled {
             tenant.scheduled = deadline;
-            if let Some(deadline) = deadline {
-                let _ = self.timers.send((deadline, id.clone()));
-            }
+            let _ = self.timers.send((id.clone(), deadline));
         }
     }
 
-    /// The delivery to send now for `tenant`, if any; marks it in flight.
-    pub fn take_job(&self, tenant: &str, now: Now) -> Option<Job> {
-        let mut entry = self.tenants.get_mut(tenant)?;
-        let t = &mut *entry;
-        if t.delivery.in_flight {
-            return None;
-        }
-        let owed = t.record.owed.as_ref()?;
-        if t.record.reported.as_ref().map(|r| r.status) == Some(owed.status) {
-            // Superseded back to what the backend has (possible after a restart).
-            self.set_owed(t, None);
-            let id = entry.key().clone();
-            let config = self.config();
-            self.persist(&id, &mut entry, &config.debounce, now);
-            return None;
-        }
-        if t.delivery.not_before.is_some_and(|at| at > now.mono) {
-            return None;
-        }
-        t.delivery.in_flight = true;
-        t.delivery.attempts += 1;
-        let job = Job {
-            tenant: TenantId::from(tenant),
-            status: owed.status,
-            reason: owed.reason.clone(),
-            idempotency_key: owed.idempotency_key.clone(),
-            changed_at: SystemTime::UNIX_EPOCH + Duration::from_millis(owed.changed_at_ms),
-            attempt: t.delivery.attempts,
-            epoch: self.epoch(),
-        };
-        Some(job)
-    }
-
-    /// When `tenant` may be tried again, if it waits for a backoff.
-    pub fn not_before(&self, tenant: &str) -> Option<Instant> {
-        self.tenants.get(tenant).and_then(|t| t.delivery.not_before)
-    }
-
-    /// Records the result of a job. Returns true when the tenant owes another delivery.
-    pub fn settle_job(&self, job: &Job, settled: Settled, now: Now) -> bool {
-        let Some(mut entry) = self.tenants.get_mut(&*job.tenant) else {
-            return false;
-        };
-        let config = self.config();
-        let t = &mut *entry;
-        t.delivery.in_flight = false;
-        let current = t
-            .record
-            .owed
-            .as_ref()
-            .map(|o| o.idempotency_key == job.idempotency_key);
-        match settled {
-            Settled::Delivered => {
-                if let Some(decided) = t.delivery.decided.filter(|_| current == Some(true)) {
-                    self.metrics
-                        .webhook_latency
-                        .observe(now.mono.saturating_duration_since(decided).as_secs_f64());
-                }
-                t.record.reported = Some(Reported {
-                    status: job.status,
-                    reason: job.reason.clone(),
-                    at_ms: store::unix_ms(now.wall),
-                });
-                t.delivery.last_error = None;
-                t.delivery.attempts = 0;
-                t.delivery.not_before = None;
-                let owed_now = t.record.owed.as_ref().map(|o| o.status);
-                if current == Some(true) || owed_now == Some(job.status) {
-                    // Delivered, or superseded by a transition back to what was just delivered.
-                    self.set_owed(t, None);
-                }
-                self.backend_answered();
-                tracing::info!(tenant = %job.tenant, status = job.status.as_str(), "backend acknowledged the transition");
-            }
-            Settled::RetryAt(at, error) => {
-                self.backend_failing(&error, now);
-                t.delivery.not_before = Some(at);
-                t.delivery.last_error = Some(error);
-            }
-            Settled::Dropped(error) => {
-                t.delivery.last_error = Some(error);
-                t.delivery.attempts = 0;
-                if current == Some(true) {
-                    self.set_owed(t, None);
-                }
-            }
-        }
-        let id = entry.key().clone();
-        self.persist(&id, &mut entry, &config.debounce, now);
-        let owes = entry.record.owed.is_some();
-        if !owes && !entry.configured {
-            drop(entry);
-            self.tenants.remove_if(&*job.tenant, |_, t| {
-                !t.configured && t.record.owed.is_none() && !t.delivery.in_flight
-            });
-        }
-        owes
-    }
-
-    /// Tenants that owe a delivery, for the shutdown flush and after a reload.
-    pub fn owing(&self) -> Vec<TenantId> {
-        self.tenants
-            .iter()
-            .filter(|t| t.record.owed.is_some())
-            .map(|t| t.key().clone())
-            .collect()
-    }
-
-    /// Whether `tenant` has a request in flight now.
-    pub fn in_flight(&self, tenant: &str) -> bool {
-        self.tenants
-            .get(tenant)
-            .is_some_and(|t| t.delivery.in_flight)
-    }
-
-    /// Lifts `tenant`'s delivery pause; returns whether it owes a delivery.
-    pub fn retry_tenant_now(&self, tenant: &str) -> bool {
-        let Some(mut t) = self.tenants.get_mut(tenant) else {
-            return false;
-        };
-        t.delivery.not_before = None;
-        t.record.owed.is_some()
-    }
-
-    /// Lifts every delivery pause (after a reload fixed the credentials, or at shutdown).
-    pub fn retry_now(&self) -> Vec<TenantId> {
-        let mut owing = Vec::new();
-        for mut t in self.tenants.iter_mut() {
-            if t.record.owed.is_some() {
-                t.delivery.not_before = None;
-                owing.push(t.key().clone());
-            }
-        }
-        owing
-    }
-
-    pub fn set_credentials_fault(&self, fault: String) {
-        let mut health = self.health.lock().unwrap();
-        if health.credentials_fault.as_deref() != Some(&fault) {
-            tracing::error!(problem = %fault, "the backend refuses the sidecar's configuration; deliveries retry every 30s and after a reload (SIGHUP)");
-        }
-        health.credentials_fault = Some(fault);
-    }
-
-    /// A call succeeded: the backend is reachable and accepts our credentials.
-    fn backend_answered(&self) {
-        let mut health = self.health.lock().unwrap();
-        if health.credentials_fault.take().is_some() {
-            tracing::info!("the backend accepts the sidecar's credentials again");
-        }
-        if health.backend_failing_since.take().is_some() {
-            tracing::info!("the backend is reachable again");
-        }
-        health.backend_error = None;
-    }
-
-    fn backend_failing(&self, error: &str, now: Now) {
-        let mut health = self.health.lock().unwrap();
-        health.backend_failing_since.get_or_insert(now.mono);
-        health.backend_error = Some(error.to_string());
-    }
-
-    pub fn health(&self) -> Health {
-        self.health.lock().unwrap().clone()
-    }
-
-    /// Syncs the journal, and compacts it into a fresh snapshot when it has grown or a write failed.
-    /// Called about once a second by the persister and once at shutdown (`force`).
-    pub fn flush_store(&self, force: bool, now: Now) {
-        let needs = self.store.lock().unwrap().needs_compaction();
-        let result = if needs || force {
-            let config = self.config();
-            let records: Vec<(TenantId, Record)> = self
-                .tenants
-                .iter_mut()
-                .map(|mut t| {
-                    t.stamp_penalty(&config.debounce, now);
-                    (t.key().clone(), t.record.clone())
-                })
-                .collect();
-            let mut store = self.store.lock().unwrap();
-            store.compact(records.iter().map(|(id, r)| (&**id, r)))
-        } else {
-            self.store.lock().unwrap().sync()
-        };
-        match result {
-            Ok(()) => {
-                let mut health = self.health.lock().unwrap();
-                if health.store_error.take().is_some() {
-                    tracing::info!("the state directory is writable again; state is durable");
-                }
-            }
-            Err(e) => self.store_failed(&e.to_string()),
-        }
-    }
-
-    /// One tenant's state for the admin API.
+    /// One tenant's state for the admin API: configured, or removed and still owing.
     pub fn tenant_view(&self, tenant: &str, now: Now) -> Option<TenantView> {
-        let entry = self.tenants.get(tenant)?;
         let config = self.config();
-        Some(view_of(entry.key(), &entry, &config.debounce, now))
+        let slot = self.deliveries.view(tenant);
+        let mut view = match self.tenants.get(tenant) {
+            Some(entry) => view_of(entry.key(), Some(&entry), slot, &config.debounce, now),
+            None => view_of(tenant, None, Some(slot?), &config.debounce, now),
+        };
+        let fleet = self.fleet.lock().unwrap();
+        let id = TenantId::from(tenant);
+        view.held = view.configured && fleet.detector.held_until(&config.storm, &id).is_some();
+        view.storm = storm_view(&fleet.detector, &config.storm, now);
+        Some(view)
     }
 
-    /// Every tenant's state, sorted by id.
-    pub fn views(&self, now: Now) -> Vec<TenantView> {
+    /// The mass outage in progress or still holding drops, if any.
+    pub fn storm(&self, now: Now) -> Option<StormView> {
         let config = self.config();
-        let mut views: BTreeMap<TenantId, TenantView> = BTreeMap::new();
-        for entry in self.tenants.iter() {
-            views.insert(
-                entry.key().clone(),
-                view_of(entry.key(), &entry, &config.debounce, now),
-            );
-        }
+        storm_view(&self.fleet.lock().unwrap().detector, &config.storm, now)
+    }
+
+    /// Every tenant's state (configured, and removed but still owing), sorted by id.
+    pub fn views(&self, now: Now) -> Vec<TenantView> {
+        let mut ids: Vec<TenantId> = self.tenant_ids();
+        ids.extend(self.deliveries.unconfigured());
+        let views: BTreeMap<TenantId, TenantView> = ids
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), self.tenant_view(&id, now)?)))
+            .collect();
         views.into_values().collect()
     }
 
-    /// The number of tenants in the map, configured or finishing a delivery.
+    /// The number of configured tenants.
     pub fn len(&self) -> usize {
         self.tenants.len()
     }
@@ -749,6 +719,18 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
     }
+}
+
+/// The label of the shared link in logs.
+const SHARED_LABEL: &str = "(shared link)";
+
+/// Text from the gateway (a tenant id from a frame) made safe for a log line: control
+/// characters escaped, cut at 128 characters.
+fn escape(text: &str) -> String {
+    text.chars()
+        .take(128)
+        .flat_map(char::escape_debug)
+        .collect()
 }
 
 /// The debouncer's starting point from a stored record: the state the backend has (or is owed),
@@ -759,7 +741,7 @@ fn restore_of(record: &Record, policy: &Policy, now: Now) -> Restored {
         .as_ref()
         .map(|o| o.status)
         .or(record.reported.as_ref().map(|r| r.status));
-    let stored_at = SystemTime::UNIX_EPOCH + Duration::from_millis(record.penalty_at_ms);
+    let stored_at = store::system_time(record.penalty_at_ms);
     let elapsed = now.wall.duration_since(stored_at).unwrap_or_default();
     Restored {
         stable,
@@ -769,11 +751,12 @@ fn restore_of(record: &Record, policy: &Policy, now: Now) -> Restored {
 }
 
 /// One tenant as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TenantView {
     pub tenant: String,
     pub configured: bool,
-    pub link: &'static str,
+    /// `up`, `down`, `connecting` (no connect attempt has ended yet) or `removed`.
+    pub link: String,
     pub link_since_secs: u64,
     pub link_error: Option<String>,
     pub last_observation: Option<String>,
@@ -787,22 +770,46 @@ pub struct TenantView {
     pub last_error: Option<String>,
     pub flap_penalty: f64,
     pub flapping: bool,
+    /// This tenant's drop is held by a mass outage.
+    #[serde(default)]
+    pub held: bool,
+    /// The mass outage in progress or still holding drops, if any (the same for every tenant).
+    #[serde(default)]
+    pub storm: Option<StormView>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// A mass outage, for the admin API (`/tenants`, `/storm`) and `status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StormView {
+    /// In progress: transient drops join it.
+    pub active: bool,
+    pub since_secs_ago: u64,
+    /// When the hold ends (or ended: 0), in seconds from now.
+    pub hold_ends_in_secs: u64,
+    /// Its hold has lifted: drops are reported as usual.
+    pub released: bool,
+    pub members: usize,
+    pub still_down: usize,
+    pub linked_at_start: usize,
+    /// Drops held now, over every storm still holding.
+    pub held: usize,
+    pub last_reason: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PendingView {
     pub status: Status,
     pub in_secs: u64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReportedView {
     pub status: Status,
     pub reason: Option<String>,
     pub at: String,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OwedView {
     pub status: Status,
     pub reason: Option<String>,
@@ -810,52 +817,92 @@ pub struct OwedView {
     pub idempotency_key: String,
 }
 
+/// RFC 3339 with milliseconds; the time is clamped into the range that can be written.
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_millis(store::system_time(ms)).to_string()
 }
 
-fn view_of(id: &TenantId, t: &Tenant, policy: &Policy, now: Now) -> TenantView {
-    let view = t.debounce.view(now.mono, policy);
+fn view_of(
+    id: &str,
+    tenant: Option<&Tenant>,
+    slot: Option<SlotView>,
+    policy: &Policy,
+    now: Now,
+) -> TenantView {
+    let slot = slot.unwrap_or_else(|| SlotView {
+        configured: tenant.is_some(),
+        reported: None,
+        owed: None,
+        attempts: 0,
+        in_flight: false,
+        not_before: None,
+        last_error: None,
+    });
+    let view = tenant.map(|t| t.debounce.view(now.mono, policy));
     TenantView {
         tenant: id.to_string(),
-        configured: t.configured,
-        link: match t.link_up {
-            None => "connecting",
-            Some(true) => "up",
-            Some(false) => "down",
-        },
-        link_since_secs: now.mono.saturating_duration_since(t.link_since).as_secs(),
-        link_error: t.link_error.clone(),
-        last_observation: t
-            .last_observation
-            .as_ref()
-            .map(|(o, _)| describe_observation(policy, o)),
-        last_observation_secs_ago: t
-            .last_observation
-            .as_ref()
-            .map(|(_, at)| now.mono.saturating_duration_since(*at).as_secs()),
-        stable: view.stable,
-        pending: view.pending.map(|(status, at)| PendingView {
-            status,
-            in_secs: at.saturating_duration_since(now.mono).as_secs(),
+        configured: tenant.is_some(),
+        link: match tenant.map(|t| t.link_up) {
+            None => "removed",
+            Some(None) => "connecting",
+            Some(Some(true)) => "up",
+            Some(Some(false)) => "down",
+        }
+        .to_string(),
+        link_since_secs: tenant.map_or(0, |t| {
+            now.mono.saturating_duration_since(t.link_since).as_secs()
         }),
-        reported: t.record.reported.as_ref().map(|r| ReportedView {
+        link_error: tenant.and_then(|t| t.link_error.as_deref().map(str::to_string)),
+        last_observation: tenant
+            .and_then(|t| t.last_observation.as_ref())
+            .map(|(o, _)| describe_observation(policy, o)),
+        last_observation_secs_ago: tenant
+            .and_then(|t| t.last_observation.as_ref())
+            .map(|(_, at)| now.mono.saturating_duration_since(*at).as_secs()),
+        stable: view.as_ref().and_then(|v| v.stable),
+        pending: view
+            .as_ref()
+            .and_then(|v| v.pending)
+            .map(|(status, at)| PendingView {
+                status,
+                in_secs: at.saturating_duration_since(now.mono).as_secs(),
+            }),
+        reported: slot.reported.map(|r| ReportedView {
             status: r.status,
-            reason: r.reason.clone(),
+            reason: r.reason,
             at: rfc3339(r.at_ms),
         }),
-        owed: t.record.owed.as_ref().map(|o| OwedView {
+        owed: slot.owed.map(|o| OwedView {
             status: o.status,
-            reason: o.reason.clone(),
+            reason: o.reason,
             changed_at: rfc3339(o.changed_at_ms),
-            idempotency_key: o.idempotency_key.clone(),
+            idempotency_key: o.idempotency_key,
         }),
-        delivery_attempts: t.delivery.attempts,
-        delivery_in_flight: t.delivery.in_flight,
-        last_error: t.delivery.last_error.clone(),
-        flap_penalty: (view.penalty * 10.0).round() / 10.0,
-        flapping: view.flapping,
+        delivery_attempts: slot.attempts,
+        delivery_in_flight: slot.in_flight,
+        last_error: slot.last_error,
+        flap_penalty: view
+            .as_ref()
+            .map_or(0.0, |v| (v.penalty * 10.0).round() / 10.0),
+        flapping: view.as_ref().is_some_and(|v| v.flapping),
+        held: false,
+        storm: None,
     }
+}
+
+fn storm_view(detector: &Detector, policy: &StormPolicy, now: Now) -> Option<StormView> {
+    let v = detector.view(policy)?;
+    Some(StormView {
+        active: v.active,
+        since_secs_ago: now.mono.saturating_duration_since(v.since).as_secs(),
+        hold_ends_in_secs: v.hold_until.saturating_duration_since(now.mono).as_secs(),
+        released: v.released,
+        members: v.members,
+        still_down: v.still_down,
+        linked_at_start: v.linked_at_start,
+        held: v.held,
+        last_reason: v.last_reason.to_string(),
+    })
 }
 
 fn describe_observation(policy: &Policy, obs: &Observation) -> String {
@@ -870,4 +917,47 @@ fn describe_observation(policy: &Policy, obs: &Observation) -> String {
             format!("{kind}: {}", debounce::describe(policy, cause))
         }
     }
+}
+
+/// The stored form of the detector's holds: `since` on the wall clock.
+fn stored_storms(detector: &Detector, now: Now) -> Vec<StoredStorm> {
+    detector
+        .saved()
+        .into_iter()
+        .map(|s| StoredStorm {
+            since_ms: store::unix_ms(now.wall_of(s.since)),
+            linked: s.linked,
+            members: s.members,
+            window_ms: u64::try_from(s.window.as_millis()).unwrap_or(u64::MAX),
+            last_reason: s.last_reason,
+            held: s.held.iter().map(|t| t.to_string()).collect(),
+        })
+        .collect()
+}
+
+/// A detector continuing the holds stored by the previous process (SPEC 4 rev 12: a restart
+/// during a storm does not release its held drops early, nor turn them into one bell each).
+/// Holds of tenants no longer configured are dropped.
+fn resume_storms(storms: Vec<StoredStorm>, config: &Config, now: Now) -> Detector {
+    let configured: HashSet<&str> = config.tenants.ids.iter().map(String::as_str).collect();
+    let saved = storms.into_iter().map(|s| {
+        let ago = now
+            .wall
+            .duration_since(store::system_time(s.since_ms))
+            .unwrap_or_default();
+        storm::Saved {
+            since: now.mono.checked_sub(ago).unwrap_or(now.mono),
+            linked: s.linked,
+            members: s.members,
+            window: Duration::from_millis(s.window_ms),
+            last_reason: s.last_reason,
+            held: s
+                .held
+                .iter()
+                .filter(|t| configured.contains(t.as_str()))
+                .map(|t| TenantId::from(t.as_str()))
+                .collect(),
+        }
+    });
+    Detector::resume(now.mono, saved)
 }

@@ -206,6 +206,9 @@ impl SimGateway {
     }
 
     async fn serve(self, stream: TcpStream) {
+        // Frames go out as they are sent: with Nagle's algorithm a frame after an unacknowledged
+        // pong waits for a delayed ACK (40 ms of real time, seconds of a paused test clock).
+        let _ = stream.set_nodelay(true);
         let mut path = String::new();
         let refusing = self.state.lock().unwrap().refusing;
         // The Err type is tungstenite's, sized by its API; the callback runs once per handshake.
@@ -414,6 +417,11 @@ impl SimBackend {
         let app = axum::Router::new().fallback(handler);
         let stop = self.stop.lock().unwrap().clone();
         tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // Answers go out at once (see `SimGateway::serve` on Nagle's algorithm).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;

@@ -1,51 +1,59 @@
 //! Durable per-tenant records under `state.dir` (SPEC section 2 "Durable").
 //!
 //! What the backend last acknowledged and what is still owed to it must survive a kill -9, a full
-//! disk and a restart. The store keeps three files in the state directory:
+//! disk and a restart; and no write or fsync may ever hold up a gateway link or a decision
+//! (SPEC section 6). So one thread owns the files ([`writer`]): everything else hands it records
+//! through a channel and never waits.
+//!
+//! The files, all in the state directory (created 0700; no file is ever opened through a
+//! symlink):
 //!
 //! - `state.json`: a snapshot of every record,
-//!   `{"version":1,"generation":N,"tenants":{"<id>":<Record>,...}}`, replaced atomically (temp file
-//!   in the same dir, write, fsync, rename, fsync the dir), so it is always either the old or the
-//!   new snapshot, never a mix.
-//! - `journal.jsonl`: one JSON line per changed record, `{"gen":N,"tenant":"<id>","record":{...}}`,
-//!   appended with a single `write(2)`. There is no fsync per append: the page cache survives a
-//!   kill -9, and the caller calls [`Store::sync`] about once a second while the store is dirty to
-//!   bound what a power loss can take. A kill -9 leaves at worst one torn last line.
-//! - `lock`: held with `flock(LOCK_EX | LOCK_NB)` for the life of the [`Store`] and holding the
-//!   owner's pid, so two sidecars never interleave writes to the same directory.
+//!   `{"version":1,"generation":N,"tenants":{"<id>":<Record>,...}}`, replaced atomically (temp
+//!   file, write, fsync, rename, fsync the dir), so it is always the old or the new one.
+//! - `journal-<N>.jsonl`: one JSON line per changed record, `{"gen":N,"tenant":"<id>","record":{...}}`
+//!   (or `"deleted":true` when a tenant is gone), appended in batches of one `write(2)`. A line
+//!   is durable against a kill -9 once written (the page cache survives the process); fsyncs for
+//!   a power loss run about once a second on a second thread, off the write path. A kill -9 leaves
+//!   at worst one torn last line, which replay skips. (`journal.jsonl`, the single journal of
+//!   earlier versions, is read at start like a journal of generation 0.)
+//! - `lock`: `flock(LOCK_EX | LOCK_NB)` held for the life of the store, holding the owner's pid,
+//!   so two sidecars never write to the same directory.
 //!
-//! [`Store::open`] takes the lock, reads the snapshot, replays the journal over it (later lines
-//! win) and compacts. A snapshot that cannot be parsed is renamed aside to
-//! `state.json.corrupt-<unix seconds>` and the journal alone is replayed, so a bad file is kept
-//! for inspection and never causes a crash loop.
+//! Compaction never drops an append: the writer *cuts* (it starts `journal-<N+1>.jsonl` and copies
+//! its in-memory records, in one step on its own thread, so every line before the cut is in the
+//! copy and every line after it is in the new journal); the second thread writes the copy as
+//! snapshot generation N+1 and only then deletes the journals before the cut. Replay reads the
+//! snapshot, then every journal in generation order, skipping lines older than the snapshot.
 //!
-//! Generations: compaction writes the snapshot and then truncates the journal; a crash between
-//! the two steps leaves journal lines that are older than the new snapshot. Replaying them would
-//! turn a record back to an older value (after a failed append the journal may hold an older
-//! value than the snapshot), so every snapshot carries a generation, every journal line the
-//! generation it was written under, and replay skips lines older than the snapshot.
+//! The state directory is not trusted blindly either: files over a size bound, symlinks and
+//! unparseable snapshots are set aside (renamed `<name>.corrupt-<unix seconds>`), records whose
+//! tenant id breaks the SPEC rules are dropped, and times, reasons and keys out of range are
+//! repaired, so nothing in a state file can panic the process or forge a header.
 //!
-//! Degraded mode: when an append, a sync or a compaction fails, the error is returned, the store
-//! remembers that the journal may be incomplete ([`Store::is_healthy`] is false,
-//! [`Store::last_error`] says why) and [`Store::needs_compaction`] becomes true, so the caller's
-//! next compaction rewrites everything from memory. The first compaction that succeeds makes the
-//! store healthy again.
-//!
-//! All I/O here is blocking `std::fs`; the caller runs it from a dedicated task or
-//! `spawn_blocking`.
+//! Degraded mode: when a write, an fsync or a compaction fails, [`Store::failure`] says why
+//! (the sidecar is not ready) and the records live on in memory; the first compaction that
+//! succeeds after the failure writes them all and heals it.
+
+mod writer;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::Notify;
 
 use crate::debounce::Status;
+use crate::TenantId;
+
+pub use writer::Options;
 
 /// Journal size that triggers a compaction: large enough that a busy fleet compacts rarely,
 /// small enough that replaying it at startup takes milliseconds.
@@ -56,13 +64,28 @@ const SNAPSHOT_VERSION: u32 = 1;
 
 const SNAPSHOT_FILE: &str = "state.json";
 const SNAPSHOT_TMP_FILE: &str = "state.json.tmp";
-const JOURNAL_FILE: &str = "journal.jsonl";
+/// The one journal of versions before the journal writer; replayed as generation 0.
+const LEGACY_JOURNAL_FILE: &str = "journal.jsonl";
+const JOURNAL_PREFIX: &str = "journal-";
+const JOURNAL_SUFFIX: &str = ".jsonl";
 const LOCK_FILE: &str = "lock";
 
-/// Buffer for writing the snapshot: 10,000 records (~2 MiB) go out in a few dozen syscalls.
-const SNAPSHOT_BUF_BYTES: usize = 64 * 1024;
+/// The largest state file read at start. 10,000 tenants take about 3 MiB; a file a hundred
+/// times that is not ours, and reading it could exhaust memory.
+const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// What the store keeps for one tenant.
+/// The last instant a record may name (9999-12-31T23:59:59.999Z): later ones cannot be
+/// formatted as RFC 3339 and are clamped.
+pub const MAX_UNIX_MS: u64 = 253_402_300_799_999;
+
+/// The longest text (reason) a record keeps, as the debouncer cuts gateway text.
+const MAX_TEXT_CHARS: usize = 256;
+
+/// The largest penalty a stored record may carry; far above any policy's cap.
+const MAX_PENALTY: f64 = 1e12;
+
+/// What the store keeps for one tenant: the delivery half (owned by the outbox) and the damping
+/// half (owned by the registry), merged by the writer.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 // Missing fields take their defaults, so a record written before a field was added still loads.
 #[serde(default)]
@@ -104,23 +127,75 @@ pub struct Owed {
     pub idempotency_key: String,
 }
 
+/// The delivery half of a record: the outbox's.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Delivery {
+    pub reported: Option<Reported>,
+    pub owed: Option<Owed>,
+}
+
+/// The damping half of a record: the registry's (the debouncer's flap penalty).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Damping {
+    pub penalty: f64,
+    pub penalty_at_ms: u64,
+    pub flapping: bool,
+}
+
+impl Record {
+    pub fn delivery(&self) -> Delivery {
+        Delivery {
+            reported: self.reported.clone(),
+            owed: self.owed.clone(),
+        }
+    }
+
+    pub fn damping(&self) -> Damping {
+        Damping {
+            penalty: self.penalty,
+            penalty_at_ms: self.penalty_at_ms,
+            flapping: self.flapping,
+        }
+    }
+}
+
+/// A mass-outage hold as stored, so that it survives a restart (see `storm::Saved`): when the
+/// storm began (wall clock), what its reason needs, and the tenants it holds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredStorm {
+    pub since_ms: u64,
+    pub linked: usize,
+    pub members: usize,
+    pub window_ms: u64,
+    pub last_reason: String,
+    pub held: Vec<String>,
+}
+
 /// What [`Store::open`] found on disk.
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// Every tenant's record: the snapshot with the journal applied over it.
+    /// Every tenant's record: the snapshot with the journals applied over it, validated.
     pub records: HashMap<String, Record>,
+    /// The mass-outage holds in force when the state was last written.
+    pub storms: Vec<StoredStorm>,
     /// Journal lines applied over the snapshot.
     pub journal_lines: usize,
-    /// Unparseable journal lines before the last one (a real problem worth a warning).
+    /// Unparseable journal lines before a journal's last one (a real problem worth a warning).
     pub skipped_lines: usize,
     /// Journal lines older than the snapshot, left by a crash during compaction; ignored.
     pub stale_lines: usize,
-    /// The last journal line was torn or unparseable (expected after a kill -9 or power loss).
+    /// A journal's last line was torn or unparseable (expected after a kill -9 or power loss).
     pub torn_tail: bool,
-    /// Where an unreadable snapshot was moved to.
-    pub set_aside: Option<PathBuf>,
-    /// Why the snapshot was set aside.
-    pub set_aside_reason: Option<String>,
+    /// Files that were unusable (unparseable, too large, a symlink) and were moved aside, each
+    /// with the reason.
+    pub set_aside: Vec<(PathBuf, String)>,
+    /// Records dropped because their tenant id breaks the SPEC rules (ids escaped for the log).
+    pub rejected: Vec<String>,
+    /// Records whose times, reasons, penalty or key were out of range and were repaired.
+    pub repaired: usize,
+    /// Things the operator should know about the directory (e.g. loose permissions).
+    pub warnings: Vec<String>,
 }
 
 /// Why the store could not do what was asked. Each message names the fix.
@@ -173,221 +248,140 @@ fn io_hint(err: &io::Error, path: &Path) -> String {
     }
 }
 
-/// An open state directory. Dropping it releases the lock.
+/// The open state directory: a handle to the journal writer. Every method returns at once;
+/// only [`Store::close`] (at shutdown) waits for the disk.
 #[derive(Debug)]
 pub struct Store {
+    writer: writer::Handle,
     dir: PathBuf,
-    /// Held only for its flock, which the kernel releases when the file closes (also on kill -9).
-    _lock: File,
-    /// Opened with O_APPEND so every write lands at the end, also after a truncation.
-    journal: File,
-    /// Bytes in the journal, to decide when to compact.
-    journal_len: u64,
-    /// The journal ends at a line boundary. False after a torn tail or a failed append; the next
-    /// append then starts with a newline so its line does not fuse with the broken one.
-    tail_clean: bool,
-    /// Appended since the last fsync.
-    dirty: bool,
-    /// Generation of the newest snapshot; written into every journal line.
-    generation: u64,
-    /// Set while the journal may be missing a record (a write, sync or compaction failed).
-    failure: Option<String>,
-    compact_threshold: u64,
-    /// Reused for every journal line so an append allocates nothing in the steady state.
-    line: Vec<u8>,
 }
 
 impl Store {
-    /// Opens (creating it if missing) the state directory, restores every record and compacts.
+    /// Opens (creating it if missing) the state directory, restores and validates every record,
+    /// compacts, and starts the writer. `wake` is notified each time more of what was handed to
+    /// the writer is written ([`Store::written`] advanced).
     ///
-    /// Fails when the directory cannot be created, locked or read; the caller may then run from
-    /// memory. A failed compaction at the end does not fail the open: the store comes back
-    /// unhealthy and the caller's next compaction retries.
-    pub fn open(dir: &Path) -> Result<(Store, Restored), StoreError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .map_err(StoreError::io("create state dir", dir))?;
-        let lock = lock_dir(dir)?;
+    /// Fails when the directory cannot be created, locked or read; a failed compaction at the end
+    /// does not fail the open: the store comes back degraded and retries.
+    pub fn open(dir: &Path, wake: Arc<Notify>) -> Result<(Store, Restored), StoreError> {
+        Store::open_with(dir, wake, Options::from_env())
+    }
 
-        // A temp snapshot left by a crash mid-compaction is garbage; compaction would overwrite
-        // it anyway, so a failure to remove it changes nothing.
+    /// [`Store::open`] with explicit writer options (tests, the benchmark's slow disk).
+    pub fn open_with(
+        dir: &Path,
+        wake: Arc<Notify>,
+        options: Options,
+    ) -> Result<(Store, Restored), StoreError> {
+        let mut restored = Restored::default();
+        prepare_dir(dir, &mut restored)?;
+        let lock = lock_dir(dir)?;
+        // A temp snapshot left by a crash mid-compaction is garbage; remove_file removes a
+        // symlink itself, never its target.
         let _ = fs::remove_file(dir.join(SNAPSHOT_TMP_FILE));
 
-        let mut restored = Restored::default();
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        // Journal lines older than this generation are already in the snapshot.
         let mut min_line_gen = 0;
         let mut generation = 0;
-        match read_snapshot(&snapshot_path)? {
-            SnapshotRead::Missing => {}
-            SnapshotRead::Ok(snap) => {
-                restored.records = snap.tenants;
-                min_line_gen = snap.generation;
-                generation = snap.generation;
-            }
-            SnapshotRead::Corrupt(reason) => {
-                let aside = set_aside(&snapshot_path)?;
-                restored.set_aside = Some(aside);
-                restored.set_aside_reason = Some(reason);
-            }
+        match read_bounded(&snapshot_path) {
+            Ok(None) => {}
+            Ok(Some(data)) => match parse_snapshot(&data) {
+                Ok(snap) => {
+                    restored.records = snap.tenants;
+                    restored.storms = snap.storms;
+                    min_line_gen = snap.generation;
+                    generation = snap.generation;
+                }
+                Err(reason) => set_aside(&snapshot_path, reason, &mut restored)?,
+            },
+            Err(Unusable::Io(e)) => return Err(StoreError::io("read snapshot", &snapshot_path)(e)),
+            Err(Unusable::Bad(reason)) => set_aside(&snapshot_path, reason, &mut restored)?,
         }
 
-        let journal_path = dir.join(JOURNAL_FILE);
-        let mut journal = open_journal(&journal_path, false)?;
-        let mut data = Vec::new();
-        journal
-            .read_to_end(&mut data)
-            .map_err(StoreError::io("read journal", &journal_path))?;
-        let max_gen = replay(&data, min_line_gen, &mut restored);
-        generation = generation.max(max_gen);
+        let journals = list_journals(dir)?;
+        for (file_gen, path) in &journals {
+            generation = generation.max(*file_gen);
+            match read_bounded(path) {
+                Ok(Some(data)) => {
+                    let max = replay(&data, min_line_gen, &mut restored);
+                    generation = generation.max(max);
+                }
+                Ok(None) => {}
+                Err(Unusable::Io(e)) => return Err(StoreError::io("read journal", path)(e)),
+                Err(Unusable::Bad(reason)) => set_aside(path, reason, &mut restored)?,
+            }
+        }
+        validate(&mut restored);
 
-        let mut store = Store {
-            dir: dir.to_path_buf(),
-            _lock: lock,
-            journal,
-            journal_len: data.len() as u64,
-            tail_clean: data.last().is_none_or(|&b| b == b'\n'),
-            dirty: false,
-            generation,
-            failure: None,
-            compact_threshold: DEFAULT_COMPACT_JOURNAL_BYTES,
-            line: Vec::with_capacity(512),
+        let records: HashMap<TenantId, Record> = restored
+            .records
+            .iter()
+            .map(|(id, r)| (TenantId::from(id.as_str()), r.clone()))
+            .collect();
+        let obsolete = journals
+            .into_iter()
+            .map(|(_, path)| path)
+            .filter(|path| path.exists() || path.is_symlink())
+            .collect();
+        let on_disk = writer::OnDisk {
+            records,
+            storms: restored.storms.clone(),
+            gen: generation,
+            obsolete,
         };
-        // The error is kept in `store.failure`, which the caller sees through is_healthy().
-        let _ = store.compact(restored.records.iter().map(|(k, v)| (k.as_str(), v)));
-        Ok((store, restored))
+        let writer = writer::Handle::start(dir.to_path_buf(), lock, on_disk, wake, options)?;
+        Ok((
+            Store {
+                writer,
+                dir: dir.to_path_buf(),
+            },
+            restored,
+        ))
     }
 
-    /// Appends one record to the journal with a single write. Not yet fsynced: see [`Store::sync`].
-    pub fn append(&mut self, tenant: &str, record: &Record) -> Result<(), StoreError> {
-        self.line.clear();
-        if !self.tail_clean {
-            self.line.push(b'\n');
-        }
-        let entry = JournalLineRef {
-            gen: self.generation,
-            tenant,
-            record,
-        };
-        // Serializing into a Vec fails only for non-string map keys, which these types do not have.
-        serde_json::to_writer(&mut self.line, &entry).expect("journal line serializes");
-        self.line.push(b'\n');
-
-        self.dirty = true;
-        match self.journal.write_all(&self.line) {
-            Ok(()) => {
-                self.journal_len += self.line.len() as u64;
-                self.tail_clean = true;
-                Ok(())
-            }
-            Err(source) => {
-                // Part of the line may be on disk; the caller's next compaction rewrites it all.
-                self.tail_clean = false;
-                Err(self.fail(StoreError::Io {
-                    op: "append to journal",
-                    path: self.dir.join(JOURNAL_FILE),
-                    source,
-                }))
-            }
-        }
+    /// Hands the delivery half of `tenant`'s record to the writer (None: the tenant is gone, its
+    /// record deleted). `seq` is the outbox's sequence number, reported back by [`Store::written`].
+    pub fn delivery(&self, seq: u64, tenant: &TenantId, delivery: Option<Delivery>) {
+        self.writer
+            .send(writer::Op::Delivery(seq, tenant.clone(), delivery));
     }
 
-    /// Flushes appended lines to the disk, so that they survive a power loss as well.
-    /// Does nothing when nothing was appended since the last sync.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
-        if !self.dirty {
-            return Ok(());
-        }
-        match self.journal.sync_data() {
-            Ok(()) => {
-                self.dirty = false;
-                Ok(())
-            }
-            // After a failed fsync Linux may drop the dirty pages, so what was appended can be
-            // gone: only a full rewrite from memory restores the guarantee.
-            Err(source) => Err(self.fail(StoreError::Io {
-                op: "fsync journal",
-                path: self.dir.join(JOURNAL_FILE),
-                source,
-            })),
-        }
+    /// Hands the mass-outage holds now in force to the writer (they replace the stored ones).
+    pub fn storms(&self, storms: Vec<StoredStorm>) {
+        self.writer.send(writer::Op::Storms(storms));
     }
 
-    /// Whether lines were appended since the last [`Store::sync`].
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
+    /// Adds a tenant to the newest stored hold (it joined the storm after it began).
+    pub fn storm_held(&self, tenant: &TenantId) {
+        self.writer.send(writer::Op::StormHeld(tenant.clone()));
     }
 
-    /// True when the journal is large or may be incomplete; the caller should then call
-    /// [`Store::compact`] with every current record.
-    pub fn needs_compaction(&self) -> bool {
-        self.failure.is_some() || self.journal_len > self.compact_threshold
+    /// Hands the damping half of `tenant`'s record to the writer.
+    pub fn damping(&self, tenant: &TenantId, damping: Damping) {
+        self.writer
+            .send(writer::Op::Damping(tenant.clone(), damping));
     }
 
-    /// Writes `records` (every tenant's current record) as the new snapshot and empties the
-    /// journal. On success the store is healthy again.
-    pub fn compact<'a>(
-        &mut self,
-        records: impl IntoIterator<Item = (&'a str, &'a Record)>,
-    ) -> Result<(), StoreError> {
-        let next_gen = self.generation + 1;
-        let tmp = self.dir.join(SNAPSHOT_TMP_FILE);
-        let snapshot = self.dir.join(SNAPSHOT_FILE);
-        if let Err(source) = write_snapshot(&tmp, next_gen, records) {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.fail(StoreError::Io {
-                op: "write snapshot",
-                path: tmp,
-                source,
-            }));
-        }
-        if let Err(source) = fs::rename(&tmp, &snapshot) {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.fail(StoreError::Io {
-                op: "replace snapshot",
-                path: snapshot,
-                source,
-            }));
-        }
-        // From here the snapshot on disk (at least in the page cache) is the new generation, so
-        // appends must carry it, or a restart would skip them as older than the snapshot. Should
-        // the rename not reach the disk, the old snapshot is older still and the lines apply.
-        self.generation = next_gen;
-        if let Err(source) = sync_dir(&self.dir) {
-            // The old journal must stay until the rename is known to be durable.
-            return Err(self.fail(StoreError::Io {
-                op: "fsync state dir",
-                path: self.dir.clone(),
-                source,
-            }));
-        }
-        // Truncating through a fresh handle also replaces a journal handle that went bad. No fsync
-        // is needed: lines that reappear after a power loss are older than the snapshot and skipped.
-        let journal_path = self.dir.join(JOURNAL_FILE);
-        match open_journal(&journal_path, true) {
-            Ok(journal) => {
-                self.journal = journal;
-                self.journal_len = 0;
-                self.tail_clean = true;
-                self.dirty = false;
-                self.failure = None;
-                Ok(())
-            }
-            Err(err) => Err(self.fail(err)),
-        }
+    /// The highest delivery sequence number written (durable against a kill -9), or tried and
+    /// failed (then [`Store::failure`] says so).
+    pub fn written(&self) -> u64 {
+        self.writer.written()
     }
 
-    /// False while the journal may be missing a record (an append, sync or compaction failed and
-    /// no compaction has succeeded since): not ready, and not durable.
-    pub fn is_healthy(&self) -> bool {
-        self.failure.is_none()
+    /// Blocks until [`Store::written`] reaches `seq`, at most `max`; returns it. The dispatcher
+    /// waits in a blocking task, which also tells a paused test clock that work is under way.
+    pub fn wait_written(&self, seq: u64, max: Duration) -> u64 {
+        self.writer.wait_written(seq, max)
     }
 
-    /// The error that made the store unhealthy; None while healthy.
-    pub fn last_error(&self) -> Option<&str> {
-        self.failure.as_deref()
+    /// Failed writes, fsyncs and compactions since the store was opened.
+    pub fn errors(&self) -> u64 {
+        self.writer.errors()
+    }
+
+    /// Why the state is not durable right now; None while it is.
+    pub fn failure(&self) -> Option<String> {
+        self.writer.failure()
     }
 
     /// The state directory.
@@ -395,31 +389,149 @@ impl Store {
         &self.dir
     }
 
-    /// Current journal size in bytes.
-    pub fn journal_bytes(&self) -> u64 {
-        self.journal_len
+    /// Writes everything handed over so far, compacts it into a fresh snapshot and stops the
+    /// writer. Blocks on the disk: call it at shutdown, off the async workers.
+    pub fn close(&self) {
+        self.writer.close();
     }
 
-    fn fail(&mut self, err: StoreError) -> StoreError {
-        self.failure = Some(err.to_string());
-        err
+    /// Retries a failed compaction at once (the operator may have just fixed the disk).
+    pub fn retry(&self) {
+        self.writer.send(writer::Op::Retry);
+    }
+
+    /// Blocks until everything handed over so far is written, and a compaction that started
+    /// has finished: what is durable is then on disk and [`Store::failure`] is up to date.
+    pub fn barrier(&self) {
+        self.writer.barrier();
+    }
+
+    /// Stops the writer the way a kill -9 would: what was handed over but not yet written is
+    /// lost, nothing is compacted. For tests of what survives a crash.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn crash(&self) {
+        self.writer.crash();
     }
 }
 
-/// One journal line as written.
+/// Creates the directory 0700 (only the service user may read what it owes to whom), and warns
+/// about an existing one that others can write.
+fn prepare_dir(dir: &Path, restored: &mut Restored) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(StoreError::io("create state dir", dir))?;
+    let meta = fs::metadata(dir).map_err(StoreError::io("read state dir", dir))?;
+    if meta.permissions().mode() & 0o022 != 0 {
+        restored.warnings.push(format!(
+            "state dir {} can be written by other users (mode {:o}); make it 0700",
+            dir.display(),
+            meta.permissions().mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Why a state file could not be used.
+enum Unusable {
+    /// Reading failed for a reason the operator must fix (permissions, I/O): start-up stops.
+    Io(io::Error),
+    /// The file is not one of ours (a symlink, too large): set it aside.
+    Bad(String),
+}
+
+/// Reads a state file without following a symlink and without reading more than
+/// [`MAX_FILE_BYTES`]; None when it does not exist.
+fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, Unusable> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Unusable::Bad("it is a symlink".into()))
+        }
+        Err(e) => return Err(Unusable::Io(e)),
+    };
+    let meta = file.metadata().map_err(Unusable::Io)?;
+    if !meta.is_file() {
+        // Not ours to move: the operator should see what is there.
+        return Err(Unusable::Io(io::Error::other(
+            "it is not a regular file (move it out of the state directory)",
+        )));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Unusable::Bad(format!(
+            "it is {} bytes, more than the {MAX_FILE_BYTES} a state file can be",
+            meta.len()
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(Unusable::Io)?;
+    Ok(Some(data))
+}
+
+/// The journals in the directory, oldest generation first (the legacy `journal.jsonl` first).
+fn list_journals(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut journals = Vec::new();
+    let entries = fs::read_dir(dir).map_err(StoreError::io("list state dir", dir))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == LEGACY_JOURNAL_FILE {
+            journals.push((0, entry.path()));
+        } else if let Some(gen) = name
+            .strip_prefix(JOURNAL_PREFIX)
+            .and_then(|n| n.strip_suffix(JOURNAL_SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            journals.push((gen, entry.path()));
+        }
+    }
+    journals.sort();
+    Ok(journals)
+}
+
+fn journal_path(dir: &Path, gen: u64) -> PathBuf {
+    dir.join(format!("{JOURNAL_PREFIX}{gen}{JOURNAL_SUFFIX}"))
+}
+
+/// One journal line as written: a tenant's whole record after a change, or its deletion; or the
+/// mass-outage holds now in force.
 #[derive(Serialize)]
 struct JournalLineRef<'a> {
     gen: u64,
-    tenant: &'a str,
-    record: &'a Record,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a Record>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storms: Option<&'a [StoredStorm]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storm_held: Option<&'a str>,
 }
 
 /// One journal line as read.
 #[derive(Deserialize)]
 struct JournalLine {
     gen: u64,
-    tenant: String,
-    record: Record,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    record: Option<Record>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    storms: Option<Vec<StoredStorm>>,
+    #[serde(default)]
+    storm_held: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -429,47 +541,42 @@ struct Snapshot {
     #[serde(default)]
     generation: u64,
     tenants: HashMap<String, Record>,
+    #[serde(default)]
+    storms: Vec<StoredStorm>,
 }
 
-enum SnapshotRead {
-    Missing,
-    Ok(Snapshot),
-    /// Present but unusable, with the reason.
-    Corrupt(String),
-}
-
-fn read_snapshot(path: &Path) -> Result<SnapshotRead, StoreError> {
-    let data = match fs::read(path) {
-        Ok(data) => data,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SnapshotRead::Missing),
-        Err(e) => return Err(StoreError::io("read snapshot", path)(e)),
-    };
-    Ok(match serde_json::from_slice::<Snapshot>(&data) {
-        Ok(snap) if snap.version == SNAPSHOT_VERSION => SnapshotRead::Ok(snap),
-        Ok(snap) => SnapshotRead::Corrupt(format!(
+fn parse_snapshot(data: &[u8]) -> Result<Snapshot, String> {
+    match serde_json::from_slice::<Snapshot>(data) {
+        Ok(snap) if snap.version == SNAPSHOT_VERSION => Ok(snap),
+        Ok(snap) => Err(format!(
             "unsupported snapshot version {} (this build reads version {SNAPSHOT_VERSION})",
             snap.version
         )),
-        Err(e) => SnapshotRead::Corrupt(format!("unparseable snapshot: {e}")),
-    })
+        Err(e) => Err(format!("unparseable snapshot: {e}")),
+    }
 }
 
-/// Renames an unusable snapshot to `state.json.corrupt-<unix seconds>` (plus a counter if that
-/// exists), so it is kept for inspection and the next compaction does not overwrite it.
-fn set_aside(path: &Path) -> Result<PathBuf, StoreError> {
+/// Renames an unusable file to `<name>.corrupt-<unix seconds>` (plus a counter if that exists),
+/// so it is kept for inspection and never read again. `rename` moves a symlink itself.
+fn set_aside(path: &Path, reason: String, restored: &mut Restored) -> Result<(), StoreError> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let base = format!("{SNAPSHOT_FILE}.corrupt-{secs}");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(SNAPSHOT_FILE);
+    let base = format!("{name}.corrupt-{secs}");
     let mut aside = path.with_file_name(&base);
     let mut n = 1;
     // We hold the lock, so nobody else creates these names between the check and the rename.
-    while aside.exists() {
+    while aside.exists() || aside.is_symlink() {
         aside = path.with_file_name(format!("{base}-{n}"));
         n += 1;
     }
-    fs::rename(path, &aside).map_err(StoreError::io("set aside corrupt snapshot", path))?;
-    Ok(aside)
+    fs::rename(path, &aside).map_err(StoreError::io("set aside unusable file", path))?;
+    restored.set_aside.push((aside, reason));
+    Ok(())
 }
 
 /// Applies the journal in `data` to `restored.records`, skipping lines older than `min_gen`.
@@ -488,7 +595,28 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
             Ok(entry) if entry.gen < min_gen => restored.stale_lines += 1,
             Ok(entry) => {
                 max_gen = max_gen.max(entry.gen);
-                restored.records.insert(entry.tenant, entry.record);
+                match (entry.tenant, entry.deleted, entry.record, entry.storms) {
+                    (Some(tenant), true, _, _) => {
+                        restored.records.remove(&tenant);
+                    }
+                    (Some(tenant), false, Some(record), _) => {
+                        restored.records.insert(tenant, record);
+                    }
+                    (None, _, _, Some(storms)) => restored.storms = storms,
+                    (None, _, _, None) if entry.storm_held.is_some() => {
+                        if let (Some(storm), Some(t)) =
+                            (restored.storms.last_mut(), entry.storm_held)
+                        {
+                            if !storm.held.contains(&t) {
+                                storm.held.push(t);
+                            }
+                        }
+                    }
+                    _ => {
+                        restored.skipped_lines += 1;
+                        continue;
+                    }
+                }
                 restored.journal_lines += 1;
             }
             // The last line is the one a kill -9 or power loss tears: expected, not counted.
@@ -499,52 +627,88 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
     max_gen
 }
 
-fn open_journal(path: &Path, truncate: bool) -> Result<File, StoreError> {
-    // O_APPEND by hand: std refuses `append(true)` together with `truncate(true)`.
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_APPEND)
-        .create(true)
-        .truncate(truncate)
-        .mode(0o640)
-        .open(path)
-        .map_err(StoreError::io("open journal", path))
-}
-
-fn write_snapshot<'a>(
-    tmp: &Path,
-    generation: u64,
-    records: impl IntoIterator<Item = (&'a str, &'a Record)>,
-) -> io::Result<()> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(tmp)?;
-    let mut w = BufWriter::with_capacity(SNAPSHOT_BUF_BYTES, file);
-    // Streamed by hand so the caller's records are not copied into a map first.
-    write!(
-        w,
-        "{{\"version\":{SNAPSHOT_VERSION},\"generation\":{generation},\"tenants\":{{"
-    )?;
-    for (i, (tenant, record)) in records.into_iter().enumerate() {
-        if i > 0 {
-            w.write_all(b",\n")?;
+/// Drops records whose tenant id breaks the SPEC rules and repairs what is out of range in the
+/// rest, so that nothing read from the state dir can panic a view or forge a header.
+fn validate(restored: &mut Restored) {
+    let mut rejected = Vec::new();
+    restored.records.retain(|id, _| {
+        let ok = crate::config::validate_tenant_id(id).is_ok();
+        if !ok {
+            rejected.push(format!("{:?}", truncate(id, 64)));
         }
-        serde_json::to_writer(&mut w, tenant)?;
-        w.write_all(b":")?;
-        serde_json::to_writer(&mut w, record)?;
+        ok
+    });
+    restored.rejected = rejected;
+    for record in restored.records.values_mut() {
+        if repair(record) {
+            restored.repaired += 1;
+        }
     }
-    w.write_all(b"}}\n")?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
+    for storm in &mut restored.storms {
+        storm.since_ms = storm.since_ms.min(MAX_UNIX_MS);
+        storm.last_reason = clean_text(&storm.last_reason).unwrap_or_default();
+        storm
+            .held
+            .retain(|id| crate::config::validate_tenant_id(id).is_ok());
+    }
+    restored.storms.retain(|s| !s.held.is_empty());
 }
 
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Brings a record's fields into range; returns whether anything changed.
+fn repair(record: &mut Record) -> bool {
+    let before = record.clone();
+    record.penalty_at_ms = record.penalty_at_ms.min(MAX_UNIX_MS);
+    if !(record.penalty >= 0.0 && record.penalty <= MAX_PENALTY) {
+        record.penalty = record.penalty.clamp(0.0, MAX_PENALTY);
+        if record.penalty.is_nan() {
+            record.penalty = 0.0;
+        }
+    }
+    if let Some(r) = &mut record.reported {
+        r.at_ms = r.at_ms.min(MAX_UNIX_MS);
+        r.reason = r.reason.as_deref().and_then(clean_text);
+    }
+    if let Some(o) = &mut record.owed {
+        o.changed_at_ms = o.changed_at_ms.min(MAX_UNIX_MS);
+        o.reason = o.reason.as_deref().and_then(clean_text);
+        if !is_idempotency_key(&o.idempotency_key) {
+            // Not something we wrote, and maybe not even a valid header: the transition still
+            // goes, under a key of ours.
+            o.idempotency_key = new_idempotency_key();
+        }
+    }
+    *record != before
+}
+
+/// Whether `key` is one we could have written: 1 to 64 ASCII letters, digits, `-` or `_`.
+fn is_idempotency_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Text fit for a reason: control characters become spaces, cut at 256 characters.
+fn clean_text(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let cleaned: String = text
+        .chars()
+        .take(MAX_TEXT_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    Some(cleaned)
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    text.chars().take(chars).collect()
+}
+
+/// The instant `ms` milliseconds after the Unix epoch, clamped to [`MAX_UNIX_MS`].
+pub fn system_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.min(MAX_UNIX_MS))
 }
 
 /// Takes the directory's lock file, or says who holds it.
@@ -555,7 +719,8 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o640)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(StoreError::io("open lock file", &path))?;
     // SAFETY: flock on a valid, owned descriptor has no memory effects.
@@ -665,38 +830,75 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    fn rec(n: u64) -> Record {
-        Record {
+    fn owed(n: u64) -> Owed {
+        Owed {
+            status: Status::Disconnected,
+            reason: Some(format!("Stream Errored (conflict) (code 440) #{n}")),
+            changed_at_ms: n + 1,
+            idempotency_key: format!("{n:032x}"),
+        }
+    }
+
+    fn delivery(n: u64) -> Delivery {
+        Delivery {
             reported: Some(Reported {
                 status: Status::Connected,
                 reason: None,
                 at_ms: n,
             }),
-            owed: Some(Owed {
-                status: Status::Disconnected,
-                reason: Some(format!("Stream Errored (conflict) (code 440) #{n}")),
-                changed_at_ms: n + 1,
-                idempotency_key: format!("{n:032x}"),
-            }),
+            owed: Some(owed(n)),
+        }
+    }
+
+    fn damping(n: u64) -> Damping {
+        Damping {
             penalty: 1000.5,
             penalty_at_ms: n,
             flapping: n % 2 == 0,
         }
     }
 
+    /// The record the writer makes of `delivery(n)` and `damping(n)`.
+    fn rec(n: u64) -> Record {
+        let (d, p) = (delivery(n), damping(n));
+        Record {
+            reported: d.reported,
+            owed: d.owed,
+            penalty: p.penalty,
+            penalty_at_ms: p.penalty_at_ms,
+            flapping: p.flapping,
+        }
+    }
+
     fn open(dir: &Path) -> (Store, Restored) {
-        Store::open(dir).expect("open store")
+        Store::open_with(dir, Arc::new(Notify::new()), Options::default()).expect("open store")
     }
 
-    fn journal_len(dir: &Path) -> u64 {
-        fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len()
+    fn open_with(dir: &Path, options: Options) -> (Store, Restored) {
+        Store::open_with(dir, Arc::new(Notify::new()), options).expect("open store")
     }
 
-    fn append_raw(dir: &Path, bytes: &[u8]) {
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.join(JOURNAL_FILE))
-            .unwrap();
+    fn id(s: &str) -> TenantId {
+        s.into()
+    }
+
+    /// Hands both halves of `rec(n)` for `tenant` to the writer.
+    fn put(store: &Store, seq: &mut u64, tenant: &str, n: u64) {
+        *seq += 1;
+        store.delivery(*seq, &id(tenant), Some(delivery(n)));
+        store.damping(&id(tenant), damping(n));
+    }
+
+    fn journals(dir: &Path) -> Vec<PathBuf> {
+        list_journals(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    fn append_raw(path: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new().append(true).open(path).unwrap();
         f.write_all(bytes).unwrap();
     }
 
@@ -704,93 +906,130 @@ mod tests {
     fn round_trip() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
-        let (mut store, restored) = open(&dir);
+        let (store, restored) = open(&dir);
         assert!(restored.records.is_empty());
-        let mut nan = rec(3);
-        nan.penalty = f64::NAN;
-        store.append("business_1", &rec(1)).unwrap();
-        store.append("business_2", &Record::default()).unwrap();
-        store.append("odd \"id\"\n", &nan).unwrap();
-        store.sync().unwrap();
-        drop(store);
+        let mut seq = 0;
+        put(&store, &mut seq, "business_1", 1);
+        store.delivery(2, &id("business_2"), Some(Delivery::default()));
+        store.damping(
+            &id("odd\"id"),
+            Damping {
+                penalty: f64::NAN,
+                ..damping(3)
+            },
+        );
+        store.barrier();
+        assert_eq!(store.written(), 2);
+        store.close();
 
         let (store, restored) = open(&dir);
-        assert!(store.is_healthy(), "{:?}", store.last_error());
-        assert_eq!(restored.journal_lines, 3);
+        assert_eq!(store.failure(), None);
         assert_eq!(restored.records["business_1"], rec(1));
         assert_eq!(restored.records["business_2"], Record::default());
         // A NaN penalty must not make the files unreadable; it comes back as 0.
-        assert_eq!(restored.records["odd \"id\"\n"].penalty, 0.0);
-        // Open compacted: everything is now in the snapshot.
-        assert_eq!(journal_len(&dir), 0);
-        drop(store);
+        assert_eq!(restored.records["odd\"id"].penalty, 0.0);
+        // Closed with a compaction: everything is in the snapshot, the journal is empty.
+        assert_eq!(restored.journal_lines, 0);
+        store.close();
         let (_store, again) = open(&dir);
         assert_eq!(again.records, restored.records);
-        assert_eq!(again.journal_lines, 0);
     }
 
     #[test]
-    fn journal_replays_over_snapshot() {
+    fn the_state_dir_is_created_private() {
         let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        let (a1, b1, a2) = (rec(1), rec(2), rec(3));
-        store.compact([("a", &a1), ("b", &b1)]).unwrap();
-        store.append("a", &a2).unwrap();
-        drop(store);
+        let dir = tmp.path().join("a/b/state");
+        let (store, restored) = open(&dir);
+        assert!(restored.warnings.is_empty(), "{:?}", restored.warnings);
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        store.close();
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{:?} is {mode:o}", entry.path());
+        }
+        // An existing directory others can write is named in a warning.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let (_store, restored) = open(&dir);
+        assert!(
+            restored.warnings.iter().any(|w| w.contains("0700")),
+            "{:?}",
+            restored.warnings
+        );
+    }
+
+    #[test]
+    fn journal_replays_over_snapshot_after_a_crash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let mut seq = 0;
+        put(&store, &mut seq, "a", 1);
+        put(&store, &mut seq, "b", 2);
+        store.close(); // a and b in the snapshot
+        let (store, _) = open(tmp.path());
+        put(&store, &mut seq, "a", 3);
+        store.barrier();
+        store.crash(); // a's new record only in the journal
 
         let (_store, restored) = open(tmp.path());
-        assert_eq!(restored.journal_lines, 1);
+        assert_eq!(restored.journal_lines, 2);
         assert_eq!(restored.records.len(), 2);
-        assert_eq!(restored.records["a"], a2);
-        assert_eq!(restored.records["b"], b1);
+        assert_eq!(restored.records["a"], rec(3));
+        assert_eq!(restored.records["b"], rec(2));
+    }
+
+    #[test]
+    fn a_deleted_tenant_stays_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let mut seq = 0;
+        put(&store, &mut seq, "a", 1);
+        put(&store, &mut seq, "b", 2);
+        store.delivery(9, &id("a"), None);
+        store.barrier();
+        store.crash();
+        let (store, restored) = open(tmp.path());
+        assert_eq!(restored.records.keys().collect::<Vec<_>>(), ["b"]);
+        store.close();
+        let (_store, restored) = open(tmp.path());
+        assert_eq!(restored.records.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]
     fn torn_last_line_is_ignored_quietly() {
         let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        let a = rec(1);
-        store.append("a", &a).unwrap();
-        drop(store);
-        append_raw(tmp.path(), br#"{"gen":1,"tenant":"b","record":{"pen"#);
+        let (store, _) = open(tmp.path());
+        let mut seq = 0;
+        put(&store, &mut seq, "a", 1);
+        store.barrier();
+        store.crash();
+        let journal = journals(tmp.path()).pop().unwrap();
+        append_raw(&journal, br#"{"gen":1,"tenant":"b","record":{"pen"#);
 
         let (_store, restored) = open(tmp.path());
         assert!(restored.torn_tail);
         assert_eq!(restored.skipped_lines, 0);
-        assert_eq!(restored.journal_lines, 1);
         assert_eq!(restored.records.len(), 1);
-        assert_eq!(restored.records["a"], a);
+        assert_eq!(restored.records["a"], rec(1));
     }
 
     #[test]
     fn bad_middle_line_is_skipped_and_counted() {
         let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        store.append("a", &rec(1)).unwrap();
-        append_raw(tmp.path(), b"this is not json\n");
-        store.append("b", &rec(2)).unwrap();
-        drop(store);
+        let (store, _) = open(tmp.path());
+        let mut seq = 0;
+        put(&store, &mut seq, "a", 1);
+        store.barrier();
+        let journal = journals(tmp.path()).pop().unwrap();
+        append_raw(&journal, b"this is not json\n");
+        put(&store, &mut seq, "b", 2);
+        store.barrier();
+        store.crash();
 
         let (_store, restored) = open(tmp.path());
         assert_eq!(restored.skipped_lines, 1);
         assert!(!restored.torn_tail);
-        assert_eq!(restored.journal_lines, 2);
         assert_eq!(restored.records.len(), 2);
-    }
-
-    #[test]
-    fn append_after_torn_tail_starts_a_new_line() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        // As after a failed append, or a failed compaction at open over a torn journal.
-        append_raw(tmp.path(), br#"{"gen":1,"ten"#);
-        store.tail_clean = false;
-        store.append("a", &rec(1)).unwrap();
-        drop(store);
-
-        let (_store, restored) = open(tmp.path());
-        assert_eq!(restored.records["a"], rec(1));
-        assert_eq!(restored.skipped_lines, 1);
     }
 
     #[test]
@@ -800,38 +1039,125 @@ mod tests {
             b"{\"version\":2,\"tenants\":{}}",
         ] {
             let tmp = tempfile::tempdir().unwrap();
-            let (mut store, _) = open(tmp.path());
-            let a = rec(1);
-            store.append("a", &a).unwrap();
-            drop(store);
+            let (store, _) = open(tmp.path());
+            let mut seq = 0;
+            put(&store, &mut seq, "a", 1);
+            store.barrier();
+            store.crash();
             fs::write(tmp.path().join(SNAPSHOT_FILE), bad).unwrap();
 
             let (store, restored) = open(tmp.path());
-            assert!(store.is_healthy());
-            let aside = restored.set_aside.expect("snapshot set aside");
+            assert_eq!(store.failure(), None);
+            let (aside, reason) = restored.set_aside.first().expect("snapshot set aside");
             assert!(aside
                 .file_name()
                 .unwrap()
                 .to_str()
                 .unwrap()
                 .starts_with("state.json.corrupt-"));
-            assert_eq!(fs::read(&aside).unwrap(), bad);
-            assert!(restored.set_aside_reason.is_some());
-            assert_eq!(restored.records.len(), 1);
-            assert_eq!(restored.records["a"], a);
+            assert_eq!(fs::read(aside).unwrap(), bad);
+            assert!(!reason.is_empty());
+            assert_eq!(restored.records["a"], rec(1));
             // The fresh snapshot is readable again.
-            drop(store);
+            store.close();
             let (_store, again) = open(tmp.path());
-            assert!(again.set_aside.is_none());
-            assert_eq!(again.records["a"], a);
+            assert!(again.set_aside.is_empty());
+            assert_eq!(again.records["a"], rec(1));
         }
     }
 
     #[test]
-    fn second_open_is_locked_until_the_first_is_dropped() {
+    fn symlinks_are_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(SNAPSHOT_FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(LEGACY_JOURNAL_FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(SNAPSHOT_TMP_FILE)).unwrap();
+
+        let (store, restored) = open(&dir);
+        assert_eq!(restored.set_aside.len(), 2, "{:?}", restored.set_aside);
+        assert!(restored
+            .set_aside
+            .iter()
+            .all(|(_, reason)| reason.contains("symlink")));
+        let mut seq = 0;
+        put(&store, &mut seq, "a", 1);
+        store.close();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let (_store, restored) = open(&dir);
+        assert_eq!(restored.records["a"], rec(1));
+        assert!(!dir.join(SNAPSHOT_FILE).is_symlink());
+    }
+
+    #[test]
+    fn a_file_too_large_to_be_ours_is_set_aside_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let big = tmp.path().join(LEGACY_JOURNAL_FILE);
+        let file = File::create(&big).unwrap();
+        // Sparse: the size says 300 MiB, the disk holds nothing.
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let (_store, restored) = open(tmp.path());
+        assert_eq!(restored.set_aside.len(), 1);
+        assert!(
+            restored.set_aside[0].1.contains("bytes"),
+            "{:?}",
+            restored.set_aside
+        );
+    }
+
+    #[test]
+    fn hostile_records_are_validated_on_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let far = 400_000_000_000_000u64;
+        let long = "x".repeat(10_000);
+        let snapshot = serde_json::json!({
+            "version": 1,
+            "generation": 1,
+            "tenants": {
+                "..": {},
+                "a/b": {},
+                "": {},
+                "line\nbreak": {},
+                "ok": {
+                    "reported": {"status": "connected", "reason": null, "at_ms": far},
+                    "owed": {
+                        "status": "disconnected",
+                        "reason": format!("evil\r\ninjected {long}"),
+                        "changed_at_ms": far,
+                        "idempotency_key": "bad key\r\nX-Injected: 1"
+                    },
+                    "penalty": 1e300,
+                    "penalty_at_ms": far,
+                    "flapping": true
+                }
+            }
+        });
+        fs::write(tmp.path().join(SNAPSHOT_FILE), snapshot.to_string()).unwrap();
+        let (_store, restored) = open(tmp.path());
+        assert_eq!(restored.records.keys().collect::<Vec<_>>(), ["ok"]);
+        assert_eq!(restored.rejected.len(), 4, "{:?}", restored.rejected);
+        assert!(restored.rejected.iter().all(|r| !r.contains('\n')));
+        assert_eq!(restored.repaired, 1);
+        let ok = &restored.records["ok"];
+        assert_eq!(ok.penalty_at_ms, MAX_UNIX_MS);
+        assert!(ok.penalty <= MAX_PENALTY);
+        let owed = ok.owed.as_ref().unwrap();
+        assert_eq!(owed.changed_at_ms, MAX_UNIX_MS);
+        assert!(is_idempotency_key(&owed.idempotency_key));
+        let reason = owed.reason.as_deref().unwrap();
+        assert!(reason.chars().count() <= MAX_TEXT_CHARS, "{}", reason.len());
+        assert!(!reason.contains('\n') && !reason.contains('\r'));
+        assert_eq!(ok.reported.as_ref().unwrap().at_ms, MAX_UNIX_MS);
+    }
+
+    #[test]
+    fn second_open_is_locked_until_the_first_is_closed() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
-        match Store::open(tmp.path()) {
+        match Store::open_with(tmp.path(), Arc::new(Notify::new()), Options::default()) {
             Err(err @ StoreError::Locked { pid, .. }) => {
                 assert_eq!(pid, Some(std::process::id()));
                 let msg = err.to_string();
@@ -843,38 +1169,41 @@ mod tests {
             }
             other => panic!("expected Locked, got {other:?}"),
         }
-        drop(store);
+        store.close();
         open(tmp.path());
     }
 
     #[test]
-    fn compaction_truncates_the_journal() {
+    fn compaction_starts_a_new_journal_and_deletes_the_old_ones() {
         let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        let mut records = HashMap::new();
-        let mut i = 0;
-        while !store.needs_compaction() {
-            let r = rec(i);
-            store.append(&format!("t{}", i % 100), &r).unwrap();
-            records.insert(format!("t{}", i % 100), r);
-            i += 1;
+        let options = Options {
+            compact_threshold: 64 * 1024,
+            ..Options::default()
+        };
+        let (store, _) = open_with(tmp.path(), options.clone());
+        let first = journals(tmp.path());
+        assert_eq!(first.len(), 1);
+        let mut seq = 0;
+        let mut expected = HashMap::new();
+        // Well past the threshold, in batches so the writer sees the journal grow.
+        for i in 0..2000 {
+            put(&store, &mut seq, &format!("t{}", i % 100), i);
+            expected.insert(format!("t{}", i % 100), rec(i));
+            if i % 100 == 99 {
+                store.barrier();
+            }
         }
-        assert!(store.journal_bytes() > DEFAULT_COMPACT_JOURNAL_BYTES);
-        assert_eq!(journal_len(tmp.path()), store.journal_bytes());
-        store
-            .compact(records.iter().map(|(k, v)| (k.as_str(), v)))
-            .unwrap();
-        assert!(!store.needs_compaction());
-        assert_eq!(journal_len(tmp.path()), 0);
-        // Appends after the truncation land at the start of the file, not past a hole.
-        store.append("t0", &rec(0)).unwrap();
-        assert_eq!(journal_len(tmp.path()), store.journal_bytes());
-        records.insert("t0".into(), rec(0));
-        drop(store);
-        let (_store, restored) = open(tmp.path());
-        assert_eq!(restored.journal_lines, 1);
+        store.barrier();
+        let now = journals(tmp.path());
+        assert!(
+            !now.contains(&first[0]),
+            "the first journal was compacted away: {now:?}"
+        );
+        assert!(now.len() <= 2, "{now:?}");
+        store.crash();
+        let (_store, restored) = open_with(tmp.path(), options);
         assert_eq!(restored.records.len(), 100);
-        for (k, v) in &records {
+        for (k, v) in &expected {
             assert_eq!(&restored.records[k], v, "{k}");
         }
     }
@@ -882,35 +1211,49 @@ mod tests {
     #[test]
     fn ten_thousand_records_compact_and_restore() {
         let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        let records: HashMap<String, Record> = (0..10_000)
-            .map(|i| (format!("business_{i}"), rec(i)))
-            .collect();
-        store
-            .compact(records.iter().map(|(k, v)| (k.as_str(), v)))
-            .unwrap();
-        drop(store);
+        let (store, _) = open(tmp.path());
+        let mut seq = 0;
+        for i in 0..10_000 {
+            put(&store, &mut seq, &format!("business_{i}"), i);
+        }
+        store.close();
         let (_store, restored) = open(tmp.path());
-        assert_eq!(restored.records, records);
+        assert_eq!(restored.records.len(), 10_000);
+        for i in (0..10_000).step_by(997) {
+            assert_eq!(restored.records[&format!("business_{i}")], rec(i));
+        }
     }
 
     #[test]
     fn journal_lines_older_than_the_snapshot_are_ignored() {
-        // A crash after the snapshot rename but before the journal truncation reached the disk.
+        // A crash after the snapshot rename but before the old journal was deleted.
         let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        let (old, new) = (rec(1), rec(2));
-        store.append("a", &old).unwrap();
-        let old_journal = fs::read(tmp.path().join(JOURNAL_FILE)).unwrap();
-        // The append of `new` failed (e.g. disk full), so only the compaction carries it.
-        store.compact([("a", &new)]).unwrap();
-        drop(store);
-        fs::write(tmp.path().join(JOURNAL_FILE), old_journal).unwrap();
+        let (store, _) = open(tmp.path());
+        let mut seq = 0;
+        put(&store, &mut seq, "a", 1);
+        store.barrier();
+        let old = journals(tmp.path()).pop().unwrap();
+        let old_lines = fs::read(&old).unwrap();
+        put(&store, &mut seq, "a", 2);
+        store.close();
+        fs::write(&old, old_lines).unwrap();
 
         let (_store, restored) = open(tmp.path());
-        assert_eq!(restored.stale_lines, 1);
+        assert_eq!(restored.stale_lines, 2);
         assert_eq!(restored.journal_lines, 0);
-        assert_eq!(restored.records["a"], new);
+        assert_eq!(restored.records["a"], rec(2));
+    }
+
+    #[test]
+    fn a_legacy_journal_is_replayed_and_then_compacted_away() {
+        let tmp = tempfile::tempdir().unwrap();
+        let line = serde_json::json!({"gen": 0, "tenant": "a", "record": rec(1)});
+        fs::write(tmp.path().join(LEGACY_JOURNAL_FILE), format!("{line}\n")).unwrap();
+        let (store, restored) = open(tmp.path());
+        assert_eq!(restored.records["a"], rec(1));
+        assert!(!tmp.path().join(LEGACY_JOURNAL_FILE).exists());
+        store.close();
+        assert_eq!(open(tmp.path()).1.records["a"], rec(1));
     }
 
     #[test]
@@ -919,87 +1262,36 @@ mod tests {
         let file = tmp.path().join("not-a-dir");
         fs::write(&file, b"x").unwrap();
         let dir = file.join("state");
-        let err = Store::open(&dir).unwrap_err();
+        let err = Store::open_with(&dir, Arc::new(Notify::new()), Options::default()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, StoreError::Io { .. }), "{msg}");
         assert!(msg.contains(&dir.display().to_string()), "{msg}");
         assert!(msg.contains("state.dir"), "{msg}");
     }
 
-    /// Makes the journal handle fail every write with ENOSPC, like a full disk.
-    fn fill_disk(store: &mut Store) {
-        store.journal = OpenOptions::new().write(true).open("/dev/full").unwrap();
-    }
-
     #[test]
-    fn disk_full_degrades_until_a_compaction_succeeds() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        let (a, b) = (rec(1), rec(2));
-        store.append("a", &a).unwrap();
-        fill_disk(&mut store);
-
-        let err = store.append("b", &b).unwrap_err();
-        assert!(err.to_string().contains("free disk space"), "{err}");
-        assert!(!store.is_healthy());
-        assert!(store.last_error().unwrap().contains("append to journal"));
-        assert!(store.needs_compaction());
-
-        store.compact([("a", &a), ("b", &b)]).unwrap();
-        assert!(store.is_healthy());
-        assert_eq!(store.last_error(), None);
-        assert!(!store.needs_compaction());
-        let c = rec(3);
-        store.append("c", &c).unwrap();
-        drop(store);
-        let (_store, restored) = open(tmp.path());
-        assert_eq!(restored.records.len(), 3);
-        assert_eq!(restored.records["b"], b);
-        assert_eq!(restored.records["c"], c);
-    }
-
-    #[test]
-    fn read_only_dir_degrades_until_a_compaction_succeeds() {
-        use std::os::unix::fs::PermissionsExt;
+    fn a_blocked_snapshot_path_degrades_until_a_compaction_succeeds() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut store, _) = open(dir);
-        let a = rec(1);
-        store.append("a", &a).unwrap();
+        // Root ignores permissions: a non-empty directory where the temp snapshot goes makes
+        // every snapshot write fail, as a read-only or full disk would.
+        let blocker = dir.join(SNAPSHOT_TMP_FILE);
+        fs::create_dir_all(blocker.join("blocked")).unwrap();
+        let (store, _) = open(dir);
+        let failure = store.failure().expect("the first compaction failed");
+        assert!(failure.contains("state.json.tmp"), "{failure}");
+        assert!(store.errors() >= 1);
+        let mut seq = 0;
+        put(&store, &mut seq, "a", 1);
+        store.barrier();
+        assert!(store.failure().is_some());
 
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
-        // Root (CAP_DAC_OVERRIDE) writes through a 0555 dir; simulate the failure there instead.
-        let enforced = File::create(dir.join("probe")).is_err();
-        if enforced {
-            let err = store.compact([("a", &a)]).unwrap_err();
-            assert!(err
-                .to_string()
-                .contains("check that the service user can write"));
-        } else {
-            let _ = fs::remove_file(dir.join("probe"));
-            fill_disk(&mut store);
-            store.append("a", &a).unwrap_err();
-        }
-        assert!(!store.is_healthy());
-        assert!(store.needs_compaction());
-
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-        store.compact([("a", &a)]).unwrap();
-        assert!(store.is_healthy());
-        drop(store);
-        assert_eq!(open(dir).1.records["a"], a);
-    }
-
-    #[test]
-    fn sync_is_cheap_when_clean() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (mut store, _) = open(tmp.path());
-        assert!(!store.is_dirty());
-        store.append("a", &rec(1)).unwrap();
-        assert!(store.is_dirty());
-        store.sync().unwrap();
-        assert!(!store.is_dirty());
-        store.sync().unwrap();
+        fs::remove_dir_all(&blocker).unwrap();
+        store.retry();
+        store.barrier();
+        assert_eq!(store.failure(), None);
+        store.crash();
+        assert_eq!(open(dir).1.records["a"], rec(1));
     }
 
     #[test]
@@ -1012,6 +1304,7 @@ mod tests {
             assert!(k
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert!(is_idempotency_key(k));
         }
         let fallback: std::collections::HashSet<[u8; 16]> =
             (0..1000).map(|_| fallback_random()).collect();
@@ -1020,41 +1313,38 @@ mod tests {
 
     #[test]
     fn unix_ms_converts_and_clamps() {
-        use std::time::Duration;
         assert_eq!(
             unix_ms(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
             1_700_000_000_123
         );
         assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert_eq!(system_time(u64::MAX), system_time(MAX_UNIX_MS));
     }
 
     const CHILD_ENV: &str = "WA_SIDECAR_STORE_KILL9_DIR";
     const TENANTS: u64 = 97;
 
-    /// Not a test on its own: the body of the child process for `survives_kill_9`. It appends
-    /// forever (compacting now and then) and prints the index of every acknowledged append.
+    /// Not a test on its own: the body of the child process for `survives_kill_9`. It hands
+    /// records to the writer for ever (a small threshold makes it compact often) and prints the
+    /// index of every record once the writer says it is written.
     #[test]
     fn kill9_child_helper() {
         let Some(dir) = std::env::var_os(CHILD_ENV) else {
             return;
         };
-        let (mut store, _) = Store::open(Path::new(&dir)).unwrap();
-        let mut mem = HashMap::new();
+        let options = Options {
+            compact_threshold: 32 * 1024,
+            ..Options::default()
+        };
+        let (store, _) = open_with(Path::new(&dir), options);
         let mut out = io::stdout().lock();
-        for i in 0..10_000_000u64 {
-            let tenant = format!("t{}", i % TENANTS);
-            let r = Record {
-                penalty_at_ms: i,
-                ..rec(i)
-            };
-            store.append(&tenant, &r).unwrap();
-            mem.insert(tenant, r);
-            writeln!(out, "acked {i}").unwrap();
-            out.flush().unwrap();
-            if i % 500 == 499 {
-                store
-                    .compact(mem.iter().map(|(k, v)| (k.as_str(), v)))
-                    .unwrap();
+        for i in 1..10_000_000u64 {
+            let tenant = id(&format!("t{}", i % TENANTS));
+            store.delivery(i, &tenant, Some(delivery(i)));
+            if i % 7 == 0 {
+                store.wait_written(i, Duration::from_secs(5));
+                writeln!(out, "acked {i}").unwrap();
+                out.flush().unwrap();
             }
         }
     }
@@ -1070,39 +1360,32 @@ mod tests {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut acked = Vec::new();
+        let mut acked = 0;
         let mut killed = false;
         for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(i) = line.strip_prefix("acked ") {
-                acked.push(i.parse::<u64>().unwrap());
+            if let Some(i) = line.unwrap().strip_prefix("acked ") {
+                acked = i.parse::<u64>().unwrap();
             }
-            if acked.len() == 3_000 && !killed {
+            if acked >= 20_000 && !killed {
                 child.kill().unwrap(); // SIGKILL
                 killed = true;
             }
         }
-        // Everything printed before the kill landed was acknowledged, so it must survive too.
         let status = child.wait().unwrap();
         assert!(killed, "child exited early: {status:?}");
-        assert!(acked.len() >= 3_000);
 
         let (_store, restored) = open(tmp.path());
-        let last = *acked.last().unwrap();
-        for t in 0..TENANTS {
-            let Some(latest_acked) = acked.iter().rev().find(|&&i| i % TENANTS == t) else {
-                continue;
-            };
-            let r = &restored.records[&format!("t{t}")];
-            // The record is the last acked append for the tenant, or one appended just after it
-            // whose acknowledgement the kill cut off.
-            assert!(
-                r.penalty_at_ms >= *latest_acked,
-                "t{t}: {r:?} < {latest_acked}"
-            );
-            assert_eq!(r.penalty_at_ms % TENANTS, t);
-            assert!(r.penalty_at_ms <= last + 1, "t{t}: {r:?}");
-        }
         assert_eq!(restored.skipped_lines, 0);
+        for t in 0..TENANTS {
+            // The last record of the tenant the writer had confirmed before the kill.
+            let latest = (acked - TENANTS..=acked)
+                .rev()
+                .find(|i| i % TENANTS == t)
+                .unwrap();
+            let r = &restored.records[&format!("t{t}")];
+            let got = r.reported.as_ref().unwrap().at_ms;
+            assert!(got >= latest, "t{t}: {got} < {latest}");
+            assert_eq!(got % TENANTS, t);
+        }
     }
 }

@@ -84,10 +84,13 @@ pub struct Delivery<'a> {
 pub enum Outcome {
     /// 2xx: the backend now has this status.
     Delivered { status: u16 },
-    /// Connection error, timeout, 408, 429, 5xx: try again later (after = Retry-After if given).
+    /// Connection error, timeout, 408, 429, 5xx: try again later (after = Retry-After if given,
+    /// which can only lengthen the backoff). `status` is the HTTP status when the backend
+    /// answered (408, 429, 5xx), None for a transport failure.
     Retry {
         after: Option<Duration>,
         error: String,
+        status: Option<u16>,
     },
     /// 401/403: the shared secret is wrong — a configuration fault.
     Credentials { status: u16 },
@@ -231,6 +234,7 @@ impl Webhook {
             Err(e) => Outcome::Retry {
                 after: None,
                 error: self.describe_failure(e),
+                status: None,
             },
         }
     }
@@ -256,6 +260,7 @@ impl Webhook {
             408 | 429 | 500.. => Outcome::Retry {
                 after: retry_after,
                 error: answered(status, &body),
+                status: Some(status),
             },
             _ => Outcome::WrongUrl { status },
         }
@@ -588,6 +593,7 @@ mod tests {
                 Outcome::Retry {
                     after: None,
                     error: format!("backend answered {status}: busy"),
+                    status: Some(status),
                 }
             );
         }
@@ -601,6 +607,7 @@ mod tests {
             Outcome::Retry {
                 after: Some(Duration::from_secs(7)),
                 error: "backend answered 503".into(),
+                status: Some(503),
             }
         );
     }
@@ -612,6 +619,7 @@ mod tests {
         let Outcome::Retry {
             after: Some(after),
             error,
+            status: Some(429),
         } = outcome
         else {
             panic!("expected a retry with a delay, got {outcome:?}");
@@ -709,7 +717,12 @@ mod tests {
 
         let outcome = hook.send(&delivery(Status::Connected, None)).await;
 
-        let Outcome::Retry { after: None, error } = outcome else {
+        let Outcome::Retry {
+            after: None,
+            error,
+            status: None,
+        } = outcome
+        else {
             panic!("expected a retry, got {outcome:?}");
         };
         assert!(
@@ -735,7 +748,12 @@ mod tests {
 
         let outcome = hook.send(&delivery(Status::Connected, None)).await;
 
-        let Outcome::Retry { after: None, error } = outcome else {
+        let Outcome::Retry {
+            after: None,
+            error,
+            status: None,
+        } = outcome
+        else {
             panic!("expected a retry, got {outcome:?}");
         };
         assert!(
@@ -820,6 +838,7 @@ mod tests {
                 Outcome::Retry {
                     after: None,
                     error: String::new(),
+                    status: None,
                 },
                 "retry",
             ),

@@ -9,6 +9,9 @@
 //!   acknowledged state), never `connected` while the last observation is Down, and flapping
 //!   always ends within `flap_max_suppress` of the last flap (and `connect_grace` of the Up run)
 //!   when Up holds on a live link.
+//! - The storm detector (`storm::Detector`) decides exactly what a naive reference model decides,
+//!   event for event, under random drops, recoveries, link losses, removals, reloads and restarts,
+//!   with the timer driven punctually or lazily.
 //!
 //! The default case counts make a CI pass of well under a minute; set `PROPTEST_CASES` for a longer
 //! local run, e.g. `PROPTEST_CASES=200000 cargo test --release --test fuzz`. Failures are saved
@@ -23,6 +26,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use wa_status_sidecar::debounce::{Debouncer, Policy, Restored, Status};
 use wa_status_sidecar::observe::{self, DownCause, DownKind, Observation, SessionView};
+use wa_status_sidecar::storm::{Detector, Event, StormPolicy};
 
 /// Cases per property: `PROPTEST_CASES` if set, else `default`.
 fn config(default: u32) -> Config {
@@ -581,7 +585,9 @@ fn debounce_case(
             Ev::LinkUp => d.link_up(now, policy),
             Ev::LinkDown => d.link_down(now, policy, "connection refused"),
             Ev::Wake => d.on_timeout(now, policy),
-            other => d.observe(now, policy, &other.observation().unwrap()),
+            other => {
+                d.observe(now, policy, &other.observation().unwrap());
+            }
         }
         model.apply(now, ev);
         drain(&mut d, &mut model, now)?;
@@ -622,4 +628,564 @@ fn the_debouncer_keeps_its_invariants_under_random_events_and_time_steps() {
         "the flapping bound was checked only {checks} times"
     );
     assert!(flapping > cases / 50, "only {flapping} cases flapped");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The storm detector against a reference model
+// ---------------------------------------------------------------------------------------------
+
+/// The reference model of the mass-outage hold: the rules of `src/storm.rs`'s module doc written
+/// the naive way, with no sequence numbers, lazy queues, member index or compaction. The window
+/// is a map of drop instants swept on every drop; every storm keeps a map of all its members;
+/// every question is answered by scanning. Fractions are whole percentages so the threshold is
+/// exact integer arithmetic, independent of the detector's floating point.
+mod storm_model {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use wa_status_sidecar::storm::{Event, Saved, StormPolicy, View};
+
+    pub struct MStorm {
+        since: Instant,
+        linked: usize,
+        window: Duration,
+        last: String,
+        /// Every member, and whether it is down.
+        members: BTreeMap<u32, bool>,
+        /// Its count of members, frozen when it ended.
+        frozen: Option<usize>,
+        ended: bool,
+        released: bool,
+    }
+
+    impl MStorm {
+        fn n(&self) -> usize {
+            self.frozen.unwrap_or(self.members.len())
+        }
+
+        fn down(&self) -> Vec<u32> {
+            self.members
+                .iter()
+                .filter(|(_, down)| **down)
+                .map(|(t, _)| *t)
+                .collect()
+        }
+
+        /// In progress, or ended with its hold still running (its members are its members until
+        /// then).
+        fn alive(&self) -> bool {
+            !(self.ended && self.released)
+        }
+
+        fn last(&self) -> &str {
+            if self.last.is_empty() {
+                "session reconnecting"
+            } else {
+                &self.last
+            }
+        }
+
+        fn reason(&self) -> Arc<str> {
+            let n = self.n();
+            format!(
+                "WhatsApp-wide outage: {n} of {} sessions dropped within {}s; last: {}",
+                self.linked.max(n),
+                self.window.as_secs(),
+                self.last()
+            )
+            .into()
+        }
+    }
+
+    #[derive(Default)]
+    pub struct Model {
+        clock: Option<Instant>,
+        /// Tenants down after a counted drop, with its instant.
+        window: BTreeMap<u32, Instant>,
+        last: String,
+        storms: Vec<MStorm>,
+        pub events: Vec<Event<u32>>,
+    }
+
+    pub fn on(policy: &StormPolicy) -> bool {
+        policy.fraction > 0.0
+    }
+
+    /// `n` drops meet the threshold: `fraction` is `percent / 100` exactly.
+    fn meets(policy: &StormPolicy, percent: u32, linked: usize, n: usize) -> bool {
+        n >= policy.min_tenants.max(1) && n * 100 >= percent as usize * linked
+    }
+
+    impl Model {
+        fn tick(&mut self, now: Instant) -> Instant {
+            let now = self.clock.map_or(now, |c| c.max(now));
+            self.clock = Some(now);
+            now
+        }
+
+        fn alive(&mut self) -> impl Iterator<Item = &mut MStorm> {
+            self.storms.iter_mut().filter(|s| s.alive())
+        }
+
+        /// The alive storm in which `t` is down.
+        fn holding(&mut self, t: u32) -> Option<&mut MStorm> {
+            self.alive().find(|s| s.members.get(&t) == Some(&true))
+        }
+
+        fn active(&mut self) -> Option<&mut MStorm> {
+            self.alive().find(|s| !s.ended)
+        }
+
+        pub fn timeout(&mut self, now: Instant, policy: &StormPolicy) {
+            let now = self.tick(now);
+            if !on(policy) {
+                for s in self.storms.iter().filter(|s| s.alive()) {
+                    if !s.released && !s.down().is_empty() {
+                        self.events.push(Event::Released {
+                            tenants: s.down(),
+                            reason: s.reason(),
+                        });
+                    }
+                    if !s.ended {
+                        self.events.push(Event::Ended {
+                            since: s.since,
+                            members: s.n(),
+                            still_down: s.down().len(),
+                            held_until: None,
+                        });
+                    }
+                }
+                self.storms.clear();
+                self.window.clear();
+                self.last.clear();
+                return;
+            }
+            for s in self.storms.iter_mut().filter(|s| s.alive()) {
+                if !s.released && s.since + policy.hold <= now {
+                    s.released = true;
+                    if !s.down().is_empty() {
+                        self.events.push(Event::Released {
+                            tenants: s.down(),
+                            reason: s.reason(),
+                        });
+                    }
+                }
+            }
+        }
+
+        pub fn dropped(
+            &mut self,
+            now: Instant,
+            policy: &StormPolicy,
+            percent: u32,
+            t: u32,
+            linked: usize,
+            reason: Option<&str>,
+        ) {
+            self.timeout(now, policy);
+            if !on(policy) {
+                return;
+            }
+            let now = self.tick(now);
+            let keep = |last: &mut String| {
+                if let Some(r) = reason {
+                    *last = r.to_string();
+                }
+            };
+            if let Some(s) = self.holding(t) {
+                keep(&mut s.last);
+                return;
+            }
+            // A member of an ended storm whose hold still runs is down (and held) again.
+            if let Some(s) = self
+                .alive()
+                .find(|s| s.ended && !s.released && s.members.contains_key(&t))
+            {
+                s.members.insert(t, true);
+                keep(&mut s.last);
+                return;
+            }
+            if let Some(s) = self.active() {
+                s.members.insert(t, true);
+                keep(&mut s.last);
+                return;
+            }
+            self.window
+                .retain(|_, at| now.saturating_duration_since(*at) <= policy.window);
+            if self.window.is_empty() {
+                self.last.clear();
+            }
+            self.window.entry(t).or_insert(now);
+            keep(&mut self.last);
+            let n = self.window.len();
+            if meets(policy, percent, linked, n) {
+                let s = MStorm {
+                    since: now,
+                    linked: linked.max(n),
+                    window: policy.window,
+                    last: std::mem::take(&mut self.last),
+                    members: self.window.keys().map(|t| (*t, true)).collect(),
+                    frozen: None,
+                    ended: false,
+                    released: false,
+                };
+                self.window.clear();
+                self.events.push(Event::Began {
+                    since: now,
+                    members: n,
+                    linked: s.linked,
+                    reason: s.reason(),
+                });
+                self.storms.push(s);
+            }
+        }
+
+        fn leave_window(&mut self, t: u32) -> bool {
+            let left = self.window.remove(&t).is_some();
+            if self.window.is_empty() {
+                self.last.clear();
+            }
+            left
+        }
+
+        pub fn recovered(&mut self, now: Instant, policy: &StormPolicy, t: u32) {
+            self.timeout(now, policy);
+            if self.leave_window(t) {
+                return;
+            }
+            if let Some(s) = self.holding(t) {
+                s.members.insert(t, false);
+                if !s.ended {
+                    self.check_end(policy);
+                }
+            }
+        }
+
+        pub fn unlinked(&mut self, t: u32) {
+            self.leave_window(t);
+        }
+
+        pub fn removed(&mut self, now: Instant, policy: &StormPolicy, t: u32) {
+            self.timeout(now, policy);
+            if self.leave_window(t) {
+                return;
+            }
+            if let Some(s) = self.alive().find(|s| s.ended && s.members.contains_key(&t)) {
+                s.members.remove(&t);
+                return;
+            }
+            if let Some(s) = self.active() {
+                if s.members.remove(&t).is_some() {
+                    self.check_end(policy);
+                }
+            }
+        }
+
+        fn check_end(&mut self, policy: &StormPolicy) {
+            let Some(s) = self.active() else { return };
+            let (n, down) = (s.n(), s.down().len());
+            if n == 0 || down * 2 < n {
+                let held_until = (!s.released && down > 0).then(|| s.since + policy.hold);
+                let event = Event::Ended {
+                    since: s.since,
+                    members: n,
+                    still_down: down,
+                    held_until,
+                };
+                s.frozen = Some(n);
+                s.ended = true;
+                self.events.push(event);
+            }
+        }
+
+        pub fn held_until(&self, policy: &StormPolicy, t: u32) -> Option<Instant> {
+            self.storms
+                .iter()
+                .filter(|s| s.alive() && !s.released)
+                .find(|s| s.members.get(&t) == Some(&true))
+                .map(|s| s.since + policy.hold)
+        }
+
+        pub fn next_deadline(&self, policy: &StormPolicy) -> Option<Instant> {
+            let alive = self.storms.iter().filter(|s| s.alive());
+            if !on(policy) {
+                return alive.map(|s| s.since).min();
+            }
+            alive
+                .filter(|s| !s.released)
+                .map(|s| s.since + policy.hold)
+                .min()
+        }
+
+        pub fn view(&self, policy: &StormPolicy) -> Option<View<'_>> {
+            let s = self.storms.iter().rev().find(|s| s.alive())?;
+            Some(View {
+                active: !s.ended,
+                since: s.since,
+                hold_until: s.since + policy.hold,
+                released: s.released,
+                members: s.n(),
+                still_down: s.down().len(),
+                linked_at_start: s.linked,
+                last_reason: s.last(),
+                held: self
+                    .storms
+                    .iter()
+                    .filter(|s| s.alive() && !s.released)
+                    .map(|s| s.down().len())
+                    .sum(),
+            })
+        }
+
+        pub fn saved(&self) -> Vec<Saved<u32>> {
+            self.storms
+                .iter()
+                .filter(|s| s.alive() && !s.released && !s.down().is_empty())
+                .map(|s| Saved {
+                    since: s.since,
+                    linked: s.linked,
+                    members: s.n(),
+                    window: s.window,
+                    last_reason: s.last.clone(),
+                    held: s.down(),
+                })
+                .collect()
+        }
+
+        pub fn resume(now: Instant, saved: Vec<Saved<u32>>) -> Self {
+            let mut model = Model {
+                clock: Some(now),
+                ..Model::default()
+            };
+            for s in saved {
+                let n = s.members.max(s.held.len());
+                model.storms.push(MStorm {
+                    since: s.since.min(now),
+                    linked: s.linked.max(n),
+                    window: s.window,
+                    last: s.last_reason,
+                    members: s.held.into_iter().map(|t| (t, true)).collect(),
+                    frozen: Some(n),
+                    ended: true,
+                    released: false,
+                });
+            }
+            model
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum StormOp {
+    Drop(u32, Option<&'static str>),
+    Up(u32),
+    Unlink(u32),
+    Remove(u32),
+    Linked(usize),
+    /// A new policy: (whole percent, min_tenants, window s, hold s).
+    Reload((u32, usize, u64, u64)),
+    Wake,
+    Restart,
+}
+
+const STORM_TENANTS: u32 = 8;
+
+fn storm_policy() -> impl Strategy<Value = (u32, usize, u64, u64)> {
+    (
+        prop::sample::select(vec![0u32, 10, 20, 25, 30, 50, 100]),
+        prop_oneof![1 => 0usize..3, 2 => 3usize..5],
+        // Whole seconds below two minutes: the reason reads "Ns" for all of them.
+        1u64..120,
+        prop_oneof![1 => Just(0u64), 5 => 30u64..600],
+    )
+}
+
+fn to_policy((percent, min_tenants, window, hold): (u32, usize, u64, u64)) -> StormPolicy {
+    StormPolicy {
+        fraction: f64::from(percent) / 100.0,
+        min_tenants,
+        window: Duration::from_secs(window),
+        hold: Duration::from_secs(hold),
+    }
+}
+
+fn storm_op() -> impl Strategy<Value = StormOp> {
+    let tenant = 0..STORM_TENANTS;
+    let reason = prop::sample::select(vec![
+        Some("Connection Closed (code 428)"),
+        Some("Stream Errored (restart required) (code 515)"),
+        Some("Connection Failure (code 503)"),
+        None,
+    ]);
+    prop_oneof![
+        30 => (tenant.clone(), reason).prop_map(|(t, r)| StormOp::Drop(t, r)),
+        30 => tenant.clone().prop_map(StormOp::Up),
+        3 => tenant.clone().prop_map(StormOp::Unlink),
+        3 => tenant.prop_map(StormOp::Remove),
+        4 => (0usize..14).prop_map(StormOp::Linked),
+        2 => storm_policy().prop_map(StormOp::Reload),
+        3 => Just(StormOp::Wake),
+        2 => Just(StormOp::Restart),
+    ]
+}
+
+/// A time step in milliseconds: often within a window, sometimes past a hold.
+fn storm_step() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => Just(0u64),
+        10 => 0u64..20_000,
+        3 => 0u64..200_000,
+        1 => 0u64..1_500_000,
+    ]
+}
+
+static STORMS_BEGUN: AtomicU64 = AtomicU64::new(0);
+static STORMS_RELEASED: AtomicU64 = AtomicU64::new(0);
+static ENDS_STILL_HOLDING: AtomicU64 = AtomicU64::new(0);
+static RESTARTS_HOLDING: AtomicU64 = AtomicU64::new(0);
+
+fn storm_case(
+    policy: (u32, usize, u64, u64),
+    punctual: bool,
+    ops: &[(u64, StormOp)],
+) -> Result<(), TestCaseError> {
+    let (mut percent, mut policy) = (policy.0, to_policy(policy));
+    let mut now = Instant::now();
+    let mut d: Detector<u32> = Detector::new();
+    let mut model = storm_model::Model::default();
+    let mut linked = 10usize;
+    let compare = |d: &mut Detector<u32>,
+                   model: &mut storm_model::Model,
+                   policy: &StormPolicy,
+                   what: &str|
+     -> Result<(), TestCaseError> {
+        let got: Vec<Event<u32>> = std::iter::from_fn(|| d.poll_event()).collect();
+        let want = std::mem::take(&mut model.events);
+        for event in &got {
+            match event {
+                Event::Began { .. } => STORMS_BEGUN.fetch_add(1, Ordering::Relaxed),
+                Event::Released { .. } => STORMS_RELEASED.fetch_add(1, Ordering::Relaxed),
+                Event::Ended {
+                    held_until: Some(_),
+                    ..
+                } => ENDS_STILL_HOLDING.fetch_add(1, Ordering::Relaxed),
+                Event::Ended { .. } => 0,
+            };
+        }
+        prop_assert_eq!(&got, &want, "events after {}", what);
+        prop_assert_eq!(d.view(policy), model.view(policy), "view after {}", what);
+        prop_assert_eq!(
+            d.next_deadline(policy),
+            model.next_deadline(policy),
+            "deadline after {}",
+            what
+        );
+        for t in 0..STORM_TENANTS {
+            prop_assert_eq!(
+                d.held_until(policy, &t),
+                model.held_until(policy, t),
+                "held_until({}) after {}",
+                t,
+                what
+            );
+        }
+        Ok(())
+    };
+    for (step, op) in ops {
+        let target = now + Duration::from_millis(*step);
+        if punctual {
+            // The timer wheel: on_timeout exactly at each deadline on the way.
+            while let Some(due) = d.next_deadline(&policy) {
+                if due > target {
+                    break;
+                }
+                now = now.max(due);
+                d.on_timeout(now, &policy);
+                model.timeout(now, &policy);
+                compare(&mut d, &mut model, &policy, "a deadline")?;
+            }
+        }
+        now = target;
+        match op {
+            StormOp::Drop(t, reason) => {
+                d.dropped(now, &policy, t, linked, *reason);
+                model.dropped(now, &policy, percent, *t, linked, *reason);
+            }
+            StormOp::Up(t) => {
+                d.recovered(now, &policy, t);
+                model.recovered(now, &policy, *t);
+            }
+            StormOp::Unlink(t) => {
+                d.unlinked(t);
+                model.unlinked(*t);
+            }
+            StormOp::Remove(t) => {
+                d.removed(now, &policy, t);
+                model.removed(now, &policy, *t);
+            }
+            StormOp::Linked(n) => linked = *n,
+            StormOp::Reload(new) => {
+                percent = new.0;
+                policy = to_policy(*new);
+                d.on_timeout(now, &policy);
+                model.timeout(now, &policy);
+            }
+            StormOp::Wake => {
+                d.on_timeout(now, &policy);
+                model.timeout(now, &policy);
+            }
+            StormOp::Restart => {
+                // Whatever was decided before is drained first, as the registry would have.
+                compare(&mut d, &mut model, &policy, "before a restart")?;
+                let saved = d.saved();
+                prop_assert_eq!(&saved, &model.saved(), "saved holds");
+                if !saved.is_empty() {
+                    RESTARTS_HOLDING.fetch_add(1, Ordering::Relaxed);
+                }
+                d = Detector::resume(now, saved.clone());
+                model = storm_model::Model::resume(now, saved);
+            }
+        }
+        compare(&mut d, &mut model, &policy, &format!("{op:?}"))?;
+    }
+    // Every hold ends.
+    let end = now + Duration::from_secs(3600);
+    d.on_timeout(end, &policy);
+    model.timeout(end, &policy);
+    compare(&mut d, &mut model, &policy, "the end")?;
+    prop_assert_eq!(model.held_until(&policy, 0), None);
+    Ok(())
+}
+
+#[test]
+fn the_storm_detector_decides_what_the_reference_model_decides() {
+    let config = config(3_000);
+    let cases = u64::from(config.cases);
+    let mut runner = TestRunner::new(config);
+    let strategy = (
+        storm_policy(),
+        any::<bool>(),
+        prop::collection::vec((storm_step(), storm_op()), 1..120),
+    );
+    if let Err(e) = runner.run(&strategy, |(policy, punctual, ops)| {
+        storm_case(policy, punctual, &ops)
+    }) {
+        panic!("{e}");
+    }
+    let counts = [
+        ("storms begun", STORMS_BEGUN.load(Ordering::Relaxed)),
+        ("releases", STORMS_RELEASED.load(Ordering::Relaxed)),
+        (
+            "ends still holding",
+            ENDS_STILL_HOLDING.load(Ordering::Relaxed),
+        ),
+        ("restarts holding", RESTARTS_HOLDING.load(Ordering::Relaxed)),
+    ];
+    eprintln!("{cases} cases: {counts:?}");
+    // The generator must actually reach every rule, not only the empty case.
+    for (what, count) in counts {
+        assert!(count > cases / 40, "only {count} {what}");
+    }
 }

@@ -131,7 +131,10 @@ async fn readiness_flips_when_the_backend_refuses_the_credentials() {
 
     assert_eq!(expect_call(&backend, MINUTE).await.answered, 401);
     eventually(Duration::from_secs(1), "the fault is recorded", || {
-        sidecar.registry().health().credentials_fault.is_some()
+        sidecar
+            .not_ready_reasons()
+            .iter()
+            .any(|r| r.contains("X-INTERNAL-SECRET"))
     })
     .await;
     let (status, body) = get(&sidecar, "/readyz").await;
@@ -149,7 +152,10 @@ async fn readiness_flips_when_the_backend_refuses_the_credentials() {
     backend.set_default(Reply::ok());
     assert_eq!(expect_call(&backend, MINUTE).await.answered, 200);
     eventually(Duration::from_secs(1), "readiness returns", || {
-        sidecar.registry().health().credentials_fault.is_none()
+        !sidecar
+            .not_ready_reasons()
+            .iter()
+            .any(|r| r.contains("X-INTERNAL-SECRET"))
     })
     .await;
     assert_eq!(get(&sidecar, "/readyz").await.0, 200);
@@ -194,9 +200,7 @@ async fn a_reload_adds_and_removes_tenants_without_dropping_unchanged_links() {
     assert_eq!(gateway.accepted("b2"), 1, "b2's link was never dropped");
     assert_eq!(gateway.open_links("b2"), 1);
 
-    let views = sidecar
-        .registry()
-        .views(wa_status_sidecar::registry::Now::read());
+    let views = sidecar.tenants();
     let ids: Vec<&str> = views.iter().map(|v| v.tenant.as_str()).collect();
     assert_eq!(
         ids,

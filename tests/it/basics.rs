@@ -68,7 +68,7 @@ async fn a_restart_required_close_reopened_within_the_grace_makes_no_call() {
     rig.gateway.send("b1", &sim::baileys_open());
 
     expect_no_call(&rig.backend, 10 * MINUTE).await;
-    assert!(sidecar.registry().metrics.flaps_suppressed.get() >= 1);
+    assert!(sidecar.metrics().flaps_suppressed.get() >= 1);
     sidecar.shutdown().await;
 }
 
@@ -98,7 +98,7 @@ async fn a_500_then_200_delivers_the_transition_once_with_the_same_key() {
         );
     }
     expect_no_call(&rig.backend, 30 * MINUTE).await;
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     assert_eq!(metrics.webhook_of("retry"), 2);
     assert_eq!(metrics.webhook_of("delivered"), 1);
     assert_eq!(metrics.owed.get(), 0);
@@ -137,10 +137,18 @@ async fn a_401_marks_a_credentials_fault_until_a_reload_fixes_it() {
     eventually(
         Duration::from_secs(1),
         "the credentials fault is recorded",
-        || sidecar.registry().health().credentials_fault.is_some(),
+        || {
+            sidecar
+                .not_ready_reasons()
+                .iter()
+                .any(|r| r.contains("X-INTERNAL-SECRET"))
+        },
     )
     .await;
-    let fault = sidecar.registry().health().credentials_fault;
+    let fault = sidecar
+        .not_ready_reasons()
+        .into_iter()
+        .find(|r| r.contains("X-INTERNAL-SECRET"));
     let fault = fault.expect("a 401 is a credentials fault");
     assert!(fault.contains("INTERNAL_SHARED_SECRET"), "{fault}");
     assert!(
@@ -176,7 +184,12 @@ async fn a_401_marks_a_credentials_fault_until_a_reload_fixes_it() {
     eventually(
         Duration::from_secs(1),
         "readiness returns after a success",
-        || sidecar.registry().health().credentials_fault.is_none(),
+        || {
+            !sidecar
+                .not_ready_reasons()
+                .iter()
+                .any(|r| r.contains("X-INTERNAL-SECRET"))
+        },
     )
     .await;
     sidecar.shutdown().await;
@@ -191,7 +204,7 @@ async fn a_400_drops_that_delivery_and_counts_it() {
 
     assert_eq!(expect_call(&rig.backend, MINUTE).await.answered, 400);
     expect_no_call(&rig.backend, 30 * MINUTE).await;
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     assert_eq!(metrics.webhook_of("refused"), 1);
     assert_eq!(metrics.owed.get(), 0);
     sidecar.shutdown().await;
@@ -292,7 +305,7 @@ async fn a_half_open_link_is_replaced_within_the_idle_timeout() {
         replaced_after <= Duration::from_secs(45) + Duration::from_secs(1),
         "replaced after {replaced_after:?}"
     );
-    assert!(sidecar.registry().metrics.reconnects.get() >= 1);
+    assert!(sidecar.metrics().reconnects.get() >= 1);
     sidecar.shutdown().await;
 }
 
@@ -312,7 +325,7 @@ async fn an_oversize_frame_closes_only_that_link() {
     rig.gateway.send("b1", &huge);
     rig.gateway.wait_accepted("b1", 2).await;
     assert_eq!(rig.gateway.accepted("b2"), 1, "the other link is untouched");
-    assert_eq!(sidecar.registry().metrics.frames_oversize.get(), 1);
+    assert_eq!(sidecar.metrics().frames_oversize.get(), 1);
     sidecar.shutdown().await;
 }
 
@@ -339,7 +352,7 @@ async fn garbage_from_the_gateway_changes_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.gateway.send("b1", &sim::baileys_open());
     expect_no_call(&rig.backend, 10 * MINUTE).await;
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     assert!(metrics.frames_of("not_json") >= 2);
     assert_eq!(metrics.frames_of("binary"), 1);
     assert_eq!(
@@ -360,20 +373,14 @@ async fn a_flap_penalty_is_journalled_at_once_and_survives_a_restart() {
     // One drop healed within the grace: no call, but a flap.
     rig.gateway
         .send("b1", &sim::baileys_close(428, "Connection Closed"));
-    let now = wa_status_sidecar::registry::Now::read;
     eventually(Duration::from_secs(1), "the flap is seen", || {
-        sidecar
-            .registry()
-            .tenant_view("b1", now())
-            .unwrap()
-            .flap_penalty
-            > 900.0
+        sidecar.tenant("b1").unwrap().flap_penalty > 900.0
     })
     .await;
     rig.gateway.send("b1", &sim::baileys_open());
 
     // Durable before any compaction: the journal's last line for b1 carries the penalty.
-    let journal = std::fs::read_to_string(rig.dir.path().join("journal.jsonl")).unwrap();
+    let journal = crate::common::journal_text(rig.dir.path());
     let last: serde_json::Value = journal
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -385,11 +392,7 @@ async fn a_flap_penalty_is_journalled_at_once_and_survives_a_restart() {
     expect_no_call(&rig.backend, MINUTE).await;
     sidecar.shutdown().await;
     let sidecar = rig.start(&["b1"]).await;
-    let restored = sidecar
-        .registry()
-        .tenant_view("b1", now())
-        .unwrap()
-        .flap_penalty;
+    let restored = sidecar.tenant("b1").unwrap().flap_penalty;
     assert!(
         restored > 800.0,
         "the penalty survives a restart: {restored}"

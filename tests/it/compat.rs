@@ -207,11 +207,15 @@ async fn events_for_unconfigured_tenants_are_ignored_and_counted() {
     );
     expect_no_call(&rig.backend, 10 * MINUTE).await;
 
-    let metrics = &rig.sidecar.registry().metrics;
+    let metrics = rig.sidecar.metrics();
     assert_eq!(metrics.frames_unknown_tenant.get(), 3);
     assert_eq!(metrics.frames_of("unknown_shape"), 1);
     assert_eq!(
-        rig.sidecar.registry().len(),
+        rig.sidecar
+            .tenants()
+            .iter()
+            .filter(|v| v.configured)
+            .count(),
         TENANTS.len(),
         "no tenant added"
     );
@@ -245,7 +249,7 @@ async fn a_shared_link_drop_healed_within_the_grace_makes_no_call() {
     rig.gateway.drop_all();
     rig.gateway.wait_accepted(sim::SHARED, 3).await;
     expect_no_call(&rig.backend, 10 * MINUTE).await;
-    let metrics = &rig.sidecar.registry().metrics;
+    let metrics = rig.sidecar.metrics();
     assert!(metrics.reconnects.get() >= 2);
     assert_eq!(metrics.links_of("up"), TENANTS.len() as i64);
     rig.sidecar.shutdown().await;
@@ -385,9 +389,7 @@ async fn per_tenant_links_learn_the_state_from_the_state_url_after_each_connect(
     );
     expect_no_call(&backend, 10 * MINUTE).await;
     assert!(states.fetched("b2") >= 1);
-    let b2 = sidecar
-        .registry()
-        .tenant_view("b2", wa_status_sidecar::registry::Now::read());
+    let b2 = sidecar.tenant("b2");
     assert_eq!(b2.unwrap().stable, None);
 
     // Frames on the link still count: b2's session opens.

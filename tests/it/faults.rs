@@ -16,9 +16,8 @@ use crate::common::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use wa_status_sidecar::admin::not_ready_reasons;
 use wa_status_sidecar::debounce::Status;
-use wa_status_sidecar::registry::{Now, TenantView};
+use wa_status_sidecar::registry::TenantView;
 use wa_status_sidecar::sim::{self, Call, Reply, SimBackend};
 use wa_status_sidecar::Sidecar;
 
@@ -27,8 +26,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 fn view(sidecar: &Sidecar, tenant: &str) -> TenantView {
     sidecar
-        .registry()
-        .tenant_view(tenant, Now::read())
+        .tenant(tenant)
         .unwrap_or_else(|| panic!("tenant {tenant} is in the registry"))
 }
 
@@ -77,7 +75,7 @@ async fn backend_down_at_a_transition_gets_it_once_when_back_30s_later() {
     );
     assert_eq!(key(&call), owed.idempotency_key);
     expect_no_call(&rig.backend, 30 * MINUTE).await;
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     assert!(metrics.webhook_of("retry") >= 1);
     assert_eq!(metrics.owed.get(), 0);
     assert_eq!(
@@ -111,7 +109,7 @@ async fn a_backend_slower_than_the_timeout_is_retried_with_the_same_key() {
         first.header("x-status-changed-at")
     );
     expect_no_call(&rig.backend, 30 * MINUTE).await;
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     assert_eq!(metrics.webhook_of("retry"), 1);
     assert_eq!(metrics.webhook_of("delivered"), 1);
     assert_eq!(metrics.owed.get(), 0);
@@ -141,7 +139,7 @@ async fn five_minutes_of_500s_end_in_one_delivery_with_one_key() {
         assert_eq!(key(call), key(&first));
     }
     expect_no_call(&rig.backend, 30 * MINUTE).await;
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     assert_eq!(metrics.webhook_of("delivered"), 1);
     assert_eq!(metrics.webhook_of("retry") as usize, failing.len() + 1);
     assert_eq!(metrics.owed.get(), 0);
@@ -176,7 +174,7 @@ async fn retry_after_is_honoured_every_time_and_capped_at_five_minutes() {
         previous = call;
     }
     expect_no_call(&rig.backend, 30 * MINUTE).await;
-    assert_eq!(sidecar.registry().metrics.owed.get(), 0);
+    assert_eq!(sidecar.metrics().owed.get(), 0);
     sidecar.shutdown().await;
 }
 
@@ -193,14 +191,14 @@ async fn a_400_drops_only_that_delivery_and_the_next_transition_still_goes() {
     assert!(v.owed.is_none() && v.reported.is_none(), "{v:?}");
     assert!(v.last_error.unwrap().contains("400"));
     // Readiness is not affected by a refused payload.
-    assert!(not_ready_reasons(sidecar.registry(), Now::read()).is_empty());
+    assert!(sidecar.not_ready_reasons().is_empty());
 
     rig.gateway
         .send("b1", &sim::baileys_close(401, "Connection Failure"));
     let call = expect_call(&rig.backend, MINUTE).await;
     assert_eq!((call.status.as_str(), call.answered), ("disconnected", 200));
     expect_no_call(&rig.backend, 10 * MINUTE).await;
-    assert_eq!(sidecar.registry().metrics.webhook_of("refused"), 1);
+    assert_eq!(sidecar.metrics().webhook_of("refused"), 1);
     sidecar.shutdown().await;
 }
 
@@ -259,7 +257,7 @@ async fn transitions_while_the_backend_is_down_deliver_only_the_newest_state() {
         )]
     );
     assert_eq!(key(&calls[0]), second_key);
-    assert_eq!(sidecar.registry().metrics.owed.get(), 0);
+    assert_eq!(sidecar.metrics().owed.get(), 0);
     sidecar.shutdown().await;
 }
 
@@ -312,7 +310,7 @@ async fn a_shutdown_during_an_in_flight_call_still_gives_the_delivery_one_more_t
     let first = expect_call(&rig.backend, MINUTE).await;
     tokio::time::sleep(SECOND).await;
     assert!(view(&sidecar, "b1").delivery_in_flight);
-    let registry = sidecar.registry().clone();
+    let owed_gauge = sidecar.metrics().owed.clone();
     sidecar.shutdown().await;
 
     // SPEC 5: on SIGTERM each owed delivery gets one more try within 10 s. The call in flight
@@ -322,7 +320,7 @@ async fn a_shutdown_during_an_in_flight_call_still_gives_the_delivery_one_more_t
         .try_next_call()
         .expect("one more try after the in-flight call failed");
     assert_eq!((second.answered, key(&second)), (200, key(&first)));
-    assert_eq!(registry.metrics.owed.get(), 0);
+    assert_eq!(owed_gauge.get(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -525,7 +523,7 @@ async fn a_gateway_refusing_for_minutes_is_retried_within_the_cap_and_spread() {
         crowd <= tenants.len() / 2,
         "{crowd} attempts in one 250 ms window"
     );
-    assert!(sidecar.registry().metrics.reconnects.get() as usize >= attempts.len() - tenants.len());
+    assert!(sidecar.metrics().reconnects.get() as usize >= attempts.len() - tenants.len());
     sidecar.shutdown().await;
 }
 
@@ -537,7 +535,7 @@ async fn a_gateway_refusing_for_four_minutes_then_back_makes_no_call() {
     rig.gateway.set_refusing(true);
     rig.gateway.drop_all();
     tokio::time::sleep(4 * MINUTE).await;
-    assert!(!sidecar.registry().any_link_up());
+    assert!(!sidecar.tenants().iter().any(|v| v.link == "up"));
     rig.gateway.set_refusing(false);
     let back = Instant::now();
     rig.gateway.wait_accepted("b1", 2).await;
@@ -611,7 +609,7 @@ async fn bad_frames_over_the_wire_change_nothing_and_are_counted() {
         (r#"{"event":"session.status","session":"b1"}"#, "no_state"),
         (r#"{"event":"connection.update","data":{}}"#, "no_state"),
     ];
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     let kinds = [
         "binary",
         "not_json",
@@ -670,7 +668,7 @@ async fn bad_frames_over_the_wire_change_nothing_and_are_counted() {
     assert_eq!(rig.gateway.accepted("b2"), 1, "the other link is untouched");
     assert_eq!(metrics.frames_oversize.get(), 1);
     expect_no_call(&rig.backend, 10 * MINUTE).await;
-    assert!(not_ready_reasons(sidecar.registry(), Now::read()).is_empty());
+    assert!(sidecar.not_ready_reasons().is_empty());
     sidecar.shutdown().await;
 }
 
@@ -716,7 +714,7 @@ async fn unknown_tenants_on_the_shared_link_are_ignored_and_counted() {
     rig.gateway.send(sim::SHARED, &waha("b1", "WORKING"));
     assert_eq!(expect_call(&rig.backend, MINUTE).await.tenant_id, "b1");
 
-    let metrics = &sidecar.registry().metrics;
+    let metrics = sidecar.metrics();
     let intruders = [
         waha("intruder", "FAILED"),
         waha("B1", "STOPPED"),
@@ -740,7 +738,11 @@ async fn unknown_tenants_on_the_shared_link_are_ignored_and_counted() {
         intruders.len()
     );
     expect_no_call(&rig.backend, 10 * MINUTE).await;
-    assert_eq!(sidecar.registry().len(), 1, "no tenant was added");
+    assert_eq!(
+        sidecar.tenants().iter().filter(|v| v.configured).count(),
+        1,
+        "no tenant was added"
+    );
     assert_eq!(view(&sidecar, "b1").stable, Some(Status::Connected));
     sidecar.shutdown().await;
 }
@@ -782,7 +784,7 @@ async fn a_corrupt_state_file_is_set_aside_and_the_sidecar_starts() {
     let call = expect_call(&rig.backend, MINUTE).await;
     assert_eq!(call.status, "connected");
     expect_no_call(&rig.backend, 10 * MINUTE).await;
-    assert!(not_ready_reasons(sidecar.registry(), Now::read()).is_empty());
+    assert!(sidecar.not_ready_reasons().is_empty());
     sidecar.shutdown().await;
 
     // The file written by that run is good again: a restart sends nothing.
@@ -846,15 +848,19 @@ async fn an_unwritable_state_dir_makes_the_sidecar_unready_but_it_keeps_deliveri
     let sidecar = rig.start(&["b1"]).await;
 
     eventually(5 * SECOND, "the store error reaches readiness", || {
-        sidecar.registry().health().store_error.is_some()
+        sidecar
+            .not_ready_reasons()
+            .iter()
+            .any(|r| r.contains("state directory"))
     })
     .await;
-    let reasons = not_ready_reasons(sidecar.registry(), Now::read());
+    let reasons = sidecar.not_ready_reasons();
     assert!(
         reasons.iter().any(|r| r.contains("state.json.tmp")),
         "{reasons:?}"
     );
-    assert!(sidecar.registry().metrics.store_errors.get() >= 1);
+    let metrics = sidecar.metrics_text();
+    assert!(metrics.contains("wa_sidecar_store_degraded 1"), "{metrics}");
 
     // Serving from memory: transitions are still decided and delivered.
     assert_eq!(expect_call(&rig.backend, MINUTE).await.status, "connected");
@@ -864,12 +870,21 @@ async fn an_unwritable_state_dir_makes_the_sidecar_unready_but_it_keeps_deliveri
         "disconnected"
     );
 
-    // The operator fixes the disk: the next compaction writes everything from memory.
+    // The operator fixes the disk and reloads: the compaction is retried at once and writes
+    // everything from memory. (Without a reload the writer retries every second of real time
+    // by itself: `process::a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_memory`.)
     std::fs::remove_dir_all(&blocker).unwrap();
-    eventually(5 * SECOND, "readiness returns", || {
-        not_ready_reasons(sidecar.registry(), Now::read()).is_empty()
-    })
-    .await;
+    let same = config(
+        "per-tenant",
+        &rig.gateway.url_template(),
+        &rig.backend,
+        rig.dir.path(),
+        &["b1"],
+        DEFAULT_DEBOUNCE,
+    );
+    sidecar.reload(same).unwrap();
+    sidecar.settle_state().await;
+    assert_eq!(sidecar.not_ready_reasons(), Vec::<String>::new());
     sidecar.shutdown().await;
 
     // Nothing was lost: a restart knows the backend has `disconnected` and sends nothing.

@@ -15,4 +15,6 @@ mod common;
 mod compat;
 mod faults;
 mod process;
+mod storm;
 mod systemd;
+mod trust;

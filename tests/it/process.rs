@@ -300,6 +300,98 @@ format = "xml"
     assert!(!String::from_utf8_lossy(&output.stdout).contains(SECRET));
 }
 
+/// SPEC section 5 [rev 12]: nothing in a config file can panic the process. A duration that
+/// overflows every arithmetic on it is a problem with exit 2, not a panic (exit 101).
+#[test]
+fn check_refuses_an_absurd_duration_with_exit_2_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absurd.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nurl = \"ws://127.0.0.1:1/ws/{tenant}\"\nping_interval = \"400000000000y\"\n\
+         [backend]\nurl = \"http://127.0.0.1:2\"\n[tenants]\nids = [\"b1\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("INTERNAL_SHARED_SECRET", SECRET)
+        .env_remove("BACKEND_INTERNAL_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\n  - gateway.ping_interval: ") && stderr.contains("30 days"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `check` shows every rev 12 setting with each credential redacted: the token from a file, a
+/// header from the environment, the signing secrets, a URL's password and query key.
+#[test]
+fn check_summarises_the_credentials_without_showing_any() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    private("token", "token-file-61\n");
+    private(
+        "signing",
+        "# current\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+    );
+    private(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
+    );
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nurl = \"wss://127.0.0.1:1/ws/{tenant}?apikey=query-key-62\"\n\
+         token_file = \"token\"\nca_file = \"ca.pem\"\n[gateway.headers_env]\nX-Api-Key = \"API_KEY\"\n\
+         [backend]\nurl = \"https://user:url-pass-63@127.0.0.1:2\"\nsigning_secret_file = \"signing\"\n\
+         [debounce]\nstorm_fraction = 0.3\n[tenants]\nids = [\"b1\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("INTERNAL_SHARED_SECRET", SECRET)
+        .env("API_KEY", "env-header-64")
+        .env_remove("BACKEND_INTERNAL_URL")
+        .env_remove("WEBHOOK_SIGNING_SECRET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    for shown in [
+        "token                   <redacted> (from gateway.token_file",
+        "headers                 X-Api-Key: <redacted> (from env API_KEY)",
+        "signing_secrets         1 secret(s) <redacted> (from backend.signing_secret_file",
+        "apikey=<redacted>",
+        "https://user:<redacted>@127.0.0.1:2/",
+        "ca_file                 /",
+        "storm_fraction          0.3",
+    ] {
+        assert!(stdout.contains(shown), "{shown} not in:\n{stdout}");
+    }
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for secret in [
+        SECRET,
+        "token-file-61",
+        "MfKQ9r8G",
+        "query-key-62",
+        "url-pass-63",
+        "env-header-64",
+    ] {
+        assert!(!all.contains(secret), "{secret} shown:\n{all}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_memory() {
     use std::os::unix::process::CommandExt;

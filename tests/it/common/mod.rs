@@ -415,3 +415,25 @@ pub fn evolution(tenant: &str, state: &str, status_reason: u16) -> String {
     })
     .to_string()
 }
+
+/// Every journal line in a state directory, oldest journal first.
+pub fn journal_text(dir: &Path) -> String {
+    let mut journals: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let gen = name
+                .strip_prefix("journal-")?
+                .strip_suffix(".jsonl")?
+                .parse()
+                .ok()?;
+            Some((gen, e.path()))
+        })
+        .collect();
+    journals.sort();
+    journals
+        .into_iter()
+        .map(|(_, p)| std::fs::read_to_string(p).unwrap())
+        .collect()
+}

@@ -1,0 +1,848 @@
+//! The sidecar's configuration: the TOML file (SPEC section 5), its environment overrides, and
+//! the validation that turns both into a typed [`Config`].
+//!
+//! Loading has three steps, so that one run lists every problem (unknown keys, wrong types, bad
+//! values, missing keys), each with its key path, and the operator fixes them all in one go
+//! (`wa-status-sidecar check`):
+//! 1. [`raw`]: the text is parsed into a `toml::Table`; keys the serde types do not take are
+//!    reported with "did you mean" hints and set aside; the rest is deserialized into the raw
+//!    serde types, whose fields never fail on their own (a value of the wrong type is kept
+//!    for step 2 to report), so one bad key never hides another.
+//! 2. [`check`]: one validation pass over the typed value: types, bounds (SPEC section 5
+//!    [rev 12]), cross-key rules, files and environment, every problem collected.
+//! 3. The typed [`Config`], built only when nothing was found.
+//!
+//! Environment, read through [`Env`] so tests never touch the process environment:
+//! - `BACKEND_INTERNAL_URL` overrides `backend.url`.
+//! - The backend's shared secret comes from `INTERNAL_SHARED_SECRET`, else the file named by
+//!   `backend.secret_file`, else `$CREDENTIALS_DIRECTORY/internal-secret` (systemd
+//!   `LoadCredential=`). It is never written in the config file itself.
+//! - `WEBHOOK_SIGNING_SECRET` (Standard Webhooks signing secrets) overrides
+//!   `backend.signing_secret_file`.
+//! - `STATE_DIRECTORY` (systemd `StateDirectory=`) is the default of `state.dir`.
+//! - `gateway.token_env` and `[gateway.headers_env]` name the variables that hold gateway
+//!   credentials.
+//!
+//! An empty (or all-blank) variable counts as unset: container tooling often sets `VAR=` for
+//! "not given". Relative paths in the file (`tenants.file`, the secret, token and CA files,
+//! `state.dir`) resolve against the directory of the config file, so a config behaves the same
+//! whatever the working directory of the process.
+//!
+//! Credentials never reach `Debug`, [`Config::summary`] or a problem message: secrets and header
+//! values are shown as `<redacted>`, and every URL goes through [`redact_url`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use url::Url;
+
+use crate::debounce::Policy;
+use crate::storm::StormPolicy;
+
+mod check;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+/// Env var that overrides `backend.url`: one config file can then serve several deployments.
+pub const ENV_BACKEND_URL: &str = "BACKEND_INTERNAL_URL";
+/// Env var holding the backend's shared secret (first of the three places a secret may come from).
+pub const ENV_SHARED_SECRET: &str = "INTERNAL_SHARED_SECRET";
+/// Env var holding the webhook signing secrets (whitespace-separated); beats `signing_secret_file`.
+pub const ENV_SIGNING_SECRET: &str = "WEBHOOK_SIGNING_SECRET";
+/// Set by systemd for a unit with `LoadCredential=`; the secret is then the file [`CREDENTIAL_NAME`] in it.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+/// Name of the systemd credential holding the shared secret (`LoadCredential=internal-secret:/path`).
+pub const CREDENTIAL_NAME: &str = "internal-secret";
+/// Set by systemd for a unit with `StateDirectory=`; the default of `state.dir` when present.
+pub const ENV_STATE_DIRECTORY: &str = "STATE_DIRECTORY";
+
+/// One link per session is how Baileys gateways are usually built.
+pub const DEFAULT_GATEWAY_MODE: GatewayMode = GatewayMode::PerTenant;
+/// Well under the 60 s idle cut-off of common proxies and load balancers in front of a gateway.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Two pings plus slack: tolerates one lost pong, still catches a half-open link within a minute.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// 1 MiB: status frames are a few KiB; anything bigger is a bug or an attack, not a status.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
+/// Smallest frame limit accepted: a Baileys close frame with its Boom error is already ~0.5 KiB.
+pub const MIN_MAX_FRAME_SIZE: usize = 1024;
+/// Largest frame limit accepted (SPEC section 5 [rev 12]): a frame is held whole in memory.
+pub const MAX_MAX_FRAME_SIZE: usize = 16 << 20;
+/// Brings 10,000 links up within seconds without a thundering herd of TLS handshakes on the gateway.
+pub const DEFAULT_HANDSHAKE_CONCURRENCY: usize = 64;
+/// Most handshakes at once accepted (SPEC section 5 [rev 12]): each holds a socket and buffers.
+pub const MAX_HANDSHAKE_CONCURRENCY: usize = 4096;
+/// The backend's existing route (SPEC section 2).
+pub const DEFAULT_BACKEND_PATH: &str = "/api/internal/whatsapp/status-webhook";
+/// SPEC section 2: a webhook call slower than this counts as failed and is retried.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// SPEC section 2: a backend that cannot accept a connection within 5 s is down; retry later.
+pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// SPEC section 2: bounds the load a recovering fleet puts on the backend.
+pub const DEFAULT_BACKEND_MAX_IN_FLIGHT: usize = 16;
+/// Most webhook requests in flight accepted (SPEC section 5 [rev 12]).
+pub const MAX_BACKEND_MAX_IN_FLIGHT: usize = 1024;
+/// Largest `storm_min_tenants` accepted: far above any fleet one process can hold.
+pub const MAX_STORM_MIN_TENANTS: usize = 1_000_000;
+/// Longest duration accepted anywhere in the file (SPEC section 5 [rev 12]): 30 days. Longer
+/// values are mistakes, and unbounded ones overflow the arithmetic done on them.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// The FHS place for a daemon's state, used when systemd provides no `STATE_DIRECTORY`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/wa-status-sidecar";
+/// Loopback only, since the admin API lists tenant ids; 9464 is in the range of Prometheus exporters.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+/// Text reads best on a terminal and in journald; JSON is opt-in for log shippers.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// Longest tenant id accepted: real ids are short, and the bound keeps log lines and state small.
+pub const MAX_TENANT_ID_LEN: usize = 128;
+/// Largest file read for the config (the config itself, tenants, secrets, CAs): a mistaken
+/// `/dev/zero` or a log file must give a problem, not exhaust memory.
+const MAX_FILE_BYTES: u64 = 16 << 20;
+/// How many tenant ids [`Config::summary`] lists before it only counts them.
+const SUMMARY_TENANTS_SHOWN: usize = 10;
+/// What a template's `{tenant}` is replaced by.
+const TENANT_PLACEHOLDER: &str = "{tenant}";
+/// RFC 3986 unreserved characters stay; everything else in a tenant id is percent-encoded, so the
+/// result is safe in a path segment, a query value or a host label alike.
+const TENANT_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The validated configuration. Built only by [`Config::load`] / [`Config::from_toml_str`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub backend: BackendConfig,
+    pub debounce: Policy,
+    /// The mass-outage hold (`[debounce] storm_*`, SPEC section 4 [rev 12]).
+    pub storm: StormPolicy,
+    pub tenants: TenantsConfig,
+    pub state: StateConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    /// Things that are allowed but probably not what the operator wants (e.g. no tenants yet).
+    /// Logged at startup and shown by `check`.
+    pub warnings: Vec<String>,
+}
+
+/// `[log]`: how log lines are written. The level comes from `RUST_LOG` (default info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// How the gateway exposes sessions (SPEC section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayMode {
+    /// One WebSocket per tenant, its URL made from the `gateway.url` template.
+    PerTenant,
+    /// One WebSocket carrying the events of every tenant; the tenant comes from each event.
+    Shared,
+}
+
+impl GatewayMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayMode::PerTenant => "per-tenant",
+            GatewayMode::Shared => "shared",
+        }
+    }
+}
+
+/// `[gateway]`: where the session events come from. `Debug` redacts credentials and URLs.
+#[derive(Clone, PartialEq)]
+pub struct GatewayConfig {
+    pub mode: GatewayMode,
+    /// `ws://` or `wss://` URL; in per-tenant mode a template where `{tenant}` is replaced by the
+    /// percent-encoded tenant id. Use [`Config::gateway_url`] rather than reading this directly.
+    pub url: String,
+    /// Optional `http(s)://` template fetched (GET, JSON) after every (re)connect to learn the
+    /// session's current state. Use [`Config::state_url`].
+    pub state_url: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` when present (see [`GatewayConfig::request_headers`]).
+    pub token: Option<Secret>,
+    /// The env var the token was read from (`gateway.token_env`).
+    pub token_env: Option<String>,
+    /// The file the token was read from (`gateway.token_file`, resolved path).
+    pub token_file: Option<PathBuf>,
+    /// Extra request headers from `[gateway.headers]` and `[gateway.headers_env]`, validated once
+    /// at load; every value is marked sensitive. The token is not among them.
+    pub headers: Headers,
+    /// A PEM file with the private CA(s) trusted for `wss://` and an `https://` state_url, on top
+    /// of the system roots. Checked at load to hold a certificate; the clients load it.
+    pub ca_file: Option<PathBuf>,
+    pub ping_interval: Duration,
+    /// No frame of any kind for this long means the link is dead (half-open). Exceeds `ping_interval`.
+    pub idle_timeout: Duration,
+    /// Largest accepted frame in bytes; a bigger one closes that link (1009) and it reconnects.
+    pub max_frame_size: usize,
+    /// Most WebSocket handshakes in progress at once, so thousands of links start spread out.
+    pub handshake_concurrency: usize,
+}
+
+impl GatewayConfig {
+    /// The headers of every gateway request (the WebSocket handshake and the `state_url` GET):
+    /// `Authorization: Bearer <token>` when a token is configured, then [`GatewayConfig::headers`].
+    pub fn request_headers(&self) -> HeaderMap {
+        let mut headers = self.headers.map.clone();
+        // The token was checked to be visible ASCII at load, so the value always builds.
+        if let Some(Ok(mut value)) = (self.token.as_ref())
+            .map(|token| HeaderValue::try_from(format!("Bearer {}", token.expose())))
+        {
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        headers
+    }
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("mode", &self.mode)
+            .field("url", &redact_url(&self.url))
+            .field("state_url", &self.state_url.as_deref().map(redact_url))
+            .field("token", &self.token)
+            .field("token_env", &self.token_env)
+            .field("token_file", &self.token_file)
+            .field("headers", &self.headers)
+            .field("ca_file", &self.ca_file)
+            .field("ping_interval", &self.ping_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("handshake_concurrency", &self.handshake_concurrency)
+            .finish()
+    }
+}
+
+/// Extra gateway request headers, names and values validated once at load, every value marked
+/// sensitive (it may be a credential such as WAHA's `X-Api-Key`). Derefs to the `HeaderMap`;
+/// `Debug` and [`Headers::shown`] give names only.
+#[derive(Clone, Default, PartialEq)]
+pub struct Headers {
+    map: HeaderMap,
+    /// Each header's name as written, and the env var its value came from, if it did.
+    sources: Vec<(String, Option<String>)>,
+}
+
+impl Headers {
+    /// `Name: <redacted>` for each header, with the env var it came from, for display.
+    pub fn shown(&self) -> Vec<String> {
+        (self.sources.iter())
+            .map(|(name, var)| match var {
+                Some(var) => format!("{name}: <redacted> (from env {var})"),
+                None => format!("{name}: <redacted>"),
+            })
+            .collect()
+    }
+}
+
+impl std::ops::Deref for Headers {
+    type Target = HeaderMap;
+    fn deref(&self) -> &HeaderMap {
+        &self.map
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.shown()).finish()
+    }
+}
+
+/// Compares with header pairs as written (names ignore case), so tests read naturally.
+impl<const N: usize> PartialEq<[(String, String); N]> for Headers {
+    fn eq(&self, pairs: &[(String, String); N]) -> bool {
+        self.map.len() == N
+            && pairs.iter().all(|(name, value)| {
+                self.map.get(name.as_str()).map(HeaderValue::as_bytes) == Some(value.as_bytes())
+            })
+    }
+}
+
+/// `[backend]`: the webhook that receives transitions (SPEC section 2). `Debug` redacts.
+#[derive(Clone, PartialEq)]
+pub struct BackendConfig {
+    /// Base URL (`http(s)://host[:port][/prefix]`), from env `BACKEND_INTERNAL_URL` or the file.
+    pub url: Url,
+    /// Path appended to `url`; starts with `/`.
+    pub path: String,
+    /// Sent as `X-INTERNAL-SECRET`.
+    pub secret: Secret,
+    /// Where `secret` was found, so `check` and the logs can say so without showing it.
+    pub secret_source: SecretSource,
+    /// Standard Webhooks signing secrets: every request carries one signature per secret (so a
+    /// secret can be rotated). Empty: requests are not signed.
+    pub signing_secrets: Vec<SigningSecret>,
+    /// Where `signing_secrets` came from; `None` when there are none.
+    pub signing_source: Option<SigningSource>,
+    /// A PEM file with the private CA(s) trusted for an `https://` backend, on top of the
+    /// system roots. Checked at load to hold a certificate; the webhook client loads it.
+    pub ca_file: Option<PathBuf>,
+    /// `backend.allow_plain_http`: an `http://` URL to a host that is not loopback was allowed
+    /// explicitly (a warning says so). Otherwise such a URL is refused.
+    pub allow_plain_http: bool,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Global cap on webhook requests in flight.
+    pub max_in_flight: usize,
+}
+
+impl fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("url", &redact_url(self.url.as_str()))
+            .field("path", &self.path)
+            .field("secret", &self.secret)
+            .field("secret_source", &self.secret_source)
+            .field("signing_secrets", &self.signing_secrets)
+            .field("signing_source", &self.signing_source)
+            .field("ca_file", &self.ca_file)
+            .field("allow_plain_http", &self.allow_plain_http)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+/// Where the backend's shared secret was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// Env var `INTERNAL_SHARED_SECRET`.
+    Env,
+    /// The file named by `backend.secret_file` (resolved path).
+    File(PathBuf),
+    /// The systemd credential `$CREDENTIALS_DIRECTORY/internal-secret` (resolved path).
+    Credential(PathBuf),
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env => f.write_str(ENV_SHARED_SECRET),
+            SecretSource::File(path) => write!(f, "backend.secret_file {}", path.display()),
+            SecretSource::Credential(path) => {
+                write!(f, "systemd credential {}", path.display())
+            }
+        }
+    }
+}
+
+/// Where the webhook signing secrets were found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningSource {
+    /// Env var `WEBHOOK_SIGNING_SECRET`.
+    Env,
+    /// The file named by `backend.signing_secret_file` (resolved path).
+    File(PathBuf),
+}
+
+impl fmt::Display for SigningSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SigningSource::Env => write!(f, "env {ENV_SIGNING_SECRET}"),
+            SigningSource::File(path) => {
+                write!(f, "backend.signing_secret_file {}", path.display())
+            }
+        }
+    }
+}
+
+/// `[tenants]`: the businesses whose sessions are watched. `Debug` redacts the override URLs.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct TenantsConfig {
+    /// `tenants.ids` then the ids of `tenants.file`, duplicates removed, first occurrence kept.
+    pub ids: Vec<String>,
+    /// The tenants file (resolved path), re-read on every reload.
+    pub file: Option<PathBuf>,
+    /// Per-tenant gateway URL overrides (per-tenant mode); every key is a configured tenant.
+    pub urls: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for TenantsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: BTreeMap<&str, String> = (self.urls.iter())
+            .map(|(t, url)| (t.as_str(), redact_url(url)))
+            .collect();
+        f.debug_struct("TenantsConfig")
+            .field("ids", &self.ids)
+            .field("file", &self.file)
+            .field("urls", &urls)
+            .finish()
+    }
+}
+
+/// `[state]`: where delivered and owed transitions are persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+/// `[admin]`: the HTTP endpoint for health, metrics and tenant status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// A secret string (the backend's shared secret, a gateway token). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One Standard Webhooks signing secret: the HMAC-SHA256 key, i.e. the base64-decoded bytes after
+/// `whsec_`. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningSecret(Vec<u8>);
+
+impl SigningSecret {
+    /// Parses a secret as Standard Webhooks writes it: `whsec_` then base64. The error never
+    /// echoes the text.
+    pub fn parse(text: &str) -> Result<SigningSecret, String> {
+        const WRITE: &str = "write `whsec_` followed by the base64 key, as Standard Webhooks does";
+        let Some(encoded) = text.strip_prefix("whsec_") else {
+            return Err(format!(
+                "not a Standard Webhooks secret (no `whsec_` prefix); {WRITE}"
+            ));
+        };
+        match base64::engine::general_purpose::STANDARD.decode(encoded) {
+            Ok(key) if !key.is_empty() => Ok(SigningSecret(key)),
+            _ => Err(format!(
+                "the key after `whsec_` is not valid non-empty base64; {WRITE}"
+            )),
+        }
+    }
+
+    /// The HMAC key bytes.
+    pub fn key(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret(<redacted>)")
+    }
+}
+
+/// Environment lookups are injected so tests do not touch the process environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment. A variable that is not valid Unicode counts as unset.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// A fixed environment, e.g. for tests and the demo.
+impl<S: std::hash::BuildHasher> Env for HashMap<String, String, S> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A fixed environment written inline: `&[("INTERNAL_SHARED_SECRET", "s3cret")]`.
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| (*value).to_string())
+    }
+}
+
+/// One thing wrong with the config, at a key path such as `gateway.url` or `tenants.ids[2]`.
+/// The path is empty for a problem with the file as a whole (unreadable, not TOML).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    /// What is wrong and how to fix it. Control characters are escaped, so an id or value
+    /// echoed from the file cannot corrupt the terminal or the log.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            message: escape_controls(&message.into(), ""),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render_error(.source_name, .problems))]
+pub struct ConfigError {
+    /// The config file's path (or `<inline config>` for [`Config::from_toml_str`]).
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+fn render_error(source_name: &str, problems: &[Problem]) -> String {
+    let noun = if problems.len() == 1 {
+        "problem"
+    } else {
+        "problems"
+    };
+    let mut out = format!("{source_name}: {} {noun}:", problems.len());
+    for problem in problems {
+        out.push_str("\n  - ");
+        out.push_str(&problem.to_string());
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`. Relative paths inside it resolve against
+    /// the file's directory.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let source_name = path.display().to_string();
+        let text = read_file(path).map_err(|err| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![Problem::new(
+                "",
+                format!("cannot read the config file: {err}; pass an existing file with --config or WA_SIDECAR_CONFIG"),
+            )],
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        check::parse(&text, &source_name, base_dir, env)
+    }
+
+    /// Validates config text; relative paths inside it resolve against `base_dir`.
+    pub fn from_toml_str(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        check::parse(text, "<inline config>", base_dir, env)
+    }
+
+    /// The WebSocket URL for `tenant`: its `[tenants.urls]` override, else the template with
+    /// `{tenant}` replaced by the percent-encoded id. In shared mode: `gateway.url` as is.
+    pub fn gateway_url(&self, tenant: &str) -> String {
+        match self.gateway.mode {
+            GatewayMode::Shared => self.gateway.url.clone(),
+            GatewayMode::PerTenant => match self.tenants.urls.get(tenant) {
+                Some(url) => url.clone(),
+                None => fill_template(&self.gateway.url, tenant),
+            },
+        }
+    }
+
+    /// The state URL for `tenant` (`{tenant}` replaced, percent-encoded), if one is configured.
+    pub fn state_url(&self, tenant: &str) -> Option<String> {
+        self.gateway
+            .state_url
+            .as_deref()
+            .map(|template| fill_template(template, tenant))
+    }
+
+    /// The full webhook URL: `backend.url` without its trailing `/`, then `backend.path`.
+    pub fn webhook_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.backend.url.as_str().trim_end_matches('/'),
+            self.backend.path
+        )
+    }
+
+    /// A multi-line human summary of every setting, for `check`. Secrets, tokens, header values
+    /// and the credentials in URLs are shown only as `<redacted>`, with where they came from.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        // Section headers flush left, settings indented under them.
+        let mut line = |key: &str, value: &dyn fmt::Display| {
+            if key.starts_with('[') {
+                out.push_str(&format!("{key}\n"));
+            } else {
+                out.push_str(&format!("  {key:<23} {value}\n"));
+            }
+        };
+        let (g, b, d, s) = (&self.gateway, &self.backend, &self.debounce, &self.storm);
+        let human = |d: Duration| humantime::format_duration(d).to_string();
+        let path = |p: &Option<PathBuf>, none: &str| {
+            p.as_ref()
+                .map_or(none.to_string(), |p| p.display().to_string())
+        };
+
+        line("[gateway]", &"");
+        line("mode", &g.mode.as_str());
+        line("url", &redact_url(&g.url));
+        if let Some(first) = self.tenants.ids.first() {
+            let example = format!("{} (for {first})", redact_url(&self.gateway_url(first)));
+            line("url example", &example);
+        }
+        line("state_url", &opt(g.state_url.as_deref().map(redact_url)));
+        let token = match (&g.token, &g.token_env, &g.token_file) {
+            (None, _, _) => "(none)".to_string(),
+            (Some(_), Some(var), _) => format!("<redacted> (from env {var})"),
+            (Some(_), None, Some(file)) => {
+                format!("<redacted> (from gateway.token_file {})", file.display())
+            }
+            (Some(_), None, None) => "<redacted> (from gateway.token)".to_string(),
+        };
+        line("token", &token);
+        line("headers", &list(&g.headers.shown()));
+        line("ca_file", &path(&g.ca_file, "(system roots only)"));
+        line("ping_interval", &human(g.ping_interval));
+        line("idle_timeout", &human(g.idle_timeout));
+        line("max_frame_size", &format!("{} bytes", g.max_frame_size));
+        line("handshake_concurrency", &g.handshake_concurrency);
+
+        line("[backend]", &"");
+        line("url", &redact_url(b.url.as_str()));
+        line("path", &b.path);
+        line("webhook", &redact_url(&self.webhook_url()));
+        line("secret", &format!("<redacted> (from {})", b.secret_source));
+        let signing = match &b.signing_source {
+            None => "(none: requests are not signed)".to_string(),
+            Some(from) => format!(
+                "{} secret(s) <redacted> (from {from})",
+                b.signing_secrets.len()
+            ),
+        };
+        line("signing_secrets", &signing);
+        line("ca_file", &path(&b.ca_file, "(system roots only)"));
+        line("allow_plain_http", &b.allow_plain_http);
+        line("timeout", &human(b.timeout));
+        line("connect_timeout", &human(b.connect_timeout));
+        line("max_in_flight", &b.max_in_flight);
+
+        line("[debounce]", &"");
+        line("disconnect_grace", &human(d.disconnect_grace));
+        line("connect_grace", &human(d.connect_grace));
+        let codes: Vec<String> = d.terminal_codes.iter().map(u16::to_string).collect();
+        line("terminal_codes", &format!("[{}]", codes.join(", ")));
+        let down_grace = d.gateway_down_grace.map_or("never (0s)".to_string(), human);
+        line("gateway_down_grace", &down_grace);
+        line("flap_half_life", &human(d.flap_half_life));
+        line("flap_suppress", &d.flap_suppress);
+        line("flap_reuse", &d.flap_reuse);
+        line("flap_max_suppress", &human(d.flap_max_suppress));
+        let fraction = if s.fraction == 0.0 {
+            "0 (off: no mass-outage hold)".to_string()
+        } else {
+            s.fraction.to_string()
+        };
+        line("storm_fraction", &fraction);
+        line("storm_min_tenants", &s.min_tenants);
+        line("storm_window", &human(s.window));
+        line("storm_hold", &human(s.hold));
+
+        let t = &self.tenants;
+        line("[tenants]", &"");
+        let shown: Vec<&str> = (t.ids.iter().take(SUMMARY_TENANTS_SHOWN))
+            .map(String::as_str)
+            .collect();
+        let ids = match t.ids.len().saturating_sub(SUMMARY_TENANTS_SHOWN) {
+            0 => list(&shown),
+            more => format!("{}, ... ({more} more)", shown.join(", ")),
+        };
+        line("count", &t.ids.len());
+        line("ids", &ids);
+        line("file", &path(&t.file, "(none)"));
+        let urls = if t.urls.is_empty() {
+            "(none)".to_string()
+        } else {
+            let keys: Vec<&str> = t.urls.keys().map(String::as_str).collect();
+            format!("{} override(s): {}", t.urls.len(), keys.join(", "))
+        };
+        line("urls", &urls);
+
+        line("[state]", &"");
+        line("dir", &self.state.dir.display());
+        line("[admin]", &"");
+        line("listen", &self.admin.listen);
+        line("[log]", &"");
+        line("format", &self.log.format.as_str());
+
+        if !self.warnings.is_empty() {
+            out.push_str("warnings:\n");
+            for warning in &self.warnings {
+                out.push_str(&format!("  - {warning}\n"));
+            }
+        }
+        // Ids and paths are the operator's, but a control character must not reach a terminal.
+        escape_controls(&out, "\n")
+    }
+}
+
+/// Checks a tenant id (SPEC section 3 [rev 12]): 1 to [`MAX_TENANT_ID_LEN`] bytes, no whitespace
+/// or control characters, no `/`, not `.` or `..`. The error says what is wrong and names the id,
+/// escaped so that it cannot corrupt a terminal or a log line.
+pub fn validate_tenant_id(id: &str) -> Result<(), String> {
+    const RULE: &str =
+        "a tenant id is non-empty, at most 128 bytes, with no whitespace or control characters";
+    const PATH_RULE: &str = "a tenant id is 1 to 128 bytes, with no whitespace, control characters or `/`, and not `.` or `..` (it names a URL path segment and a record in the state dir)";
+    if id.is_empty() {
+        return Err(format!("empty tenant id; {RULE}"));
+    }
+    if id.len() > MAX_TENANT_ID_LEN {
+        let start: String = id.chars().take(16).flat_map(char::escape_debug).collect();
+        return Err(format!(
+            "tenant id `{start}...` is {} bytes long; {RULE}",
+            id.len()
+        ));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "tenant id {id:?} contains whitespace or a control character; {RULE}"
+        ));
+    }
+    if id.contains('/') {
+        return Err(format!("tenant id {id:?} contains `/`; {PATH_RULE}"));
+    }
+    if id == "." || id == ".." {
+        return Err(format!("tenant id {id:?} is not allowed; {PATH_RULE}"));
+    }
+    Ok(())
+}
+
+/// A URL fit for a log line, a reason or a summary: the password of `user:password@` and every
+/// query value (`?api_key=...`) replaced by `<redacted>`. Works on text that does not parse as a
+/// URL too, since that is exactly what error messages echo.
+pub fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (head, rest) = url.split_at(start);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let mut out = head.to_string();
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let password = if userinfo.contains(':') {
+                ":<redacted>"
+            } else {
+                ""
+            };
+            out.push_str(&format!("{user}{password}@{host}"));
+        }
+        None => out.push_str(authority),
+    }
+    let (before_fragment, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = (query.split('&'))
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, "{tenant}")) => format!("{key}={{tenant}}"),
+                    Some((key, _)) => format!("{key}=<redacted>"),
+                    None if pair.is_empty() || pair == TENANT_PLACEHOLDER => pair.to_string(),
+                    None => "<redacted>".to_string(),
+                })
+                .collect();
+            out.push_str(&format!("{path}?{}", pairs.join("&")));
+        }
+        None => out.push_str(before_fragment),
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// Replaces every `{tenant}` in `template` with the percent-encoded tenant id.
+fn fill_template(template: &str, tenant: &str) -> String {
+    let encoded = utf8_percent_encode(tenant, TENANT_ENCODE).to_string();
+    template.replace(TENANT_PLACEHOLDER, &encoded)
+}
+
+/// Reads a whole text file of at most [`MAX_FILE_BYTES`], so that a mistaken `/dev/zero` or a
+/// huge log file is a problem rather than all the memory.
+fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Error::new(ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
+}
+
+/// `text` with every control character but those in `keep` escaped (`\u{1b}`), so that text
+/// from a file or the environment cannot move the cursor, recolour or retitle a terminal.
+fn escape_controls(text: &str, keep: &str) -> String {
+    if !text.chars().any(|c| c.is_control() && !keep.contains(c)) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !keep.contains(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn opt(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "(none)".to_string())
+}
+
+fn list<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        return "(none)".to_string();
+    }
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    items.join(", ")
+}
