@@ -1177,7 +1177,7 @@ mod tests {
             }
             other => panic!("expected Locked, got {other:?}"),
         }
-                store.close();
+        store.close();
         // Another test of this binary may fork a child (`survives_kill_9`) at the instant the
         // lock file closes: the child holds a copy of the descriptor, and with it the lock, until
         // its exec closes it. So the lock is free again within moments, not always at once.
