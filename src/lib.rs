@@ -41,6 +41,8 @@ pub mod status;
 pub mod store;
 pub mod storm;
 pub mod system;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod timers;
 pub mod webhook;
 

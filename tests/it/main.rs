@@ -14,6 +14,7 @@ mod basics;
 mod common;
 mod compat;
 mod faults;
+mod model;
 mod process;
 mod storm;
 mod systemd;
