@@ -170,12 +170,35 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StoredStorm {
+    /// The storm's id in the process that stored it, which a later join names.
+    pub id: u64,
     pub since_ms: u64,
     pub linked: usize,
     pub members: usize,
     pub window_ms: u64,
     pub last_reason: String,
     pub held: Vec<String>,
+}
+
+/// A tenant joining a stored hold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredJoin {
+    pub id: u64,
+    pub tenant: String,
+    pub last_reason: String,
+}
+
+impl StoredJoin {
+    /// Applies the join to the stored holds.
+    fn apply(self, storms: &mut [StoredStorm]) {
+        if let Some(storm) = storms.iter_mut().find(|s| s.id == self.id) {
+            if !storm.held.contains(&self.tenant) {
+                storm.held.push(self.tenant);
+            }
+            storm.last_reason = self.last_reason;
+        }
+    }
 }
 
 /// What [`Store::open`] found on disk.
@@ -357,9 +380,14 @@ impl Store {
         self.writer.send(writer::Op::Storms(storms));
     }
 
-    /// Adds a tenant to the newest stored hold (it joined the storm after it began).
-    pub fn storm_held(&self, tenant: &TenantId) {
-        self.writer.send(writer::Op::StormHeld(tenant.clone()));
+    /// Adds a tenant to stored hold `id` (it joined the storm after it began) and records the
+    /// storm's last close reason.
+    pub fn storm_held(&self, id: u64, tenant: &TenantId, last_reason: &str) {
+        self.writer.send(writer::Op::StormHeld(StoredJoin {
+            id,
+            tenant: tenant.to_string(),
+            last_reason: last_reason.to_string(),
+        }));
     }
 
     /// Hands the damping half of `tenant`'s record to the writer.
@@ -521,7 +549,7 @@ struct JournalLineRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     storms: Option<&'a [StoredStorm]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    storm_held: Option<&'a str>,
+    storm_held: Option<&'a StoredJoin>,
 }
 
 /// One journal line as read.
@@ -537,7 +565,7 @@ struct JournalLine {
     #[serde(default)]
     storms: Option<Vec<StoredStorm>>,
     #[serde(default)]
-    storm_held: Option<String>,
+    storm_held: Option<StoredJoin>,
 }
 
 #[derive(Deserialize)]
@@ -610,12 +638,8 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
                     }
                     (None, _, _, Some(storms)) => restored.storms = storms,
                     (None, _, _, None) if entry.storm_held.is_some() => {
-                        if let (Some(storm), Some(t)) =
-                            (restored.storms.last_mut(), entry.storm_held)
-                        {
-                            if !storm.held.contains(&t) {
-                                storm.held.push(t);
-                            }
+                        if let Some(join) = entry.storm_held {
+                            join.apply(&mut restored.storms);
                         }
                     }
                     _ => {
@@ -657,7 +681,6 @@ fn validate(restored: &mut Restored) {
             .held
             .retain(|id| crate::config::validate_tenant_id(id).is_ok());
     }
-    restored.storms.retain(|s| !s.held.is_empty());
 }
 
 /// Brings a record's fields into range; returns whether anything changed.

@@ -85,8 +85,8 @@ pub(super) enum Op {
     Damping(TenantId, Damping),
     /// The mass-outage holds in force.
     Storms(Vec<StoredStorm>),
-    /// A tenant joined the newest hold.
-    StormHeld(TenantId),
+    /// A tenant joined a hold.
+    StormHeld(super::StoredJoin),
     /// Write what is queued, compact, stop; then answer.
     Close(mpsc::SyncSender<()>),
     /// Retry a failed compaction now rather than at the next retry tick (after a reload: the
@@ -247,15 +247,9 @@ impl Writer {
                 self.storms = storms.clone();
                 line.storms = Some(&self.storms);
             }
-            Op::StormHeld(tenant) => {
-                let Some(storm) = self.storms.last_mut() else {
-                    return;
-                };
-                if storm.held.iter().any(|t| **t == **tenant) {
-                    return;
-                }
-                storm.held.push(tenant.to_string());
-                line.storm_held = Some(tenant);
+            Op::StormHeld(join) => {
+                join.clone().apply(&mut self.storms);
+                line.storm_held = Some(join);
             }
             _ => {}
         }
