@@ -49,6 +49,8 @@ pub struct Options {
     pub compact_threshold: u64,
     /// Added before every fsync: an injected slow disk for the benchmark and the tests.
     pub fsync_delay: Duration,
+    /// How long opening waits for the directory's lock before saying who holds it.
+    pub lock_wait: Duration,
 }
 
 impl Default for Options {
@@ -56,6 +58,8 @@ impl Default for Options {
         Options {
             compact_threshold: DEFAULT_COMPACT_JOURNAL_BYTES,
             fsync_delay: Duration::ZERO,
+            // A restarted service may start while the old process still exits.
+            lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -866,6 +870,7 @@ mod tests {
         let options = Options {
             compact_threshold: 4 * 1024,
             fsync_delay: Duration::from_millis(500),
+            ..Options::default()
         };
         let (store, _) = Store::open_with(tmp.path(), Arc::new(Notify::new()), options).unwrap();
         let shared = store.writer.shared.clone();
