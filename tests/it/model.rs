@@ -203,7 +203,8 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         any::<bool>(),
-        any::<bool>(),
+        // The hold on in most cases: a storm needs it, and luck besides.
+        prop::bool::weighted(0.7),
         1u8..16,
         prop::array::uniform4(prop::option::weighted(
             0.8,
@@ -571,8 +572,9 @@ impl Model {
                     model.configured = false;
                     model.linked = false;
                     model.held = false;
+                    // What the removal releases is acted on once every removed tenant is gone:
+                    // nothing new is decided for any of them (SPEC 4, tenant lifecycle).
                     self.detector.removed(now, &self.policy, &i);
-                    self.storm_events(now);
                 }
                 (false, true) => {
                     model.configured = true;
@@ -591,8 +593,9 @@ impl Model {
 
     /// A new process on the same state: new debouncers seeded with the stable states, the holds
     /// resumed (their start moved by the clock the wall clock did not see), every link fresh.
-    fn restart(&mut self, now: Instant) {
-        self.advance(now);
+    /// The old one decided nothing after `stopped`.
+    fn restart(&mut self, stopped: Instant, now: Instant) {
+        self.advance(stopped);
         let moved = now - self.last_saved;
         let saved: Vec<Saved<usize>> = std::mem::take(&mut self.stored)
             .into_iter()
@@ -608,8 +611,12 @@ impl Model {
             .collect();
         self.resumed = saved.iter().flat_map(|s| s.held.clone()).collect();
         self.detector = Detector::resume(now, saved);
-        // The new process stores what it resumed, under its own ids.
+        // The new process stores what it resumed, under its own ids, anchored to its own clock:
+        // the next restart moves the holds by the time since this one.
         self.stored = self.detector.saved_with_ids();
+        if self.detector.view(&self.policy).is_some() {
+            self.last_saved = now;
+        }
         for model in &mut self.tenants {
             model.run = Run::None;
             model.held = false;
@@ -854,6 +861,10 @@ async fn run_case(case: &Case) -> Result<(), TestCaseError> {
             }
             Step::Crash | Step::Restart => {
                 let old = sidecar.take().unwrap();
+                // A graceful stop closes the links and stops the timers first, then drains the
+                // deliveries (a slow backend keeps it up to the request timeout): nothing is
+                // decided after this instant.
+                let stopped = Instant::now();
                 if matches!(step, Step::Crash) {
                     if case.storm {
                         // The model cannot know which of the last holds the writer had written
@@ -866,7 +877,7 @@ async fn run_case(case: &Case) -> Result<(), TestCaseError> {
                 }
                 let now = Instant::now();
                 world.crashes.push(now);
-                world.model.restart(now);
+                world.model.restart(stopped, now);
                 sidecar = Some(start(&mut world).await);
             }
         }
@@ -890,6 +901,8 @@ async fn run_case(case: &Case) -> Result<(), TestCaseError> {
     sidecar.shutdown().await;
     let calls = world.calls.lock().unwrap().clone();
     let result = check(&world, &calls, &views);
+    // `MODEL_DEBUG=1` prints what the backend received against what the model decided, with
+    // times from the case's start: the first thing to read when a case fails.
     if result.is_err() && std::env::var("MODEL_DEBUG").is_ok() {
         eprintln!("FAILED CASE {case:?}");
         for (at, c) in &calls {
@@ -1091,7 +1104,7 @@ fn check(
                     .map(|(_, c)| c.status.clone());
                 let dropped = mine
                     .iter()
-                    .any(|(at, c)| *at >= last.at && c.answered == 400);
+                    .any(|(at, c)| *at + last.early >= last.at && c.answered == 400);
                 prop_assert!(
                     acked.as_deref() == Some(last.status.as_str()) || dropped,
                     "{}: the backend ends with {:?}, the model decided {:?}",
@@ -1138,8 +1151,11 @@ fn the_engine_decides_and_delivers_what_the_model_decides() {
         "{cases} cases: {} drops fed to the detector, {storms} with a storm, {outages} outage calls",
         DROPS.load(Ordering::Relaxed)
     );
+    // About one case in eight has a storm (most have the hold on, and a drop of two of the
+    // tenants within 10 s is needed): one in twenty is far below that at 300 cases, so the bound
+    // holds whatever the seed, and still fails if the hold goes unexercised.
     assert!(
-        storms * 10 >= u64::from(cases),
+        storms * 20 >= u64::from(cases),
         "only {storms} cases had a storm"
     );
     assert!(
@@ -1197,6 +1213,72 @@ fn found() -> Vec<Case> {
                 (Step::SetMany(14, St::Connecting), 0),
                 (Step::Set(0, St::Closed(428), 0), 0),
                 (Step::Crash, 0),
+            ],
+        },
+        // Two held tenants removed by the reload that also turned the hold off: the model
+        // released the second before removing it. Nothing new is decided for a removed tenant.
+        Case {
+            shared: false,
+            storm: true,
+            configured: 1,
+            initial: [None, None, None, None],
+            steps: vec![
+                (Step::Set(0, St::Open, 0), 0),
+                (Step::Reload(10, true), 0),
+                (Step::SetMany(10, St::Open), 0),
+                (Step::SetMany(10, St::Connecting), 6),
+                (Step::Reload(4, false), 1),
+            ],
+        },
+        // A hold resumed after a kill -9 ends a few milliseconds before the model's (the wall
+        // clock it is stored in moves on), and its report was refused with a 400: the check
+        // looked for the 400 only after the model's instant.
+        Case {
+            shared: false,
+            storm: true,
+            configured: 5,
+            initial: [None, None, None, None],
+            steps: vec![
+                (Step::SetMany(7, St::Open), 0),
+                (Step::SetMany(15, St::Connecting), 0),
+                (Step::Crash, 0),
+                (Step::Backend(Backend::Refuse), 60),
+                (Step::Set(0, St::Open, 0), 0),
+            ],
+        },
+        // Two kills -9 in a row during a hold: the model moved the hold's start by the time
+        // before the first restart twice; the restarted sidecar stores the holds it resumed, so
+        // the second restart moves them only by the time since the first.
+        Case {
+            shared: false,
+            storm: true,
+            configured: 12,
+            initial: [None, None, Some(St::Open), Some(St::Open)],
+            steps: vec![
+                (Step::SetMany(12, St::Connecting), 0),
+                (Step::Set(0, St::Open, 0), 1),
+                (Step::Reload(8, true), 0),
+                (Step::Set(3, St::Open, 0), 0),
+                (Step::SetMany(8, St::Connecting), 1),
+                (Step::Crash, 0),
+                (Step::Crash, 0),
+            ],
+        },
+        // A graceful restart while a slow backend kept the old process draining: the model went
+        // on deciding through the drain (a grace ran out in it); the sidecar stops deciding
+        // when it begins to stop, and the restarted one sees the session afresh.
+        Case {
+            shared: false,
+            storm: false,
+            configured: 14,
+            initial: [None, None, None, None],
+            steps: vec![
+                (Step::Backend(Backend::Slow), 0),
+                (Step::Set(2, St::Open, 0), 0),
+                (Step::Set(0, St::Open, 0), 3),
+                (Step::SetMany(2, St::Connecting), 0),
+                (Step::Restart, 0),
+                (Step::Set(1, St::Closed(428), 0), 0),
             ],
         },
     ]
