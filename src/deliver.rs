@@ -151,7 +151,11 @@ pub async fn run(deliveries: Arc<Deliveries>, webhook: SharedWebhook, stop: Canc
     };
     loop {
         let deadline = d.start_ready();
-        d.wait_for_journal();
+        if d.wait_for_journal() == Journal::Written {
+            // The line was written since `start_ready` looked: send it now, not when the
+            // writer's wake-up comes.
+            continue;
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -166,6 +170,15 @@ pub async fn run(deliveries: Arc<Deliveries>, webhook: SharedWebhook, stop: Canc
         }
     }
     d.flush().await;
+}
+
+/// Whether the journal line a decided transition waits for is written yet.
+#[derive(PartialEq)]
+enum Journal {
+    /// Written: the dispatcher looks again at once.
+    Written,
+    /// Not written, or nothing waits: a wake-up (or the blocking wait) will come.
+    Waiting,
 }
 
 /// How long one wait for the journal writer lasts before the dispatcher looks again.
@@ -209,20 +222,21 @@ impl Dispatcher {
 
     /// When a decided transition waits for its journal line, waits for the writer in a blocking
     /// task (woken the moment the line is written), so it is sent as soon as it is durable.
-    fn wait_for_journal(&mut self) {
+    fn wait_for_journal(&mut self) -> Journal {
         if self.journal_wait.is_some() {
-            return;
+            return Journal::Waiting;
         }
         let Some(seq) = self.deliveries.read(Outbox::awaiting_journal) else {
-            return;
+            return Journal::Waiting;
         };
         if self.deliveries.store.written() >= seq {
-            return;
+            return Journal::Written;
         }
         let store = self.deliveries.store.clone();
         self.journal_wait = Some(tokio::task::spawn_blocking(move || {
             store.wait_written(seq, JOURNAL_WAIT)
         }));
+        Journal::Waiting
     }
 
     fn start(&mut self, job: Job) {

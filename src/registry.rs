@@ -146,7 +146,12 @@ impl Registry {
             registry.insert(&shared, id, seed, now);
         }
         drop(shared);
-        registry.with_fleet(now, |_, _| ());
+        registry.with_fleet(now, |fleet, _| {
+            // The holds resumed carry this process's ids from now on, which joins name.
+            if fleet.detector.view(&config.storm).is_some() {
+                registry.store.storms(stored_storms(&fleet.detector, now));
+            }
+        });
         registry
     }
 
@@ -398,13 +403,15 @@ impl Registry {
                     fleet
                         .detector
                         .dropped(now.mono, storm, &id, linked, reason.as_deref());
-                    fleet.detector.held_until(storm, &id).is_some()
+                    let membership = fleet.detector.membership(&id);
+                    if let Some((storm, last_reason)) = membership {
+                        // Carried over a restart: the holds stored at the storm's beginning and
+                        // each tenant that joined since.
+                        self.store.storm_held(storm, &id, last_reason);
+                    }
+                    membership.is_some()
                 });
-                if held {
-                    // Carried over a restart: the holds stored at the storm's beginning and this
-                    // tenant, who joined since.
-                    self.store.storm_held(&id);
-                } else if entry.debounce.is_held() {
+                if !held && entry.debounce.is_held() {
                     // The storm ended or lifted between the two looks: nothing holds this drop.
                     entry.debounce.release(now.mono, policy, "");
                 }
@@ -926,9 +933,10 @@ fn describe_observation(policy: &Policy, obs: &Observation) -> String {
 /// The stored form of the detector's holds: `since` on the wall clock.
 fn stored_storms(detector: &Detector, now: Now) -> Vec<StoredStorm> {
     detector
-        .saved()
+        .saved_with_ids()
         .into_iter()
-        .map(|s| StoredStorm {
+        .map(|(id, s)| StoredStorm {
+            id,
             since_ms: store::unix_ms(now.wall_of(s.since)),
             linked: s.linked,
             members: s.members,

@@ -69,6 +69,8 @@ const LEGACY_JOURNAL_FILE: &str = "journal.jsonl";
 const JOURNAL_PREFIX: &str = "journal-";
 const JOURNAL_SUFFIX: &str = ".jsonl";
 const LOCK_FILE: &str = "lock";
+/// How often a busy lock is tried again while waiting for it.
+const LOCK_POLL: Duration = Duration::from_millis(20);
 
 /// The largest state file read at start. 10,000 tenants take about 3 MiB; a file a hundred
 /// times that is not ours, and reading it could exhaust memory.
@@ -170,12 +172,35 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StoredStorm {
+    /// The storm's id in the process that stored it, which a later join names.
+    pub id: u64,
     pub since_ms: u64,
     pub linked: usize,
     pub members: usize,
     pub window_ms: u64,
     pub last_reason: String,
     pub held: Vec<String>,
+}
+
+/// A tenant joining a stored hold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredJoin {
+    pub id: u64,
+    pub tenant: String,
+    pub last_reason: String,
+}
+
+impl StoredJoin {
+    /// Applies the join to the stored holds.
+    fn apply(self, storms: &mut [StoredStorm]) {
+        if let Some(storm) = storms.iter_mut().find(|s| s.id == self.id) {
+            if !storm.held.contains(&self.tenant) {
+                storm.held.push(self.tenant);
+            }
+            storm.last_reason = self.last_reason;
+        }
+    }
 }
 
 /// What [`Store::open`] found on disk.
@@ -281,7 +306,7 @@ impl Store {
     ) -> Result<(Store, Restored), StoreError> {
         let mut restored = Restored::default();
         prepare_dir(dir, &mut restored)?;
-        let lock = lock_dir(dir)?;
+        let lock = lock_dir(dir, options.lock_wait)?;
         // A temp snapshot left by a crash mid-compaction is garbage; remove_file removes a
         // symlink itself, never its target.
         let _ = fs::remove_file(dir.join(SNAPSHOT_TMP_FILE));
@@ -357,9 +382,14 @@ impl Store {
         self.writer.send(writer::Op::Storms(storms));
     }
 
-    /// Adds a tenant to the newest stored hold (it joined the storm after it began).
-    pub fn storm_held(&self, tenant: &TenantId) {
-        self.writer.send(writer::Op::StormHeld(tenant.clone()));
+    /// Adds a tenant to stored hold `id` (it joined the storm after it began) and records the
+    /// storm's last close reason.
+    pub fn storm_held(&self, id: u64, tenant: &TenantId, last_reason: &str) {
+        self.writer.send(writer::Op::StormHeld(StoredJoin {
+            id,
+            tenant: tenant.to_string(),
+            last_reason: last_reason.to_string(),
+        }));
     }
 
     /// Hands the damping half of `tenant`'s record to the writer.
@@ -521,7 +551,7 @@ struct JournalLineRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     storms: Option<&'a [StoredStorm]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    storm_held: Option<&'a str>,
+    storm_held: Option<&'a StoredJoin>,
 }
 
 /// One journal line as read.
@@ -537,7 +567,7 @@ struct JournalLine {
     #[serde(default)]
     storms: Option<Vec<StoredStorm>>,
     #[serde(default)]
-    storm_held: Option<String>,
+    storm_held: Option<StoredJoin>,
 }
 
 #[derive(Deserialize)]
@@ -610,12 +640,8 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
                     }
                     (None, _, _, Some(storms)) => restored.storms = storms,
                     (None, _, _, None) if entry.storm_held.is_some() => {
-                        if let (Some(storm), Some(t)) =
-                            (restored.storms.last_mut(), entry.storm_held)
-                        {
-                            if !storm.held.contains(&t) {
-                                storm.held.push(t);
-                            }
+                        if let Some(join) = entry.storm_held {
+                            join.apply(&mut restored.storms);
                         }
                     }
                     _ => {
@@ -657,7 +683,6 @@ fn validate(restored: &mut Restored) {
             .held
             .retain(|id| crate::config::validate_tenant_id(id).is_ok());
     }
-    restored.storms.retain(|s| !s.held.is_empty());
 }
 
 /// Brings a record's fields into range; returns whether anything changed.
@@ -717,8 +742,10 @@ pub fn system_time(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.min(MAX_UNIX_MS))
 }
 
-/// Takes the directory's lock file, or says who holds it.
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+/// Takes the directory's lock file, waiting up to `wait` for it (a previous process may still be
+/// exiting, or a process forking a child shares the descriptor until the child's exec), or says
+/// who holds it.
+fn lock_dir(dir: &Path, wait: Duration) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -729,7 +756,18 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(StoreError::io("open lock file", &path))?;
-    // SAFETY: flock on a valid, owned descriptor has no memory effects.
+    let mut waited = Duration::ZERO;
+    loop {
+        // SAFETY: flock on a valid, owned descriptor has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let busy = rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
+        if !busy || waited >= wait {
+            break;
+        }
+        std::thread::sleep(LOCK_POLL);
+        waited += LOCK_POLL;
+    }
+    // SAFETY: as above; a second flock on a held lock is a no-op.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let err = io::Error::last_os_error();
@@ -1165,7 +1203,11 @@ mod tests {
     fn second_open_is_locked_until_the_first_is_closed() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
-        match Store::open_with(tmp.path(), Arc::new(Notify::new()), Options::default()) {
+        let at_once = Options {
+            lock_wait: Duration::ZERO,
+            ..Options::default()
+        };
+        match Store::open_with(tmp.path(), Arc::new(Notify::new()), at_once) {
             Err(err @ StoreError::Locked { pid, .. }) => {
                 assert_eq!(pid, Some(std::process::id()));
                 let msg = err.to_string();
@@ -1178,19 +1220,10 @@ mod tests {
             other => panic!("expected Locked, got {other:?}"),
         }
         store.close();
-        // Another test of this binary may fork a child (`survives_kill_9`) at the instant the
-        // lock file closes: the child holds a copy of the descriptor, and with it the lock, until
-        // its exec closes it. So the lock is free again within moments, not always at once.
-        for _ in 0..100 {
-            match Store::open_with(tmp.path(), Arc::new(Notify::new()), Options::default()) {
-                Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
-                other => {
-                    other.expect("open after close");
-                    return;
-                }
-            }
-        }
-        panic!("still locked a second after the first store closed");
+        // Opening waits briefly for a lock still held: another test of this binary may fork a
+        // child (`survives_kill_9`) at the instant the lock file closes, and the child holds a
+        // copy of the descriptor, and with it the lock, until its exec closes it.
+        open(tmp.path());
     }
 
     #[test]

@@ -569,19 +569,40 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
 
     /// The holds to carry over a restart, oldest first (see "Restarts" in the module doc).
     pub fn saved(&self) -> Vec<Saved<T>> {
+        self.saved_with_ids()
+            .into_iter()
+            .map(|(_, s)| s)
+            .filter(|s| !s.held.is_empty())
+            .collect()
+    }
+
+    /// Every hold still running, each with the id of its storm in this process, which
+    /// [`Detector::membership`] names, so a store can add a tenant to the right hold as it joins
+    /// (also a hold that holds nobody right now: a member that comes back may drop again).
+    pub fn saved_with_ids(&self) -> Vec<(u64, Saved<T>)> {
         self.storms
             .iter()
             .filter(|s| !s.released)
-            .map(|s| Saved {
-                since: s.since,
-                linked: s.linked,
-                members: s.members,
-                window: s.window,
-                last_reason: s.last_reason.clone(),
-                held: held(s, &self.members),
+            .map(|s| {
+                let saved = Saved {
+                    since: s.since,
+                    linked: s.linked,
+                    members: s.members,
+                    window: s.window,
+                    last_reason: s.last_reason.clone(),
+                    held: held(s, &self.members),
+                };
+                (s.id, saved)
             })
-            .filter(|s| !s.held.is_empty())
             .collect()
+    }
+
+    /// The storm whose hold holds `tenant` now (its id in this process) and that storm's last
+    /// close reason, to store as the tenant joins.
+    pub fn membership(&self, tenant: &T) -> Option<(u64, &str)> {
+        let member = self.members.get(tenant).filter(|m| m.down)?;
+        let storm = &self.storms[find(&self.storms, member.storm)?];
+        (!storm.released).then_some((storm.id, storm.last_reason.as_str()))
     }
 
     fn tick(&mut self, now: Instant) -> Instant {

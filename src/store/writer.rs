@@ -49,6 +49,8 @@ pub struct Options {
     pub compact_threshold: u64,
     /// Added before every fsync: an injected slow disk for the benchmark and the tests.
     pub fsync_delay: Duration,
+    /// How long opening waits for the directory's lock before saying who holds it.
+    pub lock_wait: Duration,
 }
 
 impl Default for Options {
@@ -56,6 +58,8 @@ impl Default for Options {
         Options {
             compact_threshold: DEFAULT_COMPACT_JOURNAL_BYTES,
             fsync_delay: Duration::ZERO,
+            // A restarted service may start while the old process still exits.
+            lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -85,8 +89,8 @@ pub(super) enum Op {
     Damping(TenantId, Damping),
     /// The mass-outage holds in force.
     Storms(Vec<StoredStorm>),
-    /// A tenant joined the newest hold.
-    StormHeld(TenantId),
+    /// A tenant joined a hold.
+    StormHeld(super::StoredJoin),
     /// Write what is queued, compact, stop; then answer.
     Close(mpsc::SyncSender<()>),
     /// Retry a failed compaction now rather than at the next retry tick (after a reload: the
@@ -247,15 +251,9 @@ impl Writer {
                 self.storms = storms.clone();
                 line.storms = Some(&self.storms);
             }
-            Op::StormHeld(tenant) => {
-                let Some(storm) = self.storms.last_mut() else {
-                    return;
-                };
-                if storm.held.iter().any(|t| **t == **tenant) {
-                    return;
-                }
-                storm.held.push(tenant.to_string());
-                line.storm_held = Some(tenant);
+            Op::StormHeld(join) => {
+                join.clone().apply(&mut self.storms);
+                line.storm_held = Some(join);
             }
             _ => {}
         }
@@ -872,6 +870,7 @@ mod tests {
         let options = Options {
             compact_threshold: 4 * 1024,
             fsync_delay: Duration::from_millis(500),
+            ..Options::default()
         };
         let (store, _) = Store::open_with(tmp.path(), Arc::new(Notify::new()), options).unwrap();
         let shared = store.writer.shared.clone();

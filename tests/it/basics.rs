@@ -379,7 +379,9 @@ async fn a_flap_penalty_is_journalled_at_once_and_survives_a_restart() {
     .await;
     rig.gateway.send("b1", &sim::baileys_open());
 
-    // Durable before any compaction: the journal's last line for b1 carries the penalty.
+    // Durable before any compaction: the journal's last line for b1 carries the penalty (once
+    // the journal writer, a thread of its own, has written what it was handed).
+    sidecar.settle_state().await;
     let journal = crate::common::journal_text(rig.dir.path());
     let last: serde_json::Value = journal
         .lines()
