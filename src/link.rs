@@ -963,7 +963,7 @@ mod tests {
                     };
                     large |= len as u64 > LARGE_FRAME;
                     let opcode = if i == 0 { 1 + u8::from(rng.bool()) } else { 0 };
-                    let mask = rng.bool().then(|| [1, 2, 3, 4]);
+                    let mask = rng.bool().then_some([1, 2, 3, 4]);
                     stream.extend(frame(i + 1 == fragments, opcode, &vec![b'x'; len], mask));
                 }
                 if large {

@@ -10,6 +10,7 @@
 //! alone: `PROPTEST_CASES=200000 cargo test --release --test fuzz`.
 
 mod admin;
+mod admin_limits;
 mod basics;
 mod common;
 mod compat;
