@@ -12,6 +12,7 @@
 mod admin;
 mod admin_limits;
 mod basics;
+mod clients;
 mod common;
 mod compat;
 mod faults;
