@@ -24,6 +24,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the admin HTTP API (`/livez`, `/readyz`, `/metrics`, `/tenants`).
 //! - [`system`]: systemd notify and the open-files limit.
+//! - [`logging`]: the log subscriber; control characters escaped in the text format.
 //! - [`demo`]: the `demo` command: the real engine against the simulated gateway and receiver.
 //! - [`sim`]: a simulated gateway and webhook receiver (real servers on loopback) for `demo` and tests.
 
@@ -33,6 +34,7 @@ pub mod debounce;
 pub mod deliver;
 pub mod demo;
 pub mod link;
+pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;

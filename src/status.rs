@@ -66,7 +66,12 @@ pub async fn fetch(admin: &str) -> Result<Vec<Row>, String> {
     if !status.is_success() {
         return Err(format!("{shown} answered {status}"));
     }
-    let too_large = || format!("the answer from {shown} is larger than {} MiB", BODY_LIMIT >> 20);
+    let too_large = || {
+        format!(
+            "the answer from {shown} is larger than {} MiB",
+            BODY_LIMIT >> 20
+        )
+    };
     if response
         .content_length()
         .is_some_and(|n| n > BODY_LIMIT as u64)
