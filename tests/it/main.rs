@@ -16,6 +16,7 @@ mod clients;
 mod common;
 mod compat;
 mod faults;
+mod private_ca;
 mod process;
 mod storm;
 mod systemd;
