@@ -35,6 +35,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -132,6 +133,8 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Cancellatio
             connections.clone(),
             stop.clone(),
         ));
+        // Give the new connection a turn to read its request before the next accept.
+        tokio::task::yield_now().await;
     }
     drop(listener);
     tasks.close();
@@ -278,6 +281,10 @@ impl Connections {
 
 /// One admin connection's progress, updated by its stream and its requests.
 struct Conn {
+    /// Not yet read from: it cannot be evicted until it has had the chance to read its request.
+    /// A probe's head arrives with the connection and makes it busy at its first read; without
+    /// this, clients reconnecting as fast as they can evicted it before its task first ran.
+    fresh: AtomicBool,
     state: Mutex<ConnState>,
     /// The deadline moved earlier (a new request began): the watcher recomputes it.
     wake: Notify,
@@ -311,6 +318,7 @@ impl Conn {
     fn new(changed: Arc<Notify>) -> Conn {
         let now = Instant::now();
         Conn {
+            fresh: AtomicBool::new(true),
             state: Mutex::new(ConnState {
                 phase: Phase::Head(now),
                 last_io: now,
@@ -337,8 +345,12 @@ impl Conn {
         self.state.lock().unwrap().cutoff = Some(cutoff);
     }
 
-    /// Since when the connection has been waiting for a request; None while one is answered.
+    /// Since when the connection has been waiting for a request; None while one is answered
+    /// or before its first read.
     fn waiting_since(&self) -> Option<Instant> {
+        if self.fresh.load(Ordering::Acquire) {
+            return None;
+        }
         let state = self.state.lock().unwrap();
         match state.phase {
             Phase::Head(since) => Some(since),
@@ -352,6 +364,14 @@ impl Conn {
             Phase::Head(_) => "request head not complete within 5s",
             Phase::Busy => "response not read for 30s",
             Phase::Idle => "idle for 30s",
+        }
+    }
+
+    /// The connection's stream is read for the first time (the request, if it came with the
+    /// connection, is parsed before anything else runs).
+    fn first_read_done(&self) {
+        if self.fresh.swap(false, Ordering::AcqRel) {
+            self.changed.notify_waiters();
         }
     }
 
@@ -422,6 +442,11 @@ impl AsyncRead for Watched {
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.conn.read();
+        }
+        if polled.is_pending() || buf.filled().len() == before {
+            // Nothing more to read now: whatever came with the connection has been read (and a
+            // complete head has made the connection busy).
+            this.conn.first_read_done();
         }
         polled
     }

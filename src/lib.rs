@@ -52,7 +52,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -235,7 +235,7 @@ impl Sidecar {
             config.backend.max_in_flight,
         ));
         deliveries.set_webhook_url(webhook.url());
-        let (timer_tx, timer_rx) = mpsc::unbounded_channel();
+        let (timer_tx, timer_rx) = timers::channel();
         let registry = Arc::new(Registry::new(
             config.clone(),
             restored,

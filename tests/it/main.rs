@@ -16,6 +16,7 @@ mod clients;
 mod common;
 mod compat;
 mod faults;
+mod hostile;
 mod private_ca;
 mod process;
 mod storm;
