@@ -212,3 +212,55 @@ async fn status_reads_at_most_16_mib() {
     assert!(error.contains("larger than 16 MiB"), "{error}");
     assert!(written.load(Ordering::SeqCst) < 64 << 20);
 }
+
+/// The finding of issue 12: a password in the gateway URL ended up in a disconnect reason, i.e.
+/// in the backend and the browser. Every link error is built without the URL.
+#[tokio::test(start_paused = true)]
+async fn a_password_or_key_in_the_gateway_url_never_reaches_a_reason() {
+    let backend = SimBackend::start().await.unwrap();
+    let gateway = SimGateway::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let plain = gateway.url_template().replace("ws://", "");
+    // A refused connection, and a TLS handshake with a server that speaks no TLS.
+    let urls = format!(
+        "[tenants.urls]\nbusiness_1 = \"ws://admin:hunter2@{refused}/ws/business_1?api_key=k3y-9\"\n\
+         business_2 = \"wss://admin:hunter2@{}?api_key=k3y-9\"",
+        plain.replace("{tenant}", "business_2")
+    );
+    let config = config_with(
+        "per-tenant",
+        &gateway.url_template(),
+        "",
+        &backend,
+        dir.path(),
+        &["business_1", "business_2"],
+        &format!("[debounce]\ngateway_down_grace = \"1m\"\n{urls}"),
+    );
+    let sidecar = Sidecar::start(config).await.unwrap();
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let call = crate::common::expect_call(&backend, 3 * MINUTE).await;
+        assert_eq!(call.status, "disconnected");
+        reasons.push(call.reason.unwrap_or_default());
+    }
+    assert!(
+        reasons.iter().any(|r| r.ends_with("connection refused"))
+            && reasons.iter().any(|r| r.contains("TLS handshake")),
+        "{reasons:?}"
+    );
+    let shown = format!("{reasons:?} {:?}", sidecar.tenants());
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("gateway unreachable for 1m")),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("k3y-9"),
+        "{shown}"
+    );
+    sidecar.shutdown().await;
+}
