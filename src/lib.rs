@@ -224,7 +224,7 @@ impl Sidecar {
         log_restored(&restored, &config);
         let webhook = new_webhook(&config)?;
         let gateway_clients =
-            link::GatewayClients::from_config(&config.gateway).map_err(StartError::Http)?;
+            link::GatewayClients::from_config(&config).map_err(StartError::Http)?;
 
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(store);
@@ -336,7 +336,7 @@ impl Sidecar {
         // Both read their CA file now: a bad one refuses the reload before anything changes.
         let webhook = new_webhook(&config)?;
         let gateway_clients =
-            link::GatewayClients::from_config(&config.gateway).map_err(StartError::Http)?;
+            link::GatewayClients::from_config(&config).map_err(StartError::Http)?;
         let registry = &self.engine.registry;
         let old = registry.config();
         if old.admin.listen != config.admin.listen {

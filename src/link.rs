@@ -137,8 +137,15 @@ pub struct GatewayClients {
 
 impl GatewayClients {
     /// Reads `gateway.ca_file` now: a reload naming a bad one fails here, before anything changes.
-    pub fn from_config(gateway: &GatewayConfig) -> Result<GatewayClients, String> {
-        let tls = crate::tls::client_config(gateway.ca_file.as_deref())
+    pub fn from_config(config: &Config) -> Result<GatewayClients, String> {
+        let gateway = &config.gateway;
+        let tls_used = gateway.url.starts_with("wss:")
+            || gateway
+                .state_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https:"))
+            || config.tenants.urls.values().any(|u| u.starts_with("wss:"));
+        let tls = crate::tls::client_config(gateway.ca_file.as_deref(), tls_used)
             .map_err(|e| format!("gateway.ca_file: {e}"))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -896,7 +903,7 @@ mod tests {
         let Ok(Established::Plain(mut ws)) = handshake(
             &url,
             &config.gateway,
-            crate::tls::client_config(None).unwrap(),
+            crate::tls::client_config(None, true).unwrap(),
         )
         .await
         else {

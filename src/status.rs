@@ -47,7 +47,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn fetch(admin: &str) -> Result<Vec<Row>, String> {
     let url = format!("{}/tenants", admin.trim_end_matches('/'));
     let shown = crate::config::redact_url(&url);
-    let tls = crate::tls::client_config(None).map_err(|e| e.to_string())?;
+    let tls =
+        crate::tls::client_config(None, url.starts_with("https:")).map_err(|e| e.to_string())?;
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -36,8 +36,9 @@ pub enum TlsError {
 }
 
 /// A client configuration trusting the system's roots plus every certificate in `ca_file`.
-/// No ALPN: the webhook speaks HTTP/1.1 and a WebSocket upgrade needs HTTP/1.1.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+/// No ALPN: the webhook speaks HTTP/1.1 and a WebSocket upgrade needs HTTP/1.1. `needed` says
+/// whether a configured URL uses TLS: only then is an empty trust store worth a warning.
+pub fn client_config(ca_file: Option<&Path>, needed: bool) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
@@ -58,7 +59,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
             })?;
         }
     }
-    if roots.is_empty() {
+    if roots.is_empty() && needed {
         tracing::warn!(
             "no CA certificates: the system has none (install ca-certificates, or set SSL_CERT_FILE) \
              and no ca_file is configured; https:// and wss:// connections will fail"
@@ -107,12 +108,12 @@ mod tests {
     fn a_ca_file_that_is_missing_empty_or_broken_is_refused_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        let error = client_config(Some(&missing)).unwrap_err().to_string();
+        let error = client_config(Some(&missing), true).unwrap_err().to_string();
         assert!(error.contains("missing.pem"), "{error}");
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let error = client_config(Some(&empty)).unwrap_err().to_string();
+        let error = client_config(Some(&empty), true).unwrap_err().to_string();
         assert!(error.contains("holds no PEM certificate"), "{error}");
 
         let broken = dir.path().join("broken.pem");
@@ -121,7 +122,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nbm90IGRlcg==\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let error = client_config(Some(&broken)).unwrap_err().to_string();
+        let error = client_config(Some(&broken), true).unwrap_err().to_string();
         assert!(
             error.contains("broken.pem") && error.contains("trust anchor"),
             "{error}"
@@ -130,6 +131,6 @@ mod tests {
 
     #[test]
     fn the_system_roots_alone_make_a_config() {
-        client_config(None).unwrap();
+        client_config(None, true).unwrap();
     }
 }

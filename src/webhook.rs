@@ -186,7 +186,8 @@ impl Webhook {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, WebhookError> {
-        let tls = crate::tls::client_config(None)?;
+        let url = parse_url(url)?;
+        let tls = crate::tls::client_config(None, url.scheme() == "https")?;
         Self::build(url, secret, timeout, connect_timeout, &tls, Vec::new())
     }
 
@@ -194,9 +195,10 @@ impl Webhook {
     /// `backend.ca_file` (read now), and its signing secrets.
     pub fn from_config(config: &Config) -> Result<Self, WebhookError> {
         let backend = &config.backend;
-        let tls = crate::tls::client_config(backend.ca_file.as_deref())?;
+        let url = parse_url(&config.webhook_url())?;
+        let tls = crate::tls::client_config(backend.ca_file.as_deref(), url.scheme() == "https")?;
         Self::build(
-            &config.webhook_url(),
+            url,
             backend.secret.clone(),
             backend.timeout,
             backend.connect_timeout,
@@ -206,14 +208,13 @@ impl Webhook {
     }
 
     fn build(
-        url: &str,
+        url: url::Url,
         secret: Secret,
         timeout: Duration,
         connect_timeout: Duration,
         tls: &Arc<rustls::ClientConfig>,
         signing: Vec<SigningSecret>,
     ) -> Result<Self, WebhookError> {
-        let url = parse_url(url)?;
         // Printable ASCII only: HTTP would carry other bytes, but the backend (WSGI decodes
         // headers as Latin-1) would then compare a different string and answer 401, a far
         // harder fault to find than this error at start-up.
@@ -653,8 +654,9 @@ mod tests {
             .map(|s| SigningSecret::parse(s).unwrap())
             .collect::<Vec<_>>();
         let t = Duration::from_secs(5);
-        let tls = crate::tls::client_config(None).unwrap();
-        let hook = Webhook::build(&url, Secret::new(SECRET), t, t, &tls, signing.clone()).unwrap();
+        let tls = crate::tls::client_config(None, false).unwrap();
+        let url = parse_url(&url).unwrap();
+        let hook = Webhook::build(url, Secret::new(SECRET), t, t, &tls, signing.clone()).unwrap();
         assert!(format!("{hook:?}").contains("signing_secrets: 2"));
 
         for attempt in 0..2 {
