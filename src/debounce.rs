@@ -1799,68 +1799,15 @@ mod tests {
         }
     }
 
-    /// What the test itself knows about a sequence, tracked independently of the debouncer.
-    #[derive(Default)]
-    struct Model {
-        link_down: bool,
-        /// An observation arrived since the link last came up (the link is established).
-        observed_on_link: bool,
-        last_up: Option<bool>,
-        /// Start of the current Up run, while the link has stayed up throughout it.
-        up_since: Option<Instant>,
-        last_flap: Option<Instant>,
-        last_report: Option<Status>,
-    }
+    use crate::testing::debounce::{Input, Model};
 
-    impl Model {
-        fn apply(&mut self, now: Instant, ev: &Ev) {
-            match ev {
-                Ev::LinkUp => {
-                    self.link_down = false;
-                    self.observed_on_link = false;
-                }
-                Ev::LinkDown(_) => {
-                    self.link_down = true;
-                    self.up_since = None;
-                }
-                Ev::Wake => {}
-                Ev::Open => {
-                    if self.last_up != Some(true) && !self.link_down {
-                        self.up_since = Some(now);
-                    }
-                    self.last_up = Some(true);
-                    self.observed_on_link |= !self.link_down;
-                }
-                _ => {
-                    if !self.link_down && self.observed_on_link && self.last_up == Some(true) {
-                        self.last_flap = Some(now);
-                    }
-                    self.last_up = Some(false);
-                    self.up_since = None;
-                    self.observed_on_link |= !self.link_down;
-                }
-            }
-        }
-
-        /// Invariants on each newly drained report.
-        fn reported(&mut self, report: &Report, at: Instant) {
-            assert_ne!(
-                self.last_report,
-                Some(report.status),
-                "two reports in a row with the same status"
-            );
-            if report.status == Connected {
-                assert_eq!(
-                    self.last_up,
-                    Some(true),
-                    "connected while the session is down"
-                );
-            }
-            assert!(
-                report.since <= at,
-                "an episode cannot start after its decision"
-            );
-            self.last_report = Some(report.status);
+    /// The model's view of a test event.
+    fn input<'a>(ev: &Ev, obs: &'a Option<Observation>) -> Input<'a> {
+        match ev {
+            Ev::LinkUp => Input::LinkUp,
+            Ev::LinkDown(_) => Input::LinkDown,
+            Ev::Wake => Input::Wake,
+            _ => Input::Observed(obs.as_ref().expect("an observation event")),
         }
     }
 
@@ -1873,7 +1820,7 @@ mod tests {
     /// The exact driver: deadlines fire exactly when due; checks every invariant.
     fn exact_run(policy: &Policy, events: &[(f64, Ev)], stats: &mut Stats) {
         let mut sim = Sim::new(policy.clone(), Restored::default());
-        let mut model = Model::default();
+        let mut model = Model::new(sim.now, &Restored::default());
         let mut checked = 0;
         let cap = max_penalty(policy);
         let mut steps: Vec<(Instant, Option<&Ev>)> = events
@@ -1885,16 +1832,12 @@ mod tests {
         for (at, ev) in steps {
             sim.advance(at);
             for (_, report) in &sim.reports[checked..] {
-                model.reported(report, at);
+                model.reported(report, at).unwrap();
             }
             checked = sim.reports.len();
             // Flapping ends (and connected is decided) within flap_max_suppress of the last flap
             // and connect_grace of the Up run, whichever is later, when Up holds on a live link.
-            if let Some(up_since) = model.up_since {
-                let mut bound = up_since + policy.connect_grace;
-                if let Some(flap) = model.last_flap {
-                    bound = bound.max(flap + policy.flap_max_suppress);
-                }
+            if let Some(bound) = model.settled_by(policy) {
                 if sim.now >= bound {
                     stats.bound_checks += 1;
                     assert!(!sim.d.is_flapping(), "still flapping past the bound");
@@ -1905,7 +1848,7 @@ mod tests {
             assert!(sim.penalty() <= cap * (1.0 + 1e-9) + 1e-9);
             let Some(ev) = ev else { break };
             sim.apply(ev);
-            model.apply(sim.now, ev);
+            model.apply(sim.now, input(ev, &ev.observation()));
             if matches!(ev, Ev::Wake) {
                 assert_eq!(
                     sim.reports.len(),
@@ -1914,7 +1857,7 @@ mod tests {
                 );
             }
             for (_, report) in &sim.reports[checked..] {
-                model.reported(report, sim.now);
+                model.reported(report, sim.now).unwrap();
             }
             checked = sim.reports.len();
         }
@@ -1925,11 +1868,11 @@ mod tests {
     fn lazy_run(policy: &Policy, events: &[(f64, Ev)]) {
         let base = Instant::now();
         let mut d = Debouncer::new(base, Restored::default());
-        let mut model = Model::default();
+        let mut model = Model::new(base, &Restored::default());
         let at = |secs: f64| base + Duration::from_secs_f64(secs);
         fn drain(d: &mut Debouncer, model: &mut Model, now: Instant) {
             while let Some(report) = d.poll_report() {
-                model.reported(&report, now);
+                model.reported(&report, now).unwrap();
             }
         }
         for (secs, ev) in events {
@@ -1944,7 +1887,7 @@ mod tests {
                     d.observe(now, policy, &other.observation().unwrap());
                 }
             }
-            model.apply(now, ev);
+            model.apply(now, input(ev, &ev.observation()));
             drain(&mut d, &mut model, now);
         }
         let end = at(events.last().map_or(0.0, |e| e.0)) + HORIZON;

@@ -8,6 +8,10 @@
 //!   "flapping" `disconnected`, and one `connected` once it has been quiet long enough.
 //! - `dental-care` starts disconnected (428) and recovers: `disconnected` after the grace, then
 //!   `connected` after it has held for the connect grace.
+//! - `shop-1` to `shop-5` meet two WhatsApp-wide outages: all five drop together and come back
+//!   after 8 s, longer than the disconnect grace but inside the mass-outage hold: no call; then
+//!   they drop together again and stay down: one `disconnected` each when the hold ends, with the
+//!   outage as the reason.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -29,7 +33,14 @@ flap_half_life = "10s"
 flap_suppress = 3000
 flap_reuse = 750
 flap_max_suppress = "60s"
+storm_fraction = 0.5
+storm_min_tenants = 5
+storm_window = "5s"
+storm_hold = "10s"
 "#;
+
+/// The tenants the mass outages hit.
+const SHOPS: [&str; 5] = ["shop-1", "shop-2", "shop-3", "shop-4", "shop-5"];
 
 /// One scripted gateway event.
 struct Step {
@@ -82,6 +93,36 @@ fn script() -> Vec<Step> {
             "cafe-flap re-opens",
         ));
     }
+    // Two WhatsApp-wide outages hit the shops: a short one, absorbed by the hold, and a long one.
+    for (i, shop) in SHOPS.iter().enumerate() {
+        let first = i == 0;
+        steps.push(s(
+            18.0,
+            shop,
+            sim::baileys_close(428, "Connection Closed"),
+            if first {
+                "WhatsApp hiccup: shop-1 to shop-5 drop together (428): a mass outage, held"
+            } else {
+                ""
+            },
+        ));
+        steps.push(s(
+            26.0,
+            shop,
+            sim::baileys_open(),
+            if first { "shop-1 to shop-5 are back after 8s (past the 6s grace, inside the 10s hold): no call" } else { "" },
+        ));
+        steps.push(s(
+            29.0,
+            shop,
+            sim::baileys_close(428, "Connection Closed"),
+            if first {
+                "a longer WhatsApp outage: shop-1 to shop-5 drop together again and stay down"
+            } else {
+                ""
+            },
+        ));
+    }
     steps.sort_by_key(|s| s.at);
     steps
 }
@@ -95,10 +136,13 @@ pub async fn run(duration: Duration, out: &mut (dyn Write + Send)) -> anyhow::Re
     gateway.set_snapshot("bistro-42", sim::baileys_open());
     gateway.set_snapshot("cafe-flap", sim::baileys_open());
     gateway.set_snapshot("dental-care", sim::baileys_close(428, "Connection Closed"));
+    for shop in SHOPS {
+        gateway.set_snapshot(shop, sim::baileys_open());
+    }
     let config = demo_config(&gateway, &backend, &state)?;
 
     writeln!(out, "wa-status-sidecar demo: the real engine, a simulated Baileys gateway at {}, and a webhook receiver at {}.", gateway.url_template(), backend.url())?;
-    writeln!(out, "Graces are shortened (disconnect 6s, connect 3s, flap half-life 10s). Each webhook call is printed as it arrives.")?;
+    writeln!(out, "Graces are shortened (disconnect 6s, connect 3s, flap half-life 10s, mass-outage hold 10s). Each webhook call is printed as it arrives.")?;
     writeln!(out)?;
 
     let sidecar = Sidecar::start(config).await?;
@@ -112,9 +156,11 @@ pub async fn run(duration: Duration, out: &mut (dyn Write + Send)) -> anyhow::Re
         tokio::select! {
             _ = sleep_until(end) => break,
             _ = sleep_until(next_step.unwrap_or(end)), if next_step.is_some() => {
-                let step = steps.next().expect("peeked");
+                                let step = steps.next().expect("peeked");
                 gateway.send(step.tenant, &step.frame);
-                writeln!(out, "{} gateway  {}", stamp(Instant::now()), step.note)?;
+                if !step.note.is_empty() {
+                    writeln!(out, "{} gateway  {}", stamp(Instant::now()), step.note)?;
+                }
             }
             call = backend.next_call() => {
                 let Some(call) = call else { break };
@@ -175,7 +221,7 @@ url = "{gateway}"
 url = "{backend}"
 {DEMO_DEBOUNCE}
 [tenants]
-ids = ["acme-bakery", "bistro-42", "cafe-flap", "dental-care"]
+ids = ["acme-bakery", "bistro-42", "cafe-flap", "dental-care", "shop-1", "shop-2", "shop-3", "shop-4", "shop-5"]
 [state]
 dir = "{state}"
 [admin]

@@ -44,6 +44,8 @@ pub mod status;
 pub mod store;
 pub mod storm;
 pub mod system;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod timers;
 pub mod tls;
 pub mod webhook;

@@ -667,6 +667,7 @@ impl Registry {
                 penalty: tenant.debounce.penalty(now.mono, policy),
                 penalty_at_ms: store::unix_ms(now.wall),
                 flapping: tenant.debounce.is_flapping(),
+                stable: tenant.debounce.stable(),
             },
         );
     }
@@ -736,10 +737,13 @@ fn escape(text: &str) -> String {
 /// The debouncer's starting point from a stored record: the state the backend has (or is owed),
 /// the penalty decayed by the wall-clock time since it was stored.
 fn restore_of(record: &Record, policy: &Policy, now: Now) -> Restored {
+    // What is owed is the newest decision; else the last decided state (the backend may have
+    // refused it); else what the backend acknowledged (records from before `stable` was kept).
     let stable = record
         .owed
         .as_ref()
         .map(|o| o.status)
+        .or(record.stable)
         .or(record.reported.as_ref().map(|r| r.status));
     let stored_at = store::system_time(record.penalty_at_ms);
     let elapsed = now.wall.duration_since(stored_at).unwrap_or_default();

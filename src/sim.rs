@@ -67,7 +67,8 @@ enum Command {
 
 #[derive(Default)]
 struct GatewayState {
-    snapshots: HashMap<String, String>,
+    /// The frames sent first to every new link of a tenant, in order.
+    snapshots: HashMap<String, Vec<String>>,
     links: HashMap<String, Vec<mpsc::UnboundedSender<Command>>>,
     accepted: HashMap<String, usize>,
     refusing: bool,
@@ -120,11 +121,17 @@ impl SimGateway {
 
     /// Sets the frame sent first to every new link of `tenant` (the gateway's snapshot).
     pub fn set_snapshot(&self, tenant: &str, frame: String) {
+        self.set_snapshot_frames(tenant, vec![frame]);
+    }
+
+    /// Sets the frames sent first to every new link of `tenant`, in order (a shared link's
+    /// snapshot of every session).
+    pub fn set_snapshot_frames(&self, tenant: &str, frames: Vec<String>) {
         self.state
             .lock()
             .unwrap()
             .snapshots
-            .insert(tenant.to_string(), frame);
+            .insert(tenant.to_string(), frames);
     }
 
     /// Sends a text frame to every open link of `tenant` (or of the shared link, [`SHARED`]).
@@ -236,10 +243,10 @@ impl SimGateway {
             let mut state = self.state.lock().unwrap();
             state.links.entry(tenant.clone()).or_default().push(tx);
             *state.accepted.entry(tenant.clone()).or_default() += 1;
-            state.snapshots.get(&tenant).cloned()
+            state.snapshots.get(&tenant).cloned().unwrap_or_default()
         };
-        if let Some(snapshot) = snapshot {
-            if ws.send(Message::text(snapshot)).await.is_err() {
+        for frame in snapshot {
+            if ws.send(Message::text(frame)).await.is_err() {
                 return;
             }
         }

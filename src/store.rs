@@ -103,6 +103,8 @@ pub struct Record {
     pub penalty_at_ms: u64,
     /// Whether the tenant is being reported as flapping.
     pub flapping: bool,
+    /// The state last decided (see [`Damping::stable`]); None in records written before it was.
+    pub stable: Option<Status>,
 }
 
 /// A state the backend acknowledged.
@@ -140,6 +142,9 @@ pub struct Damping {
     pub penalty: f64,
     pub penalty_at_ms: u64,
     pub flapping: bool,
+    /// The state last decided, whether or not the backend took it (a 400 drops a delivery, not
+    /// the decision): a restart with the session unchanged must not decide it again.
+    pub stable: Option<Status>,
 }
 
 impl Record {
@@ -155,6 +160,7 @@ impl Record {
             penalty: self.penalty,
             penalty_at_ms: self.penalty_at_ms,
             flapping: self.flapping,
+            stable: self.stable,
         }
     }
 }
@@ -855,6 +861,7 @@ mod tests {
             penalty: 1000.5,
             penalty_at_ms: n,
             flapping: n % 2 == 0,
+            stable: Some(Status::Disconnected),
         }
     }
 
@@ -867,6 +874,7 @@ mod tests {
             penalty: p.penalty,
             penalty_at_ms: p.penalty_at_ms,
             flapping: p.flapping,
+            stable: p.stable,
         }
     }
 
@@ -1170,7 +1178,19 @@ mod tests {
             other => panic!("expected Locked, got {other:?}"),
         }
         store.close();
-        open(tmp.path());
+        // Another test of this binary may fork a child (`survives_kill_9`) at the instant the
+        // lock file closes: the child holds a copy of the descriptor, and with it the lock, until
+        // its exec closes it. So the lock is free again within moments, not always at once.
+        for _ in 0..100 {
+            match Store::open_with(tmp.path(), Arc::new(Notify::new()), Options::default()) {
+                Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
+                other => {
+                    other.expect("open after close");
+                    return;
+                }
+            }
+        }
+        panic!("still locked a second after the first store closed");
     }
 
     #[test]

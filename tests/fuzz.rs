@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use wa_status_sidecar::debounce::{Debouncer, Policy, Restored, Status};
 use wa_status_sidecar::observe::{self, DownCause, DownKind, Observation, SessionView};
 use wa_status_sidecar::storm::{Detector, Event, StormPolicy};
+use wa_status_sidecar::testing::debounce::{Input, Model};
 
 /// Cases per property: `PROPTEST_CASES` if set, else `default`.
 fn config(default: u32) -> Config {
@@ -441,74 +442,20 @@ fn restored() -> impl Strategy<Value = Restored> {
     ]
 }
 
-/// What the test knows about a sequence, independently of the debouncer.
-struct Model {
-    link_down: bool,
-    /// An observation arrived since the link last came up.
-    observed_on_link: bool,
-    last_up: Option<bool>,
-    /// Start of the current Up run, while the link stayed up throughout.
-    up_since: Option<Instant>,
-    /// The last flap; a restored penalty counts as a flap at the start.
-    last_flap: Option<Instant>,
-    /// The last status reported, starting from the restored (acknowledged) one.
-    last_report: Option<Status>,
-}
-
-impl Model {
-    fn apply(&mut self, now: Instant, ev: &Ev) {
-        match ev {
-            Ev::LinkUp => {
-                self.link_down = false;
-                self.observed_on_link = false;
-            }
-            Ev::LinkDown => {
-                self.link_down = true;
-                self.up_since = None;
-            }
-            Ev::Wake => {}
-            Ev::Open => {
-                if self.last_up != Some(true) && !self.link_down {
-                    self.up_since = Some(now);
-                }
-                self.last_up = Some(true);
-                self.observed_on_link |= !self.link_down;
-            }
-            _ => {
-                if !self.link_down && self.observed_on_link && self.last_up == Some(true) {
-                    self.last_flap = Some(now);
-                }
-                self.last_up = Some(false);
-                self.up_since = None;
-                self.observed_on_link |= !self.link_down;
-            }
-        }
+/// The model's view of a test event.
+fn input<'a>(ev: &Ev, obs: &'a Option<Observation>) -> Input<'a> {
+    match ev {
+        Ev::LinkUp => Input::LinkUp,
+        Ev::LinkDown => Input::LinkDown,
+        Ev::Wake => Input::Wake,
+        _ => Input::Observed(obs.as_ref().expect("an observation event")),
     }
 }
 
 /// Drains reports, checking the per-report invariants.
 fn drain(d: &mut Debouncer, model: &mut Model, now: Instant) -> Result<(), TestCaseError> {
     while let Some(report) = d.poll_report() {
-        prop_assert_ne!(
-            model.last_report,
-            Some(report.status),
-            "a report equal to the last acknowledged/reported state"
-        );
-        if report.status == Status::Connected {
-            prop_assert_eq!(
-                model.last_up,
-                Some(true),
-                "connected while the last observation is Down"
-            );
-            prop_assert!(report.reason.is_none());
-        } else {
-            prop_assert!(report.reason.as_deref().is_some_and(|r| !r.is_empty()));
-        }
-        prop_assert!(
-            report.since <= now,
-            "an episode cannot start after its decision"
-        );
-        model.last_report = Some(report.status);
+        model.reported(&report, now).map_err(TestCaseError::fail)?;
     }
     Ok(())
 }
@@ -542,11 +489,7 @@ fn check_bound(
     policy: &Policy,
     now: Instant,
 ) -> Result<(), TestCaseError> {
-    if let Some(up_since) = model.up_since {
-        let mut bound = up_since + policy.connect_grace;
-        if let Some(flap) = model.last_flap {
-            bound = bound.max(flap + policy.flap_max_suppress);
-        }
+    if let Some(bound) = model.settled_by(policy) {
         if now >= bound {
             BOUND_CHECKS.fetch_add(1, Ordering::Relaxed);
             prop_assert!(!d.is_flapping(), "still flapping past flap_max_suppress");
@@ -568,14 +511,7 @@ fn debounce_case(
 ) -> Result<(), TestCaseError> {
     let start = Instant::now();
     let mut d = Debouncer::new(start, restored.clone());
-    let mut model = Model {
-        link_down: false,
-        observed_on_link: false,
-        last_up: None,
-        up_since: None,
-        last_flap: (restored.penalty > 0.0 || restored.flapping).then_some(start),
-        last_report: restored.stable,
-    };
+    let mut model = Model::new(start, restored);
     let mut now = start;
     let mut flapped = false;
     for (ms, ev) in events {
@@ -589,7 +525,7 @@ fn debounce_case(
                 d.observe(now, policy, &other.observation().unwrap());
             }
         }
-        model.apply(now, ev);
+        model.apply(now, input(ev, &ev.observation()));
         drain(&mut d, &mut model, now)?;
         // Whatever became due at this instant (a zero grace) fires before the bound is checked.
         let at = now;

@@ -282,6 +282,7 @@ impl Writer {
                 record.penalty = damping.penalty;
                 record.penalty_at_ms = damping.penalty_at_ms;
                 record.flapping = damping.flapping;
+                record.stable = damping.stable;
                 (tenant, true)
             }
             Op::Close(_) | Op::Crash | Op::Barrier(_) | Op::Storms(_) | Op::StormHeld(_) => return,

@@ -245,6 +245,24 @@ async fn the_demo_prints_both_kinds_of_call() {
         calls.iter().filter(|l| l.contains("acme-bakery")).count(),
         1
     );
+    // The shops: connected once each; the short outage absorbed by the hold; the long one
+    // reported once each, after the hold, with the outage as the reason.
+    for shop in ["shop-1", "shop-2", "shop-3", "shop-4", "shop-5"] {
+        let mine: Vec<&&str> = calls.iter().filter(|l| l.contains(shop)).collect();
+        assert_eq!(mine.len(), 2, "{shop}: {out}");
+        assert!(mine[0].contains("-> CONNECTED"), "{out}");
+        assert!(
+            mine[1].contains(
+                "-> DISCONNECTED  reason: WhatsApp-wide outage: 5 of 9 sessions dropped within 5s; last: Connection Closed (code 428)"
+            ),
+            "{out}"
+        );
+        let at: f64 = mine[1][1..6].trim().parse().unwrap();
+        assert!(
+            (39.0..40.0).contains(&at),
+            "reported when the hold ends: {out}"
+        );
+    }
     assert!(out.contains("demo over after 45s"), "{out}");
 }
 

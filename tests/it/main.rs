@@ -21,6 +21,7 @@ mod common;
 mod compat;
 mod faults;
 mod hostile;
+mod model;
 mod private_ca;
 mod process;
 mod storm;
