@@ -16,6 +16,7 @@
 //!   policy, the removed-but-owing lifecycle, readiness that heals.
 //! - [`deliver`]: the outbox's shared handle and the dispatcher task that sends its jobs.
 //! - [`webhook`]: the backend HTTP client; the only code that calls the backend.
+//! - [`tls`]: TLS client settings: the system's roots plus a configured private CA.
 //! - [`status`]: the `status` command's table of tenants.
 //! - [`storm`]: the mass-outage hold: the fleet-level detector of WhatsApp-wide outages.
 //! - [`store`]: durable records under `state.dir`: the journal writer thread (group commit,
@@ -23,6 +24,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the admin HTTP API (`/livez`, `/readyz`, `/metrics`, `/tenants`).
 //! - [`system`]: systemd notify and the open-files limit.
+//! - [`logging`]: the log subscriber; control characters escaped in the text format.
 //! - [`demo`]: the `demo` command: the real engine against the simulated gateway and receiver.
 //! - [`sim`]: a simulated gateway and webhook receiver (real servers on loopback) for `demo` and tests.
 
@@ -32,6 +34,7 @@ pub mod debounce;
 pub mod deliver;
 pub mod demo;
 pub mod link;
+pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;
@@ -44,13 +47,14 @@ pub mod system;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod timers;
+pub mod tls;
 pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -221,11 +225,8 @@ impl Sidecar {
         let (store, restored) = opened?;
         log_restored(&restored, &config);
         let webhook = new_webhook(&config)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| StartError::Http(e.to_string()))?;
+        let gateway_clients =
+            link::GatewayClients::from_config(&config).map_err(StartError::Http)?;
 
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(store);
@@ -236,7 +237,7 @@ impl Sidecar {
             config.backend.max_in_flight,
         ));
         deliveries.set_webhook_url(webhook.url());
-        let (timer_tx, timer_rx) = mpsc::unbounded_channel();
+        let (timer_tx, timer_rx) = timers::channel();
         let registry = Arc::new(Registry::new(
             config.clone(),
             restored,
@@ -252,12 +253,12 @@ impl Sidecar {
             store,
         });
         let webhook: SharedWebhook = Arc::new(RwLock::new(Arc::new(webhook)));
-        let link_ctx = Arc::new(LinkContext {
-            registry: registry.clone(),
-            handshakes: Arc::new(Semaphore::new(config.gateway.handshake_concurrency)),
-            state_fetches: Arc::new(Semaphore::new(link::STATE_FETCH_CONCURRENCY)),
-            http,
-        });
+        let link_ctx = Arc::new(LinkContext::new(
+            registry.clone(),
+            Arc::new(Semaphore::new(config.gateway.handshake_concurrency)),
+            Arc::new(Semaphore::new(link::STATE_FETCH_CONCURRENCY)),
+            gateway_clients,
+        ));
         let mut sidecar = Sidecar {
             engine: engine.clone(),
             webhook: webhook.clone(),
@@ -334,7 +335,10 @@ impl Sidecar {
     /// change stay up. A new backend client applies to the next request.
     pub fn reload(&self, config: Config) -> Result<(), StartError> {
         let config = Arc::new(config);
+        // Both read their CA file now: a bad one refuses the reload before anything changes.
         let webhook = new_webhook(&config)?;
+        let gateway_clients =
+            link::GatewayClients::from_config(&config).map_err(StartError::Http)?;
         let registry = &self.engine.registry;
         let old = registry.config();
         if old.admin.listen != config.admin.listen {
@@ -348,6 +352,7 @@ impl Sidecar {
         }
         let url = webhook.url().to_string();
         *self.webhook.write().unwrap() = Arc::new(webhook);
+        self.link_ctx.set_clients(gateway_clients);
         let (added, removed) = registry.reload(config.clone(), Now::read());
         self.sync_links(&config);
         // The credentials or the URL may have been fixed: try every owed delivery now; and the
@@ -517,11 +522,5 @@ fn log_restored(restored: &store::Restored, config: &Config) {
 }
 
 fn new_webhook(config: &Config) -> Result<Webhook, StartError> {
-    Webhook::new(
-        &config.webhook_url(),
-        config.backend.secret.clone(),
-        config.backend.timeout,
-        config.backend.connect_timeout,
-    )
-    .map_err(|e| StartError::Webhook(e.to_string()))
+    Webhook::from_config(config).map_err(|e| StartError::Webhook(e.to_string()))
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 use wa_status_sidecar::config::{Config, LogFormat, ProcessEnv};
-use wa_status_sidecar::{status, system, Sidecar};
+use wa_status_sidecar::{logging, status, system, Sidecar};
 
 /// Watches WhatsApp gateway sessions and calls the backend webhook on real
 /// connected/disconnected transitions.
@@ -87,13 +87,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { duration } => {
             // The engine's own logs would drown the story; RUST_LOG still overrides.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr)
-                .init();
+            logging::init(LogFormat::Text, "warn");
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -115,7 +109,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_logging(loaded.log.format);
+            logging::init(loaded.log.format, "info");
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }
@@ -132,20 +126,6 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config, loaded))
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal, never into journald or a log file.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 
@@ -206,7 +186,12 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
                             tracing::error!("reload failed, keeping the old config: {e}");
                         }
                     }
-                    Err(e) => tracing::error!("the new config is invalid; keeping the old one:\n{e}"),
+                                        Err(e) => {
+                        // One line per problem: a log line never holds a line break.
+                        for problem in &e.problems {
+                            tracing::error!(config = %e.source_name, problem = %problem, "the new config is invalid; keeping the old one");
+                        }
+                    }
                 }
                 system::notify("READY=1");
             }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc::UnboundedSender;
+
 use tokio::time::Instant;
 
 use crate::config::{Config, GatewayMode};
@@ -91,7 +91,7 @@ pub struct Registry {
     pub metrics: Arc<Metrics>,
     deliveries: Arc<Deliveries>,
     store: Arc<Store>,
-    timers: UnboundedSender<timers::Update>,
+    timers: timers::Sender,
     shared_link: Mutex<SharedLink>,
     /// When an ignored frame of the shared link was last logged.
     shared_noise_log: Mutex<Option<Instant>>,
@@ -108,7 +108,7 @@ impl Registry {
         metrics: Arc<Metrics>,
         deliveries: Arc<Deliveries>,
         store: Arc<Store>,
-        timers: UnboundedSender<timers::Update>,
+        timers: timers::Sender,
         now: Now,
     ) -> Self {
         let registry = Registry {

@@ -36,21 +36,61 @@ pub struct Owed {
     pub changed_at: String,
 }
 
-/// Fetches `/tenants` from the admin API at `admin` (e.g. `http://127.0.0.1:9464`).
+/// Largest `/tenants` answer read: 10,000 tenants take about 4 MiB; four times that for margin.
+pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Longest wait for the whole answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetches `/tenants` from the admin API at `admin` (e.g. `http://127.0.0.1:9464`). A redirect
+/// is not followed and at most [`BODY_LIMIT`] bytes are read (SPEC 2 rev 12): whatever answers
+/// on that address cannot send this command elsewhere or fill its memory.
 pub async fn fetch(admin: &str) -> Result<Vec<Row>, String> {
     let url = format!("{}/tenants", admin.trim_end_matches('/'));
+    let shown = crate::config::redact_url(&url);
+    let tls =
+        crate::tls::client_config(None, url.starts_with("https:")).map_err(|e| e.to_string())?;
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
         .build()
         .map_err(|e| e.to_string())?;
-    let response = client.get(&url).send().await.map_err(|e| {
-        format!("cannot reach the sidecar's admin API at {url}: {e}\n(is it running? pass --admin or set WA_SIDECAR_ADMIN to its admin.listen address)")
+    let mut response = client.get(&url).send().await.map_err(|e| {
+        format!("cannot reach the sidecar's admin API at {shown}: {}\n(is it running? pass --admin or set WA_SIDECAR_ADMIN to its admin.listen address)", e.without_url())
     })?;
-    if !response.status().is_success() {
-        return Err(format!("{url} answered {}", response.status()));
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(format!(
+            "{shown} answered {status}, a redirect, which is not followed: pass the sidecar's own admin.listen address"
+        ));
     }
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| format!("unexpected answer from {url}: {e}"))
+    if !status.is_success() {
+        return Err(format!("{shown} answered {status}"));
+    }
+    let too_large = || {
+        format!(
+            "the answer from {shown} is larger than {} MiB",
+            BODY_LIMIT >> 20
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > BODY_LIMIT as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer from {shown}: {}", e.without_url()))?
+    {
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("unexpected answer from {shown}: {e}"))
 }
 
 /// Longest reason shown in the table; the admin API has the whole text.

@@ -3,11 +3,15 @@
 //! Timers are data: the registry sends `(tenant, deadline)` whenever a tenant's next deadline
 //! changes (`None` cancels it), and this task keeps them ordered and sleeps until the first.
 //! A tenant has at most one pending deadline, however fast it flaps: a new one replaces the old
-//! (SPEC 3 rev 12: memory stays bounded whatever a gateway sends).
+//! (SPEC 3 rev 12: memory stays bounded whatever a gateway sends). That holds on the way in too:
+//! updates travel through a [`channel`] that keeps only each tenant's latest one, so a gateway
+//! that floods flaps faster than this task runs queues one entry per tenant, not one per flap
+//! (an unbounded channel held 596,000 updates, 22 MiB, during 300,000 flaps on 40 links).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +20,59 @@ use crate::{Now, TenantId};
 
 /// A change of one tenant's deadline.
 pub type Update = (TenantId, Option<Instant>);
+
+/// A channel of deadline updates that coalesces them per tenant: the receiver gets each
+/// tenant's latest update since it last looked, whatever came before it.
+pub fn channel() -> (Sender, Receiver) {
+    let shared = Arc::new(Shared::default());
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashMap<TenantId, Option<Instant>>>,
+    ready: Notify,
+}
+
+/// The sending side of [`channel`].
+pub struct Sender {
+    shared: Arc<Shared>,
+}
+
+impl Sender {
+    /// Replaces whatever update of this tenant is still pending. Never blocks, never fails.
+    pub fn send(&self, (tenant, at): Update) -> Result<(), std::convert::Infallible> {
+        self.shared.pending.lock().unwrap().insert(tenant, at);
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+}
+
+/// The receiving side of [`channel`].
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    /// Waits for updates and takes all that are pending, one per tenant.
+    pub async fn recv(&mut self) -> HashMap<TenantId, Option<Instant>> {
+        // Updates may always be pending during a flood: count each batch against the task's
+        // budget so this task still yields to the others.
+        tokio::task::consume_budget().await;
+        loop {
+            let taken = std::mem::take(&mut *self.shared.pending.lock().unwrap());
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+}
 
 /// Each tenant's one pending deadline, ordered by time.
 #[derive(Debug, Default)]
@@ -63,21 +120,23 @@ impl Wheel {
 }
 
 /// Runs the wheel until `stop` fires, calling `due(tenant, now)` for each deadline reached.
-pub async fn run(
-    mut updates: UnboundedReceiver<Update>,
-    due: impl Fn(&TenantId, Now),
-    stop: CancellationToken,
-) {
+pub async fn run(mut updates: Receiver, due: impl Fn(&TenantId, Now), stop: CancellationToken) {
     let mut wheel = Wheel::default();
     loop {
         let next = wheel.next();
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            update = updates.recv() => match update {
-                Some((tenant, at)) => wheel.set(tenant, at),
-                None => return,
-            },
+                                    pending = updates.recv() => {
+                for (tenant, at) in pending {
+                    wheel.set(tenant, at);
+                }
+                // Updates may never stop coming during a flood; deadlines still fire.
+                let now = Now::read();
+                while let Some(tenant) = wheel.pop_due(now.mono) {
+                    due(&tenant, now);
+                }
+            }
             _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
                 let now = Now::read();
                 while let Some(tenant) = wheel.pop_due(now.mono) {

@@ -14,6 +14,19 @@
 //! {"tenant_id":"business_1","status":"disconnected","reason":"..."}
 //! ```
 //!
+//! With signing secrets configured (`backend.signing_secret_file` or env
+//! `WEBHOOK_SIGNING_SECRET`), every request also carries the Standard Webhooks headers, so any
+//! Standard Webhooks library can verify it:
+//!
+//! ```text
+//! webhook-id: <the Idempotency-Key>
+//! webhook-timestamp: <Unix seconds of this attempt>
+//! webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body"> [v1,<...> per further secret]
+//! ```
+//!
+//! TLS trusts the system's roots plus `backend.ca_file` ([`crate::tls`]); redirects are never
+//! followed and at most [`BODY_PREFIX_LIMIT`] bytes of an answer are read.
+//!
 //! [`Webhook::send`] never fails: every answer (or the lack of one) is an [`Outcome`] the caller
 //! branches on, because a backend that is down or misconfigured is an expected state of the
 //! world, not a bug. Scheduling retries is the caller's job; this module supplies the numbers
@@ -27,10 +40,15 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
+use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::config::{Config, Secret, SigningSecret};
 use crate::debounce::Status;
 
 /// First retry delay bound after a transient failure (SPEC 2: base 1 s).
@@ -50,6 +68,9 @@ const USER_AGENT: &str = concat!("wa-status-sidecar/", env!("CARGO_PKG_VERSION")
 const SECRET_HEADER: &str = "x-internal-secret";
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 const CHANGED_AT_HEADER: &str = "x-status-changed-at";
+const WEBHOOK_ID_HEADER: &str = "webhook-id";
+const WEBHOOK_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+const WEBHOOK_SIGNATURE_HEADER: &str = "webhook-signature";
 
 /// Why a [`Webhook`] could not be built. The messages never contain the secret.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +84,8 @@ pub enum WebhookError {
     InvalidSecret,
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    #[error("backend.ca_file: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One transition to report. Borrowed, so the caller keeps ownership of its queued job and a
@@ -126,6 +149,8 @@ pub struct Webhook {
     secret: HeaderValue,
     timeout: Duration,
     connect_timeout: Duration,
+    /// Standard Webhooks keys: one signature per key on every request; none, no signature.
+    signing: Arc<[SigningSecret]>,
 }
 
 impl fmt::Debug for Webhook {
@@ -136,6 +161,7 @@ impl fmt::Debug for Webhook {
             .field("user_agent", &USER_AGENT)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("signing_secrets", &self.signing.len())
             .finish()
     }
 }
@@ -151,6 +177,9 @@ struct Body<'a> {
 impl Webhook {
     /// `url` is the full endpoint (`backend.url` joined with `backend.path`). `timeout` bounds a
     /// whole call, body included; `connect_timeout` bounds the TCP and TLS handshake.
+    ///
+    /// Trusts the system's roots and signs nothing; [`Webhook::from_config`] is what the sidecar
+    /// uses.
     pub fn new(
         url: &str,
         secret: Secret,
@@ -158,6 +187,34 @@ impl Webhook {
         connect_timeout: Duration,
     ) -> Result<Self, WebhookError> {
         let url = parse_url(url)?;
+        let tls = crate::tls::client_config(None, url.scheme() == "https")?;
+        Self::build(url, secret, timeout, connect_timeout, &tls, Vec::new())
+    }
+
+    /// The client `[backend]` describes: its URL, secret and timeouts, the system's roots plus
+    /// `backend.ca_file` (read now), and its signing secrets.
+    pub fn from_config(config: &Config) -> Result<Self, WebhookError> {
+        let backend = &config.backend;
+        let url = parse_url(&config.webhook_url())?;
+        let tls = crate::tls::client_config(backend.ca_file.as_deref(), url.scheme() == "https")?;
+        Self::build(
+            url,
+            backend.secret.clone(),
+            backend.timeout,
+            backend.connect_timeout,
+            &tls,
+            backend.signing_secrets.clone(),
+        )
+    }
+
+    fn build(
+        url: url::Url,
+        secret: Secret,
+        timeout: Duration,
+        connect_timeout: Duration,
+        tls: &Arc<rustls::ClientConfig>,
+        signing: Vec<SigningSecret>,
+    ) -> Result<Self, WebhookError> {
         // Printable ASCII only: HTTP would carry other bytes, but the backend (WSGI decodes
         // headers as Latin-1) would then compare a different string and answer 401, a far
         // harder fault to find than this error at start-up.
@@ -175,6 +232,7 @@ impl Webhook {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(connect_timeout)
+            .use_preconfigured_tls(rustls::ClientConfig::clone(tls))
             .build()
             .map_err(|e| WebhookError::Client(describe(e.without_url())))?;
         Ok(Webhook {
@@ -183,6 +241,7 @@ impl Webhook {
             secret,
             timeout,
             connect_timeout,
+            signing: signing.into(),
         })
     }
 
@@ -212,7 +271,7 @@ impl Webhook {
         // inventing an outcome for it.
         let body = serde_json::to_vec(&body).expect("a struct of strings always serializes");
 
-        let mut headers = HeaderMap::with_capacity(4);
+        let mut headers = HeaderMap::with_capacity(8);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(SECRET_HEADER, self.secret.clone());
         headers.insert(IDEMPOTENCY_KEY_HEADER, idempotency_key);
@@ -221,6 +280,26 @@ impl Webhook {
             HeaderValue::from_str(&format_changed_at(d.changed_at))
                 .expect("an RFC 3339 timestamp is ASCII"),
         );
+        if !self.signing.is_empty() {
+            // The time of this attempt, not of the transition: a retry an hour later must still
+            // fall within the receiver's tolerance (Standard Webhooks: 5 minutes).
+            let timestamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let signatures: Vec<String> = self
+                .signing
+                .iter()
+                .map(|secret| sign(secret.key(), d.idempotency_key, timestamp, &body))
+                .collect();
+            // The key was a valid header value above; a number and base64 always are.
+            headers.insert(WEBHOOK_ID_HEADER, headers[IDEMPOTENCY_KEY_HEADER].clone());
+            headers.insert(WEBHOOK_TIMESTAMP_HEADER, HeaderValue::from(timestamp));
+            headers.insert(
+                WEBHOOK_SIGNATURE_HEADER,
+                HeaderValue::from_str(&signatures.join(" ")).expect("base64 is ASCII"),
+            );
+        }
 
         let response = self
             .client
@@ -292,6 +371,22 @@ impl Webhook {
         };
         format!("{what}: {cause}")
     }
+}
+
+/// One Standard Webhooks signature: `v1,` then the base64 HMAC-SHA256, keyed with the secret's
+/// decoded bytes, of `"{id}.{timestamp}.{body}"`.
+pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag)
+    )
 }
 
 fn parse_url(raw: &str) -> Result<url::Url, WebhookError> {
@@ -529,6 +624,79 @@ mod tests {
         assert_eq!(object["tenant_id"], "business_1");
         assert_eq!(object["status"], "disconnected");
         assert_eq!(object["reason"], reason);
+    }
+
+    /// The published test vector of Standard Webhooks (standard-webhooks/standard-webhooks,
+    /// `libraries/python/tests/test_webhooks.py::test_sign_function`).
+    #[test]
+    fn signatures_match_the_standard_webhooks_test_vector() {
+        let secret = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            sign(
+                secret.key(),
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[tokio::test]
+    async fn with_signing_secrets_every_request_carries_one_signature_per_secret() {
+        let (url, mut rx) = recording().await;
+        let secrets = [
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_c2Vjb25kLWtleQ==",
+        ];
+        let signing = secrets
+            .iter()
+            .map(|s| SigningSecret::parse(s).unwrap())
+            .collect::<Vec<_>>();
+        let t = Duration::from_secs(5);
+        let tls = crate::tls::client_config(None, false).unwrap();
+        let url = parse_url(&url).unwrap();
+        let hook = Webhook::build(url, Secret::new(SECRET), t, t, &tls, signing.clone()).unwrap();
+        assert!(format!("{hook:?}").contains("signing_secrets: 2"));
+
+        for attempt in 0..2 {
+            let before = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let outcome = hook
+                .send(&delivery(Status::Disconnected, Some("logged out")))
+                .await;
+            let after = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            assert_eq!(outcome, Outcome::Delivered { status: 200 }, "{attempt}");
+            let (headers, body) = rx.recv().await.unwrap();
+            let id = header(&headers, "webhook-id");
+            assert_eq!(id, header(&headers, "idempotency-key"));
+            let timestamp: u64 = header(&headers, "webhook-timestamp").parse().unwrap();
+            assert!((before..=after).contains(&timestamp), "{timestamp}");
+            let signatures: Vec<&str> = header(&headers, "webhook-signature").split(' ').collect();
+            let expected: Vec<String> = signing
+                .iter()
+                .map(|s| sign(s.key(), id, timestamp, &body))
+                .collect();
+            assert_eq!(signatures, expected);
+            assert!(signatures.iter().all(|s| s.starts_with("v1,")));
+            assert_eq!(header(&headers, "x-internal-secret"), SECRET);
+        }
+    }
+
+    #[tokio::test]
+    async fn without_signing_secrets_no_signature_headers_are_sent() {
+        let (url, mut rx) = recording().await;
+        let hook = webhook(&url, Duration::from_secs(5));
+        hook.send(&delivery(Status::Connected, None)).await;
+        let (headers, _) = rx.recv().await.unwrap();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            assert!(headers.get(name).is_none(), "{name}");
+        }
     }
 
     #[tokio::test]

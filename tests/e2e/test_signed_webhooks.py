@@ -1,9 +1,10 @@
 """Standard Webhooks signatures against the Flask kit's demo backend as a real process.
 
-The sidecar's signing side is being built, so the signatures here are computed in the test with
-the standard library alone (hmac, hashlib, base64), exactly as SPEC section 2 describes them:
+Most signatures here are computed in the test with the standard library alone (hmac, hashlib,
+base64), exactly as SPEC section 2 describes them:
 ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, keyed with the bytes a
 ``whsec_<base64>`` secret decodes to. The backend holds two secrets (a rotation in progress).
+The last test has the sidecar binary sign its own calls and the kit verify them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import SECRET, Backend, http_raw
+from conftest import SECRET, Backend, Gateway, Sidecar, free_port, http, http_raw, wait_for
 
 HOOK = "/api/internal/whatsapp/status-webhook"
 OLD_KEY, NEW_KEY, STRANGER_KEY = os.urandom(32), os.urandom(24), os.urandom(32)
@@ -113,3 +114,54 @@ def test_a_retry_with_a_fresh_timestamp_replays_and_a_reused_id_conflicts(backen
     assert status == 409 and answer["error"] == "idempotency_key_reused"
     assert backend.call_count() == 1
     assert [r["status"] for r in backend.reminders("business_1")] == ["open"]
+
+
+def test_the_sidecar_signs_its_calls_and_the_flask_kit_verifies_them(procs, tmp_path, sidecar_bin):
+    """The real binary signs with `backend.signing_secret_file` (two secrets: a rotation in
+    progress); the Flask kit, knowing only the newer one, verifies and records the calls. A sidecar
+    signing with a secret the backend does not know is refused: 401, and the sidecar says so."""
+    gateway = Gateway(procs, ["business_1"])
+    backend = Backend(procs, tmp_path / "sig.sqlite", ["business_1"], {"WEBHOOK_SIGNING_SECRET": whsec(NEW_KEY)})
+
+    def sidecar(keys, name):
+        secrets = tmp_path / f"{name}.secrets"
+        secrets.write_text("".join(whsec(k) + "\n" for k in keys))
+        secrets.chmod(0o600)
+        port = free_port()
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f"""
+[gateway]
+url = "ws://127.0.0.1:{gateway.port}/ws/{{tenant}}"
+token_env = "GATEWAY_TOKEN"
+[backend]
+url = "{backend.url}"
+signing_secret_file = "{secrets}"
+[debounce]
+connect_grace = "300ms"
+disconnect_grace = "2s"
+[tenants]
+ids = ["business_1"]
+[state]
+dir = "{tmp_path / 'state'}"
+[admin]
+listen = "127.0.0.1:{port}"
+""")
+        return Sidecar(procs, sidecar_bin, config, port)
+
+    rotating = sidecar([OLD_KEY, NEW_KEY], "rotating")
+    wait_for("the signed first state", lambda: (backend.status("business_1") or {}).get("status") == "connected")
+    gateway.control("business_1", "logout")
+    [reminder] = wait_for("the signed logout's reminder", lambda: backend.reminders("business_1"))
+    assert reminder["reason"] == "logged out (code 401): Connection Failure"
+    assert backend.call_count() == 2
+    rotating.proc.stop()
+
+    # The same sidecar state, now signing with a secret the backend never had.
+    stranger = sidecar([STRANGER_KEY], "stranger")
+    gateway.control("business_1", "reconnect")
+    view = wait_for("the refused call", lambda: (v := stranger.tenant("business_1"))["last_error"] and v)
+    assert view["owed"]["status"] == "connected"
+    status, ready = http("GET", f"{stranger.admin}/readyz")
+    assert status == 503 and "401" in json.dumps(ready), ready
+    assert backend.call_count() == 2 and backend.status("business_1")["status"] == "disconnected"
+    assert backend.reminders("business_1")[0]["status"] == "open"

@@ -1,0 +1,189 @@
+//! Logging set-up: `tracing` to stderr, as text (one line per event) or JSON.
+//!
+//! Text from the gateway (close reasons, frames) and from the backend (error bodies) reaches log
+//! fields. In the text format a newline in it would forge a log line and an escape sequence would
+//! drive the operator's terminal, so [`EscapedFields`] writes every field and message with its
+//! control characters escaped (`\n`, `\u{1b}`); printable text, Hebrew included, is kept as is.
+//! The JSON format escapes them already (JSON strings cannot hold a raw control character).
+
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber: `RUST_LOG` if set, else `default_filter`; colour only for a
+/// person at a terminal, never into journald or a file.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
+    }
+}
+
+/// The text format's field formatter: tracing-subscriber's layout (the message, then
+/// `name=value` pairs, `&str` values quoted), with control characters escaped everywhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = Visitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct Visitor<'writer> {
+    writer: Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visitor<'_> {
+    fn field(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        let name = field.name();
+        // tracing-log's metadata fields, as the default formatter skips them.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let separator = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        let written = if name == "message" {
+            write!(self.writer, "{separator}")
+        } else {
+            write!(self.writer, "{separator}{name}=")
+        };
+        self.result = written.and_then(|()| fmt::write(&mut Escaping(&mut self.writer), value));
+    }
+}
+
+impl Visit for Visitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.field(field, format_args!("{value}"));
+        } else {
+            // Quoted, as the default formatter writes a `&str` value.
+            self.field(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, format_args!("{value:?}"));
+    }
+}
+
+/// Writes through, escaping what could break the line or drive a terminal: C0 and C1 control
+/// characters (newline, carriage return, escape), the Unicode line and paragraph separators, and
+/// the bidirectional overrides and isolates that reorder how a line reads.
+struct Escaping<'a, 'writer>(&'a mut Writer<'writer>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut rest = text;
+        while let Some(at) = rest.find(needs_escape) {
+            self.0.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().expect("found a char at `at`");
+            for escaped in c.escape_debug() {
+                self.0.write_char(escaped)?;
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn text_log(event: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || writer.clone())
+            .fmt_fields(EscapedFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, event);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn control_characters_in_any_field_or_message_are_escaped() {
+        let hostile = "bye\nINFO forged line\x1b[31mred\u{202e}txt\r";
+        let log = text_log(|| {
+            tracing::warn!(
+                reason = %hostile,
+                body = hostile,
+                debug = ?hostile,
+                code = 428,
+                "closed: {hostile}"
+            )
+        });
+        assert_eq!(log.matches('\n').count(), 1, "one line: {log:?}");
+        assert!(!log.contains('\x1b') && !log.contains('\r') && !log.contains('\u{202e}'));
+        assert!(
+            log.contains(r"closed: bye\nINFO forged line\u{1b}[31mred\u{202e}txt\r"),
+            "{log}"
+        );
+        assert!(
+            log.contains(r"reason=bye\nINFO forged line\u{1b}[31mred\u{202e}txt\r "),
+            "{log}"
+        );
+        assert!(log.contains(r#"body="bye\nINFO"#), "{log}");
+        assert!(log.contains(" code=428"), "{log}");
+    }
+
+    #[test]
+    fn printable_text_is_kept_as_is() {
+        let log = text_log(
+            || tracing::info!(tenant = %"business_1", reason = "החיבור נותק", "gateway link down"),
+        );
+        assert!(
+            log.ends_with(
+                "INFO wa_status_sidecar::logging::tests: gateway link down tenant=business_1 reason=\"החיבור נותק\"\n"
+            ),
+            "{log}"
+        );
+    }
+}
