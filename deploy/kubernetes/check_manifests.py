@@ -13,7 +13,6 @@ Usage: check_manifests.py DIR BINARY
 
 import os
 import pathlib
-import stat
 import subprocess
 import sys
 import tempfile
