@@ -680,7 +680,7 @@ mod tests {
             }),
             penalty: 1000.5,
             penalty_at_ms: n,
-            flapping: n % 2 == 0,
+            flapping: n.is_multiple_of(2),
         }
     }
 
