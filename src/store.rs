@@ -680,7 +680,7 @@ mod tests {
             }),
             penalty: 1000.5,
             penalty_at_ms: n,
-            flapping: n.is_multiple_of(2),
+            flapping: n % 2 == 0,
         }
     }
 
