@@ -42,6 +42,17 @@ enum Command {
         )]
         admin: String,
     },
+    /// Exit 0 if a running sidecar's admin API answers `GET /livez` with 200, else 1. For
+    /// container HEALTHCHECKs in images that have no curl or shell.
+    Healthcheck {
+        /// The admin API's base URL.
+        #[arg(
+            long,
+            env = "WA_SIDECAR_ADMIN",
+            default_value = "http://127.0.0.1:9464"
+        )]
+        admin: String,
+    },
     /// Run the real engine against an embedded simulated gateway and webhook receiver, printing
     /// each webhook call. No other service needed.
     Demo {
@@ -81,6 +92,32 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Healthcheck { admin } => {
+            let url = format!("{}/livez", admin.trim_end_matches('/'));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime starts");
+            let answer = runtime.block_on(async {
+                reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()?
+                    .get(&url)
+                    .send()
+                    .await
+            });
+            match answer {
+                Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+                Ok(response) => {
+                    eprintln!("{url} answered {}", response.status());
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("cannot reach {url}: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -2,17 +2,17 @@
 
 Run by deploy/kubernetes/validate (after kubernetes-validate has checked every manifest against
 the Kubernetes schemas). Checks that the pieces agree with each other and with the sidecar:
-the config path in the container's args is the mounted ConfigMap key, the admin port in
-sidecar.toml is the probed port, the secret file and the state dir are the mounted Secret and
-PVC, the hardening is in place, and the embedded sidecar.toml passes the real
-`wa-status-sidecar check`.
+the sidecar is a native sidecar with startup and liveness probes and no readiness probe, its
+image is the one the Dockerfile builds (tag = Cargo.toml's version, same user), the config path
+in the container's args is the mounted ConfigMap key, the admin port in sidecar.toml is the
+probed port, the secret file and the state dir are the mounted Secret and PVC, the hardening is
+in place, and the embedded sidecar.toml passes the real `wa-status-sidecar check`.
 
 Usage: check_manifests.py DIR BINARY
 """
 
 import os
 import pathlib
-import stat
 import subprocess
 import sys
 import tempfile
@@ -53,9 +53,16 @@ def main(directory, binary):
     pod = deployment["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     containers = {c["name"]: c for c in pod["containers"]}
-    check(set(containers) == {"gateway", "wa-status-sidecar"}, "two containers: gateway and sidecar")
-    sidecar = containers["wa-status-sidecar"]
+    init_containers = {c["name"]: c for c in pod.get("initContainers", [])}
+    check(set(containers) == {"gateway"}, "one main container: the gateway")
+    check(set(init_containers) == {"wa-status-sidecar"}, "the sidecar is an init container")
+    sidecar = init_containers["wa-status-sidecar"]
     gateway = containers["gateway"]
+    # A native sidecar (Kubernetes >= 1.29): runs for the pod's life, restarted on its own.
+    check(sidecar.get("restartPolicy") == "Always", "the sidecar is a native sidecar (restartPolicy: Always)")
+    # Readiness is per pod: a readiness probe on the sidecar would take the gateway's pod out of
+    # its Services whenever the sidecar is not ready. The alert rules watch readiness instead.
+    check("readinessProbe" not in sidecar, "no readiness probe gates the gateway's pod")
     check(deployment["spec"]["replicas"] == 1, "one replica (sessions and reports are not shared)")
     check(deployment["spec"]["strategy"]["type"] == "Recreate", "Recreate strategy (RWO state volume)")
 
@@ -94,7 +101,7 @@ def main(directory, binary):
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
     check(host == "0.0.0.0", "admin.listen is on the pod IP (kubelet probes do not use loopback)")
     check(ports.get("admin") == int(port), f"container port `admin` is admin.listen's port {port}")
-    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+    for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez")):
         http = sidecar.get(probe, {}).get("httpGet", {})
         check(http.get("path") == path and http.get("port") == "admin", f"{probe} GETs {path} on the admin port")
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
@@ -119,8 +126,29 @@ def main(directory, binary):
         "state.dir is the writable mount of the PVC",
     )
 
-    # Hardening and sizing.
+    # The image: the one the repository's Dockerfile builds (README: `docker build -t
+    # wa-status-sidecar:<version> .`), tagged with the crate's version, running as the user the
+    # Dockerfile sets.
+    repo = directory.resolve().parents[1]
+    with open(repo / "Cargo.toml", "rb") as f:
+        version = tomllib.load(f)["package"]["version"]
+    check(sidecar["image"] == f"wa-status-sidecar:{version}", f"the sidecar's image is wa-status-sidecar:{version} (Cargo.toml's version)")
+    images = {i["name"]: i for i in kustomization.get("images", [])}
+    check(images.get("wa-status-sidecar", {}).get("newTag") == version, "kustomization's images entry has the same tag")
+    # Instructions, with backslash-continued lines joined.
+    dockerfile = (repo / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
     sc = sidecar["securityContext"]
+    check(
+        users[-1:] == [f"{sc.get('runAsUser')}:{sc.get('runAsGroup')}"],
+        f"the pod runs the sidecar as the Dockerfile's USER ({users[-1:]})",
+    )
+    check(
+        any(line.startswith("HEALTHCHECK") and "healthcheck" in line for line in dockerfile),
+        "the image's HEALTHCHECK uses the binary's healthcheck subcommand (/livez)",
+    )
+
+    # Hardening and sizing.
     check(sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) != 0, "the sidecar runs as non-root")
     check(sc.get("readOnlyRootFilesystem") is True, "read-only root filesystem")
     check(sc.get("allowPrivilegeEscalation") is False, "no privilege escalation")
