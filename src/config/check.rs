@@ -1,9 +1,10 @@
 //! The one validation pass: from the raw serde value (plus the environment and the files it
 //! names) to a typed [`Config`], collecting every problem with its key path on the way.
 //!
-//! Each helper records a problem and returns `None` for a value it refuses, so a cross-key rule
-//! runs only on values that are valid themselves, and the `Config` is built (with `?` on every
-//! field) only once the whole pass has run.
+//! A helper that refuses a value records a problem and goes on with the key's default, so the
+//! pass always runs to the end; the `Config` it builds is returned only when it found nothing.
+//! A cross-key rule runs only on keys that are valid themselves ([`Check::fine`]), so that a
+//! default standing in for a refused value cannot cause a second, misleading problem.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -17,35 +18,13 @@ use serde::Deserialize;
 use toml::{Table, Value};
 use url::{Host, Url};
 
-use super::raw::{self, article, describe, key_path, Humane, RawConfig, Setting};
+use super::raw::{self, article, describe, key_path, Key, RawConfig, Setting, Span};
 use super::*;
 use crate::storm::{self, StormPolicy};
 
-/// A key's path (`"gateway.url"`) and its raw setting.
-type Key<'r, T> = (&'static str, &'r Setting<T>);
-
-/// `key!(raw.gateway.url)`: the path `"gateway.url"` and the setting, the name written once.
-macro_rules! key {
-    ($raw:ident . $section:ident . $key:ident) => {
-        (
-            concat!(stringify!($section), ".", stringify!($key)),
-            &$raw.$section.$key,
-        )
-    };
-}
-
 /// Header names the WebSocket handshake sets itself; overriding them would break it.
-const RESERVED_HEADERS: [&str; 9] = [
-    "host",
-    "connection",
-    "upgrade",
-    "content-length",
-    "transfer-encoding",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-accept",
-    "sec-websocket-extensions",
-];
+const RESERVED_HEADERS: &str = "host connection upgrade content-length transfer-encoding \
+    sec-websocket-key sec-websocket-version sec-websocket-accept sec-websocket-extensions";
 
 pub(super) fn parse(
     text: &str,
@@ -74,42 +53,43 @@ pub(super) fn parse(
     let mut problems = c.problems;
     problems.extend(unknown);
     match config {
-        Some(config) if problems.is_empty() => Ok(Config {
-            warnings: c.warnings,
-            ..config
-        }),
-        // Every refused value comes with a problem; stay total should that ever not hold.
-        _ if problems.is_empty() => Err(fail(vec![Problem::new("", "invalid configuration")])),
-        _ => {
-            // Group by section in file order; a stable sort keeps the pass order within each.
-            let sections = raw::sections();
-            problems.sort_by_key(|problem| {
-                let head = match problem.path.as_str() {
-                    path if path.starts_with("env ") => "backend", // BACKEND_INTERNAL_URL, ...
-                    path => path.split(['.', '[']).next().unwrap_or(""),
-                };
-                sections
-                    .iter()
-                    .position(|s| *s == head)
-                    .unwrap_or(sections.len())
-            });
-            Err(fail(problems))
+        Some(config) if problems.is_empty() => {
+            return Ok(Config {
+                warnings: c.warnings,
+                ..config
+            })
         }
+        // Every refused value comes with a problem; stay total should that ever not hold.
+        _ if problems.is_empty() => problems.push(Problem::new("", "invalid configuration")),
+        _ => {}
     }
+    // Group by section in file order; a stable sort keeps the pass order within each.
+    let sections = raw::sections();
+    problems.sort_by_key(|problem| {
+        let path = problem.path.as_str();
+        // BACKEND_INTERNAL_URL, WEBHOOK_SIGNING_SECRET: settings of [backend].
+        let head = match path.starts_with("env ") {
+            true => "backend",
+            false => path.split(['.', '[']).next().unwrap_or(""),
+        };
+        let at = sections.iter().position(|s| *s == head);
+        at.unwrap_or(sections.len())
+    });
+    Err(fail(problems))
 }
 
 fn syntax_problem(text: &str, err: &toml::de::Error) -> Problem {
     let message = err.message().trim_end();
-    let message = match err.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("invalid TOML at line {line}, column {column}: {message}")
-        }
-        None => format!("invalid TOML: {message}"),
+    let Some(span) = err.span() else {
+        return Problem::new("", format!("invalid TOML: {message}"));
     };
-    Problem::new("", message)
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Problem::new(
+        "",
+        format!("invalid TOML at line {line}, column {column}: {message}"),
+    )
 }
 
 /// The pass's state: what it found so far, and where it reads files and variables.
@@ -126,18 +106,19 @@ impl Check<'_> {
         let tenants = self.tenants(raw);
         let gateway = self.gateway(raw, &tenants);
         let backend = self.backend(raw);
-        let debounce = self.debounce(raw);
-        let storm = self.storm(raw);
-        let (dir, listen, format) = (self.state_dir(raw), self.admin(raw), self.log(raw));
+        let (debounce, storm) = (self.debounce(raw), self.storm(raw));
+        let dir = self.state_dir(raw);
+        let listen = self.admin(raw);
+        let format = self.log(raw);
         Some(Config {
-            gateway: gateway?,
+            gateway,
             backend: backend?,
-            debounce: debounce?,
-            storm: storm?,
+            debounce,
+            storm,
             tenants,
-            state: StateConfig { dir: dir? },
-            admin: AdminConfig { listen: listen? },
-            log: LogConfig { format: format? },
+            state: StateConfig { dir },
+            admin: AdminConfig { listen },
+            log: LogConfig { format },
             warnings: Vec::new(),
         })
     }
@@ -152,163 +133,133 @@ impl Check<'_> {
         None
     }
 
-    /// `Some(None)` when absent, `Some(Some(value))` when of the right type, else a problem
-    /// saying what was `expected` and what was `found`.
-    fn typed<'r, T>(
-        &mut self,
-        (path, setting): Key<'r, T>,
-        expected: &str,
-        found: fn(&Value) -> String,
-    ) -> Option<Option<&'r T>> {
+    /// The value, or `None` and a problem at `path` with the message.
+    fn take<T>(&mut self, path: impl Into<String>, value: Result<T, String>) -> Option<T> {
+        value.map_err(|message| self.problem(path, message)).ok()
+    }
+
+    /// No problem was found at any of `paths`: a cross-key rule may trust their values.
+    fn fine(&self, paths: &[&str]) -> bool {
+        !self
+            .problems
+            .iter()
+            .any(|p| paths.contains(&p.path.as_str()))
+    }
+
+    /// The key's value when it is set and of type `T`; a problem saying what was `expected`
+    /// when it is of another type.
+    fn get<'r, T>(&mut self, (path, setting): Key<'r, T>, expected: &str) -> Option<&'r T> {
         match setting {
-            Setting::Unset => Some(None),
-            Setting::Set(value) => Some(Some(value)),
-            Setting::Bad(value) => {
-                self.bad(path, format!("expected {expected}, found {}", found(value)))
-            }
+            Setting::Unset => None,
+            Setting::Set(value) => Some(value),
+            Setting::Bad(value) => self.bad(
+                path,
+                format!("expected {expected}, found {}", describe(value)),
+            ),
         }
     }
 
-    fn text<'r>(&mut self, key: Key<'r, String>) -> Option<Option<&'r str>> {
-        Some(self.typed(key, "a string", describe)?.map(String::as_str))
+    /// What `check` makes of the key's value; `default` when the key is absent, or (with a
+    /// problem) when its value is of another type or `check` refuses it.
+    fn leaf<T, U>(
+        &mut self,
+        key: Key<'_, T>,
+        default: U,
+        expected: &str,
+        check: impl FnOnce(&T) -> Result<U, String>,
+    ) -> U {
+        let value = self.get(key, expected).map(check);
+        value
+            .and_then(|value| self.take(key.0, value))
+            .unwrap_or(default)
     }
 
-    /// Like [`Check::text`], but a wrong-type message does not echo the value.
-    fn secret_text<'r>(&mut self, key: Key<'r, String>) -> Option<Option<&'r str>> {
-        let found = |v: &Value| article(v.type_str());
-        Some(self.typed(key, "a string", found)?.map(String::as_str))
+    fn text<'r>(&mut self, key: Key<'r, String>) -> Option<&'r str> {
+        self.get(key, "a string").map(String::as_str)
     }
 
-    fn table<'r>(&mut self, key: Key<'r, Table>) -> Option<Option<&'r Table>> {
-        let expected = format!("a table (`[{}]` with one `name = \"value\"` a line)", key.0);
-        self.typed(key, &expected, describe)
+    fn table<'r>(&mut self, key: Key<'r, Table>) -> Option<&'r Table> {
+        self.get(
+            key,
+            &format!("a table (`[{}]` with one `name = \"value\"` a line)", key.0),
+        )
     }
 
     /// A file named by the key, resolved against the config's directory.
-    fn file(&mut self, key: Key<'_, String>, what: &str) -> Option<Option<PathBuf>> {
-        match self.text(key)? {
-            Some(name) if name.trim().is_empty() => {
-                let message = format!("empty; name the file that holds {what}, or remove the key");
-                self.bad(key.0, message)
-            }
-            name => Some(name.map(|name| self.base_dir.join(name))),
-        }
+    fn file(&mut self, key: Key<'_, String>, what: &str) -> Option<PathBuf> {
+        let base = self.base_dir;
+        self.leaf(key, None, "a string", |name| match name.trim() {
+            "" => Err(format!(
+                "empty; name the file that holds {what}, or remove the key"
+            )),
+            _ => Ok(Some(base.join(name))),
+        })
     }
 
     /// A humane duration from 0 to [`MAX_DURATION`]; `default` when absent.
-    fn grace(&mut self, (path, setting): Key<'_, Humane>, default: Duration) -> Option<Duration> {
-        let value = match setting {
-            Setting::Unset => return Some(default),
-            Setting::Set(Humane(value)) => *value,
-            Setting::Bad(Value::String(s)) => {
-                let err = humantime::parse_duration(s.trim()).err();
-                let err = err.map(|e| e.to_string()).unwrap_or_default();
-                return self.bad(path, format!(
-                    "`{s}` is not a duration ({err}); write e.g. \"60s\", \"5m\", \"1h 30m\" or \"500ms\""
-                ));
-            }
-            Setting::Bad(Value::Integer(n)) => {
-                return self.bad(
-                    path,
-                    format!(
-                    "a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\""
-                ),
-                )
-            }
-            Setting::Bad(other) => {
-                return self.bad(
-                    path,
-                    format!(
-                        "expected a duration string such as \"60s\" or \"5m\", found {}",
-                        describe(other)
-                    ),
-                )
-            }
-        };
-        if value > MAX_DURATION {
-            let value = humantime::format_duration(value);
-            return self.bad(
-                path,
-                format!("{value} is too long; every duration is at most 30 days (\"30d\")"),
-            );
-        }
-        Some(value)
+    fn grace(&mut self, key: Key<'_, Span>, default: Duration) -> Duration {
+        let expected = "a duration string such as \"60s\" or \"5m\"";
+        self.leaf(key, default, expected, |span| match span {
+            Span::Bare(n) => Err(format!(
+                "a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\""
+            )),
+            Span::Text(s) => match humantime::parse_duration(s.trim()) {
+                Err(err) => Err(format!("`{s}` is not a duration ({err}); write e.g. \"60s\", \"5m\", \"1h 30m\" or \"500ms\"")),
+                Ok(value) if value > MAX_DURATION => Err(format!(
+                    "{} is too long; every duration is at most 30 days (\"30d\")",
+                    humantime::format_duration(value)
+                )),
+                Ok(value) => Ok(value),
+            },
+        })
     }
 
     /// Like [`Check::grace`], but 0 is refused.
-    fn duration(&mut self, key: Key<'_, Humane>, default: Duration) -> Option<Duration> {
-        match self.grace(key, default)? {
-            value if value.is_zero() => self.bad(key.0, "must be longer than 0s"),
-            value => Some(value),
+    fn duration(&mut self, key: Key<'_, Span>, default: Duration) -> Duration {
+        match self.grace(key, default) {
+            value if value.is_zero() => {
+                self.bad(key.0, "must be longer than 0s").unwrap_or(default)
+            }
+            value => value,
         }
     }
 
     /// A whole number in `range`; `default` when absent.
-    fn count(
-        &mut self,
-        (path, setting): Key<'_, i64>,
-        default: usize,
-        range: RangeInclusive<usize>,
-    ) -> Option<usize> {
+    fn count(&mut self, key: Key<'_, i64>, default: usize, range: RangeInclusive<usize>) -> usize {
         let (min, max) = (*range.start(), *range.end());
-        let n = match setting {
-            Setting::Unset => return Some(default),
-            Setting::Set(n) => *n,
-            Setting::Bad(other) => {
-                let other = describe(other);
-                let message = format!("expected a whole number (e.g. {default}), found {other}");
-                return self.bad(path, message);
-            }
-        };
-        match usize::try_from(n) {
-            Ok(n) if range.contains(&n) => Some(n),
-            Ok(n) if n > max => self.bad(
-                path,
-                format!(
+        let expected = format!("a whole number (e.g. {default})");
+        self.leaf(key, default, &expected, |n| match usize::try_from(*n) {
+            Ok(n) if range.contains(&n) => Ok(n),
+            Ok(n) if n > max => Err(format!(
                 "{n} is too large; the maximum is {max} (allowed {min} to {max}, default {default})"
-            ),
-            ),
-            _ => self.bad(
-                path,
-                format!("{n} is too small; the minimum is {min} (default {default})"),
-            ),
-        }
+            )),
+            _ => Err(format!(
+                "{n} is too small; the minimum is {min} (default {default})"
+            )),
+        })
     }
 
     /// A finite number (integer or float) that `ok` accepts, `rule` saying which; `default`
     /// when absent.
-    fn number(
-        &mut self,
-        (path, setting): Key<'_, f64>,
-        default: f64,
-        (ok, rule): (fn(f64) -> bool, &str),
-    ) -> Option<f64> {
-        match setting {
-            Setting::Unset => Some(default),
-            Setting::Set(value) if value.is_finite() && ok(*value) => Some(*value),
-            Setting::Set(value) => self.bad(
-                path,
-                format!("{value} is not allowed; it must be {rule} (default {default})"),
-            ),
-            Setting::Bad(other) => self.bad(
-                path,
-                format!(
-                    "expected a number (e.g. {default}), found {}",
-                    describe(other)
-                ),
-            ),
-        }
+    fn number(&mut self, key: Key<'_, f64>, default: f64, ok: fn(f64) -> bool, rule: &str) -> f64 {
+        let expected = format!("a number (e.g. {default})");
+        self.leaf(key, default, &expected, |x| match x.is_finite() && ok(*x) {
+            true => Ok(*x),
+            false => Err(format!(
+                "{x} is not allowed; it must be {rule} (default {default})"
+            )),
+        })
     }
 
     /// Reads a file that holds one secret (trimmed); `what` names it in the messages.
     fn read_secret(&mut self, key: &str, path: &Path, what: &str) -> Option<String> {
+        let shown = path.display();
         match read_file(path) {
-            Ok(text) if text.trim().is_empty() => self.bad(
-                key,
-                format!("{} is empty; write {what} into it", path.display()),
-            ),
+            Ok(text) if text.trim().is_empty() => {
+                self.bad(key, format!("{shown} is empty; write {what} into it"))
+            }
             Ok(text) => Some(text.trim().to_string()),
-            Err(err) => self.bad(key, format!("cannot read {}: {err}", path.display())),
+            Err(err) => self.bad(key, format!("cannot read {shown}: {err}")),
         }
     }
 
@@ -327,47 +278,37 @@ impl Check<'_> {
     }
 
     fn tenants(&mut self, raw: &RawConfig) -> TenantsConfig {
+        let t = &raw.tenants;
         let (mut ids, mut seen) = (Vec::new(), HashSet::new());
         let mut add = |id: &str| {
             if seen.insert(id.to_string()) {
                 ids.push(id.to_string());
             }
         };
-        let items = self
-            .typed(key!(raw.tenants.ids), "an array", describe)
-            .flatten();
-        for (i, item) in items.into_iter().flatten().enumerate() {
-            match item.as_str().map(|id| (id, validate_tenant_id(id))) {
-                Some((id, Ok(()))) => add(id),
-                Some((_, Err(message))) => self.problem(format!("tenants.ids[{i}]"), message),
-                None => self.problem(
-                    format!("tenants.ids[{i}]"),
-                    format!("expected a tenant id string, found {}", describe(item)),
-                ),
-            }
+        let items = self.get(t.ids(), "an array").into_iter().flatten();
+        for (i, item) in items.enumerate() {
+            let checked = match item.as_str() {
+                Some(id) => validate_tenant_id(id).map(|()| add(id)),
+                None => Err(format!(
+                    "expected a tenant id string, found {}",
+                    describe(item)
+                )),
+            };
+            self.take(format!("tenants.ids[{i}]"), checked);
         }
 
-        let file = self
-            .file(key!(raw.tenants.file), "the tenant ids")
-            .flatten();
+        let file = self.file(t.file(), "the tenant ids");
         match file.as_deref().map(|path| (path.display(), read_file(path))) {
             Some((path, Ok(text))) => {
-                for (n, line) in text.lines().enumerate() {
-                    let line = line.trim();
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
+                for (n, line) in entries(&text) {
                     // An id has no whitespace, so anything after the first blank must be a comment.
-                    let (id, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-                    let rest = rest.trim_start();
-                    let whole = !rest.is_empty() && !rest.starts_with('#');
-                    match validate_tenant_id(if whole { line } else { id }) {
-                        Ok(()) => add(id),
-                        Err(message) => {
-                            let message = format!("{path} line {}: {message}", n + 1);
-                            self.problem("tenants.file", message);
-                        }
-                    }
+                    let id = match line.split_once(char::is_whitespace) {
+                        Some((id, rest)) if rest.trim_start().starts_with('#') => id,
+                        _ => line,
+                    };
+                    let checked = validate_tenant_id(id).map(|()| add(id));
+                    let checked = checked.map_err(|message| format!("{path} line {n}: {message}"));
+                    self.take("tenants.file", checked);
                 }
             }
             Some((path, Err(err))) => self.problem("tenants.file", format!(
@@ -377,122 +318,102 @@ impl Check<'_> {
         }
 
         let mut urls = BTreeMap::new();
-        for (tenant, value) in self
-            .table(key!(raw.tenants.urls))
-            .flatten()
-            .into_iter()
-            .flatten()
-        {
-            let checked = match value {
-                Value::String(url) => validate_tenant_id(tenant).and_then(|()| {
-                    if !seen.contains(tenant.as_str()) {
-                        Err(format!("`{tenant}` is not a configured tenant; add it to tenants.ids or tenants.file, or remove this override"))
-                    } else if url.contains(['{', '}']) {
-                        Err("an override is a complete URL: `{tenant}` and other placeholders are not replaced here".to_string())
-                    } else {
-                        check_url(url, &["ws", "wss"]).map(|_| url.clone())
-                    }
-                }),
-                other => Err(format!(
-                    "expected a ws:// or wss:// URL string, found {}",
-                    describe(other)
-                )),
-            };
-            match checked {
-                Ok(url) => drop(urls.insert(tenant.clone(), url)),
-                Err(message) => self.problem(key_path("tenants.urls", tenant), message),
+        for (tenant, value) in self.table(t.urls()).into_iter().flatten() {
+            let url = check_override(tenant, value, &seen);
+            if let Some(url) = self.take(key_path("tenants.urls", tenant), url) {
+                urls.insert(tenant.clone(), url);
             }
         }
-
         if ids.is_empty() {
             self.warnings.push("no tenants configured: nothing is watched until tenants.ids or tenants.file lists some (re-read on SIGHUP)".to_string());
         }
         TenantsConfig { ids, file, urls }
     }
 
-    fn gateway(&mut self, raw: &RawConfig, tenants: &TenantsConfig) -> Option<GatewayConfig> {
-        let mode = match self
-            .text(key!(raw.gateway.mode))
-            .map(|m| m.unwrap_or("per-tenant"))
-        {
-            Some("per-tenant") => Some(GatewayMode::PerTenant),
-            Some("shared") => Some(GatewayMode::Shared),
-            Some(other) => self.bad(
-                "gateway.mode",
-                format!("`{other}` is not a mode; write \"per-tenant\" or \"shared\""),
-            ),
-            None => None,
-        };
-        if mode == Some(GatewayMode::Shared) && !tenants.urls.is_empty() {
+    fn gateway(&mut self, raw: &RawConfig, tenants: &TenantsConfig) -> GatewayConfig {
+        let g = &raw.gateway;
+        let mode = self.leaf(
+            g.mode(),
+            DEFAULT_GATEWAY_MODE,
+            "a string",
+            |mode| match mode.as_str() {
+                "per-tenant" => Ok(GatewayMode::PerTenant),
+                "shared" => Ok(GatewayMode::Shared),
+                other => Err(format!(
+                    "`{other}` is not a mode; write \"per-tenant\" or \"shared\""
+                )),
+            },
+        );
+        let known_mode = self.fine(&["gateway.mode"]).then_some(mode);
+        if known_mode == Some(GatewayMode::Shared) && !tenants.urls.is_empty() {
             self.problem("tenants.urls", "per-tenant URL overrides only apply with gateway.mode = \"per-tenant\"; remove [tenants.urls] or change the mode");
         }
-        let url = match self.text(key!(raw.gateway.url)) {
-            Some(Some(url)) => match check_gateway_url(url.trim(), mode, tenants) {
-                Ok(()) => Some(url.trim().to_string()),
-                Err(message) => self.bad("gateway.url", message),
-            },
-            Some(None) => self.bad("gateway.url", "missing; set the gateway's WebSocket URL, e.g. url = \"ws://127.0.0.1:3001/ws/{tenant}\""),
-            None => None,
-        };
-        let state_url = match self.text(key!(raw.gateway.state_url)) {
-            Some(Some(url)) => match check_template(url.trim(), &["http", "https"]) {
-                Ok(()) => Some(Some(url.trim().to_string())),
-                Err(message) => self.bad("gateway.state_url", message),
-            },
-            state_url => state_url.map(|_| None),
-        };
-        let token = self.token(raw);
-        let has_token = matches!(token, Some((Some(_), _, _)));
-        let headers = self.headers(raw, has_token);
-        let ca_file = self.ca_file(key!(raw.gateway.ca_file));
+        if let (_, Setting::Unset) = g.url() {
+            self.problem("gateway.url", "missing; set the gateway's WebSocket URL, e.g. url = \"ws://127.0.0.1:3001/ws/{tenant}\"");
+        }
+        let url = self.leaf(g.url(), String::new(), "a string", |url| {
+            check_gateway_url(url.trim(), known_mode, tenants).map(|()| url.trim().to_string())
+        });
+        let state_url = self.leaf(g.state_url(), None, "a string", |url| {
+            check_template(url.trim(), &["http", "https"]).map(|()| Some(url.trim().to_string()))
+        });
+        let (token, token_env, token_file) = self.token(raw).unwrap_or_default();
+        let headers = self.headers(raw, token.is_some());
+        let ca_file = self.ca_file(g.ca_file());
 
-        let ping = self.duration(key!(raw.gateway.ping_interval), DEFAULT_PING_INTERVAL);
-        let mut idle = self.duration(key!(raw.gateway.idle_timeout), DEFAULT_IDLE_TIMEOUT);
-        if let (Some(ping), Some(short)) = (ping, idle.filter(|idle| Some(*idle) <= ping)) {
-            let fmt = humantime::format_duration;
-            idle = self.bad("gateway.idle_timeout", format!(
+        let ping_interval = self.duration(g.ping_interval(), DEFAULT_PING_INTERVAL);
+        let idle_timeout = self.duration(g.idle_timeout(), DEFAULT_IDLE_TIMEOUT);
+        let timing = ["gateway.ping_interval", "gateway.idle_timeout"];
+        if idle_timeout <= ping_interval && self.fine(&timing) {
+            let (fmt, ping) = (humantime::format_duration, ping_interval);
+            self.problem("gateway.idle_timeout", format!(
                 "{} must be longer than ping_interval ({}), or a healthy link would be dropped between pings; e.g. idle_timeout = \"{}\"",
-                fmt(short), fmt(ping), fmt(ping * 2 + ping / 4),
+                fmt(idle_timeout), fmt(ping), fmt(ping * 2 + ping / 4),
             ));
         }
-        let max_frame_size = self.count(
-            key!(raw.gateway.max_frame_size),
-            DEFAULT_MAX_FRAME_SIZE,
-            MIN_MAX_FRAME_SIZE..=MAX_MAX_FRAME_SIZE,
-        );
-        let handshake_concurrency = self.count(
-            key!(raw.gateway.handshake_concurrency),
-            DEFAULT_HANDSHAKE_CONCURRENCY,
-            1..=MAX_HANDSHAKE_CONCURRENCY,
-        );
-        let (token, token_env, token_file) = token?;
-        Some(GatewayConfig {
-            mode: mode?,
-            url: url?,
-            state_url: state_url?,
+        let frames = MIN_MAX_FRAME_SIZE..=MAX_MAX_FRAME_SIZE;
+        let max_frame_size = self.count(g.max_frame_size(), DEFAULT_MAX_FRAME_SIZE, frames);
+        let handshakes = 1..=MAX_HANDSHAKE_CONCURRENCY;
+        let default = DEFAULT_HANDSHAKE_CONCURRENCY;
+        let handshake_concurrency = self.count(g.handshake_concurrency(), default, handshakes);
+        GatewayConfig {
+            mode,
+            url,
+            state_url,
             token,
             token_env,
             token_file,
-            headers: headers?,
-            ca_file: ca_file?,
-            ping_interval: ping?,
-            idle_timeout: idle?,
-            max_frame_size: max_frame_size?,
-            handshake_concurrency: handshake_concurrency?,
-        })
+            headers,
+            ca_file,
+            ping_interval,
+            idle_timeout,
+            max_frame_size,
+            handshake_concurrency,
+        }
     }
 
-    /// The gateway token from at most one of `token`, `token_env` and `token_file`:
-    /// `(token, env var, file)`.
+    /// The gateway token from at most one of `token`, `token_env` and `token_file`, with the
+    /// env var or the file it came from.
     #[allow(clippy::type_complexity)]
     fn token(
         &mut self,
         raw: &RawConfig,
     ) -> Option<(Option<Secret>, Option<String>, Option<PathBuf>)> {
-        let inline = self.secret_text(key!(raw.gateway.token));
-        let var = self.text(key!(raw.gateway.token_env));
-        let file = self.file(key!(raw.gateway.token_file), "the gateway token");
-        let (inline, var, file) = (inline?, var?, file?);
+        let g = &raw.gateway;
+        // A token of the wrong type is not echoed, not even its length.
+        let inline = match g.token().1 {
+            Setting::Set(token) => Some(token.trim()),
+            Setting::Bad(value) => self.bad(
+                "gateway.token",
+                format!("expected a string, found {}", article(value)),
+            ),
+            Setting::Unset => None,
+        };
+        let var = self.text(g.token_env()).map(str::trim);
+        let file = self.file(g.token_file(), "the gateway token");
+        if !self.fine(&["gateway.token", "gateway.token_env", "gateway.token_file"]) {
+            return None;
+        }
         let given = [
             ("token", inline.is_some()),
             ("token_env", var.is_some()),
@@ -501,7 +422,7 @@ impl Check<'_> {
         let given: Vec<&str> = given
             .iter()
             .filter(|(_, given)| *given)
-            .map(|(k, _)| *k)
+            .map(|(key, _)| *key)
             .collect();
         if let [a, .., b] = given[..] {
             let message = match given.len() {
@@ -511,228 +432,145 @@ impl Check<'_> {
             };
             return self.bad(format!("gateway.{b}"), message);
         }
-        let (path, token, var) = match (inline, var, &file) {
-            (Some(token), ..) => ("gateway.token", token.trim().to_string(), None),
-            (_, Some(var), _) if var.trim().is_empty() => {
-                return self.bad("gateway.token_env", "empty; name the env var that holds the gateway token, e.g. \"GATEWAY_TOKEN\"")
-            }
-            (_, Some(var), _) => match env_var(self.env, var.trim()) {
-                Some(token) => ("gateway.token_env", token, Some(var.trim())),
+        let (path, token) = match (inline, var, &file) {
+            (Some(token), ..) => ("gateway.token", token.to_string()),
+            (_, Some(""), _) => return self.bad("gateway.token_env", "empty; name the env var that holds the gateway token, e.g. \"GATEWAY_TOKEN\""),
+            (_, Some(var), _) => match env_var(self.env, var) {
+                Some(token) => ("gateway.token_env", token),
                 None => return self.bad("gateway.token_env", format!(
-                    "env var {} is not set (or is empty); export it with the gateway token, or remove token_env",
-                    var.trim()
+                    "env var {var} is not set (or is empty); export it with the gateway token, or remove token_env"
                 )),
             },
             (.., Some(file)) => {
                 let token = self.read_secret("gateway.token_file", file, "the gateway token")?;
                 self.warn_if_world_readable("gateway.token_file", file);
-                ("gateway.token_file", token, None)
+                ("gateway.token_file", token)
             }
             _ => return Some((None, None, None)),
         };
-        match check_token(&token) {
-            Ok(()) => Some((Some(Secret::new(token)), var.map(str::to_string), file)),
-            Err(message) => match var {
-                Some(var) => self.bad(path, format!("env var {var}: {message}")),
-                None => self.bad(path, message),
-            },
-        }
+        // The token goes into `Authorization: Bearer <token>`: visible ASCII only.
+        let problem = match () {
+            _ if token.is_empty() => "the gateway token is empty; give one or remove the key",
+            _ if !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                "the gateway token must be printable ASCII without spaces"
+            }
+            _ => return Some((Some(Secret::new(token)), var.map(str::to_string), file)),
+        };
+        let from = var
+            .map(|var| format!("env var {var}: "))
+            .unwrap_or_default();
+        self.bad(path, format!("{from}{problem}"))
     }
 
     /// `[gateway.headers]` (values inline) and `[gateway.headers_env]` (values from env vars).
-    fn headers(&mut self, raw: &RawConfig, has_token: bool) -> Option<Headers> {
-        let before = self.problems.len();
-        let tables = [
-            ("gateway.headers", self.table(key!(raw.gateway.headers))),
-            (
-                "gateway.headers_env",
-                self.table(key!(raw.gateway.headers_env)),
-            ),
-        ];
+    fn headers(&mut self, raw: &RawConfig, has_token: bool) -> Headers {
         let mut headers = Headers::default();
-        for (section, table) in tables {
-            for (name, value) in table.flatten().into_iter().flatten() {
-                let from_env = section == "gateway.headers_env";
-                match self.header(name, value, from_env, has_token, &headers) {
-                    Ok((header, value, var)) => {
-                        headers.map.insert(header, value);
-                        headers.sources.push((name.clone(), var));
-                    }
-                    Err(message) => self.problem(key_path(section, name), message),
-                }
+        for (key, from_env) in [
+            (raw.gateway.headers(), false),
+            (raw.gateway.headers_env(), true),
+        ] {
+            for (name, value) in self.table(key).into_iter().flatten() {
+                let added = add_header(&mut headers, self.env, (name, value), from_env, has_token);
+                self.take(key_path(key.0, name), added);
             }
         }
-        (self.problems.len() == before).then_some(headers)
-    }
-
-    /// One header: its parsed name, its value (marked sensitive) and the env var it came from.
-    fn header(
-        &self,
-        name: &str,
-        value: &Value,
-        from_env: bool,
-        has_token: bool,
-        so_far: &Headers,
-    ) -> Result<(HeaderName, HeaderValue, Option<String>), String> {
-        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-            return Err(format!("`{name}` is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"));
-        };
-        if RESERVED_HEADERS.contains(&header.as_str()) {
-            return Err(format!(
-                "`{name}` is set by the WebSocket handshake itself; remove it"
-            ));
-        }
-        if header == AUTHORIZATION && has_token {
-            return Err("conflicts with gateway.token / token_env, which already send Authorization; keep one".to_string());
-        }
-        if so_far.contains_key(&header) {
-            return Err(format!(
-                "`{name}` is given twice (header names ignore case); keep one"
-            ));
-        }
-        let (text, var) = match value {
-            Value::String(var) if from_env => match env_var(self.env, var.trim()) {
-                Some(text) => (text, Some(var.trim().to_string())),
-                None => return Err(format!(
-                    "env var {} is not set (or is empty); export it with the header's value, or remove this entry",
-                    var.trim()
-                )),
-            },
-            Value::String(text) => (text.clone(), None),
-            other if from_env => return Err(format!(
-                "expected the name of an env var (a string), found {}",
-                describe(other)
-            )),
-            other => return Err(format!("expected a string value, found {}", article(other.type_str()))),
-        };
-        let Ok(mut value) = HeaderValue::from_str(&text) else {
-            let var = var
-                .map(|var| format!("env var {var}: "))
-                .unwrap_or_default();
-            return Err(format!(
-                "{var}the value must be printable ASCII (no line breaks or control characters)"
-            ));
-        };
-        value.set_sensitive(true);
-        Ok((header, value, var))
+        headers
     }
 
     /// A PEM CA file: readable, with at least one certificate.
-    fn ca_file(&mut self, key: Key<'_, String>) -> Option<Option<PathBuf>> {
-        let Some(path) = self.file(key, "the CA certificate(s)")? else {
-            return Some(None);
+    fn ca_file(&mut self, key: Key<'_, String>) -> Option<PathBuf> {
+        let path = self.file(key, "the CA certificate(s)")?;
+        let shown = path.display();
+        let problem = match read_file(&path) {
+            Ok(text) if pem_certificates(&text) > 0 => return Some(path),
+            Ok(_) => format!("{shown} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); give the CA certificate(s) in PEM form"),
+            Err(err) => format!("cannot read {shown}: {err}"),
         };
-        match read_file(&path) {
-            Ok(text) if pem_certificates(&text) > 0 => Some(Some(path)),
-            Ok(_) => self.bad(key.0, format!(
-                "{} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); give the CA certificate(s) in PEM form",
-                path.display()
-            )),
-            Err(err) => self.bad(key.0, format!("cannot read {}: {err}", path.display())),
-        }
+        self.bad(key.0, problem)
     }
 
     fn backend(&mut self, raw: &RawConfig) -> Option<BackendConfig> {
-        let from_file = self.text(key!(raw.backend.url));
-        let allow = self.typed(
-            key!(raw.backend.allow_plain_http),
-            "true or false",
-            describe,
-        );
-        let allow_plain_http = allow.map(|allow| allow.copied().unwrap_or(false));
+        let b = &raw.backend;
+        let from_file = self.text(b.url());
+        let allow_plain_http = self.get(b.allow_plain_http(), "true or false") == Some(&true);
         let (url_key, url) = match (env_var(self.env, ENV_BACKEND_URL), from_file) {
-            (Some(url), _) => (
-                format!("env {ENV_BACKEND_URL}"),
-                Some(
-                    check_backend_url(&url)
-                        .map_err(|m| format!("{m} (this env var overrides backend.url)")),
-                ),
-            ),
-            (None, Some(Some(url))) => ("backend.url".to_string(), Some(check_backend_url(url))),
-            (None, Some(None)) => (
-                "backend.url".to_string(),
-                Some(Err(format!(
+            (Some(url), _) => {
+                let url = check_backend_url(&url);
+                let url = url.map_err(|m| format!("{m} (this env var overrides backend.url)"));
+                (format!("env {ENV_BACKEND_URL}"), Some(url))
+            }
+            (None, Some(url)) => ("backend.url".to_string(), Some(check_backend_url(url))),
+            (None, None) => {
+                let missing = format!(
                     "missing; set backend.url = \"http://127.0.0.1:8000\" or env {ENV_BACKEND_URL}"
-                ))),
-            ),
-            (None, None) => ("backend.url".to_string(), None),
+                );
+                let missing = matches!(b.url().1, Setting::Unset).then_some(Err(missing));
+                ("backend.url".to_string(), missing)
+            }
         };
-        let url = match url {
-            Some(Ok(url)) => Some(url),
-            Some(Err(message)) => self.bad(url_key.as_str(), message),
-            None => None,
-        };
+        let url = url.and_then(|url| self.take(url_key.as_str(), url));
         let plain = url
             .as_ref()
             .filter(|url| url.scheme() == "http" && !is_loopback(url));
-        match (plain.map(|url| redact_url(url.as_str())), allow_plain_http) {
-            (Some(shown), Some(true)) => self.warnings.push(format!(
-                "backend.allow_plain_http: the shared secret goes to {shown} in clear (http:// to a host that is not loopback); use https:// unless this network is trusted"
-            )),
-            (Some(shown), Some(false)) => self.problem(url_key, format!(
-                "`{shown}` would send the shared secret in clear to a host that is not loopback; use https:// (with backend.ca_file for a private CA), or set backend.allow_plain_http = true if this network is trusted"
-            )),
-            _ => {}
-        }
-
-        let path = match self.text(key!(raw.backend.path)) {
-            Some(None) => Some(DEFAULT_BACKEND_PATH.to_string()),
-            Some(Some(path)) if path.starts_with('/') && !path.contains(char::is_whitespace) && !path.contains(char::is_control) => {
-                Some(path.to_string())
-            }
-            Some(Some(path)) => self.bad("backend.path", format!(
-                "`{path}` must start with `/` and contain no whitespace, e.g. \"{DEFAULT_BACKEND_PATH}\""
-            )),
-            None => None,
-        };
-        if let (Some(url), Some(path)) = (&url, &path) {
-            if url
-                .path()
-                .trim_end_matches('/')
-                .ends_with(path.trim_end_matches('/'))
-                && path != "/"
-            {
+        if let Some(shown) = plain.map(|url| redact_url(url.as_str())) {
+            if allow_plain_http {
                 self.warnings.push(format!(
-                    "backend.url {} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only",
-                    redact_url(url.as_str())
+                    "backend.allow_plain_http: the shared secret goes to {shown} in clear (http:// to a host that is not loopback); use https:// unless this network is trusted"
+                ));
+            } else if self.fine(&["backend.allow_plain_http"]) {
+                self.problem(url_key, format!(
+                    "`{shown}` would send the shared secret in clear to a host that is not loopback; use https:// (with backend.ca_file for a private CA), or set backend.allow_plain_http = true if this network is trusted"
                 ));
             }
         }
 
-        let secret_file = self.file(key!(raw.backend.secret_file), "the shared secret");
-        let secret = secret_file.and_then(|file| self.shared_secret(file));
-        let signing = self.signing_secrets(key!(raw.backend.signing_secret_file));
-        let ca_file = self.ca_file(key!(raw.backend.ca_file));
-        let timeout = self.duration(key!(raw.backend.timeout), DEFAULT_BACKEND_TIMEOUT);
-        let connect = self.duration(
-            key!(raw.backend.connect_timeout),
-            DEFAULT_BACKEND_CONNECT_TIMEOUT,
-        );
-        if let (Some(timeout), Some(connect)) = (timeout, connect.filter(|c| Some(*c) > timeout)) {
+        let path = self.leaf(b.path(), DEFAULT_BACKEND_PATH.to_string(), "a string", |path| {
+            match path.starts_with('/') && !path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                true => Ok(path.clone()),
+                false => Err(format!("`{path}` must start with `/` and contain no whitespace, e.g. \"{DEFAULT_BACKEND_PATH}\"")),
+            }
+        });
+        let tail = path.trim_end_matches('/');
+        let ends_with_path =
+            |url: &&Url| path != "/" && url.path().trim_end_matches('/').ends_with(tail);
+        if let Some(url) = url.as_ref().filter(ends_with_path) {
+            self.warnings.push(format!(
+                "backend.url {} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only",
+                redact_url(url.as_str())
+            ));
+        }
+
+        let secret_file = self.file(b.secret_file(), "the shared secret");
+        let secret = match self.fine(&["backend.secret_file"]) {
+            true => self.shared_secret(secret_file),
+            false => None,
+        };
+        let (signing_secrets, signing_source) = self.signing_secrets(b.signing_secret_file());
+        let ca_file = self.ca_file(b.ca_file());
+        let timeout = self.duration(b.timeout(), DEFAULT_BACKEND_TIMEOUT);
+        let connect_timeout = self.duration(b.connect_timeout(), DEFAULT_BACKEND_CONNECT_TIMEOUT);
+        if connect_timeout > timeout {
             let fmt = humantime::format_duration;
             self.warnings.push(format!(
                 "backend.connect_timeout ({}) exceeds backend.timeout ({}), which bounds the whole request including the connect",
-                fmt(connect), fmt(timeout)
+                fmt(connect_timeout), fmt(timeout)
             ));
         }
-        let max_in_flight = self.count(
-            key!(raw.backend.max_in_flight),
-            DEFAULT_BACKEND_MAX_IN_FLIGHT,
-            1..=MAX_BACKEND_MAX_IN_FLIGHT,
-        );
-        let ((secret, secret_source), (signing_secrets, signing_source)) = (secret?, signing?);
+        let in_flight = 1..=MAX_BACKEND_MAX_IN_FLIGHT;
+        let max_in_flight = self.count(b.max_in_flight(), DEFAULT_BACKEND_MAX_IN_FLIGHT, in_flight);
+        let (secret, secret_source) = secret?;
         Some(BackendConfig {
             url: url?,
-            path: path?,
+            path,
             secret,
             secret_source,
             signing_secrets,
             signing_source,
-            ca_file: ca_file?,
-            allow_plain_http: allow_plain_http?,
-            timeout: timeout?,
-            connect_timeout: connect?,
-            max_in_flight: max_in_flight?,
+            ca_file,
+            allow_plain_http,
+            timeout,
+            connect_timeout,
+            max_in_flight,
         })
     }
 
@@ -747,12 +585,11 @@ impl Check<'_> {
             self.warn_if_world_readable("backend.secret_file", &path);
             return Some((Secret::new(secret), SecretSource::File(path)));
         }
-        if let Some(dir) = env_var(self.env, ENV_CREDENTIALS_DIRECTORY) {
-            let path = Path::new(&dir).join(CREDENTIAL_NAME);
-            if path.exists() {
-                let secret = self.read_secret("backend.secret", &path, "the shared secret")?;
-                return Some((Secret::new(secret), SecretSource::Credential(path)));
-            }
+        let credentials = env_var(self.env, ENV_CREDENTIALS_DIRECTORY);
+        let credential = credentials.map(|dir| Path::new(&dir).join(CREDENTIAL_NAME));
+        if let Some(path) = credential.filter(|path| path.exists()) {
+            let secret = self.read_secret("backend.secret", &path, "the shared secret")?;
+            return Some((Secret::new(secret), SecretSource::Credential(path)));
         }
         let note = match self.env.var(ENV_SHARED_SECRET) {
             Some(_) => format!(" ({ENV_SHARED_SECRET} is set but empty)"),
@@ -766,206 +603,194 @@ impl Check<'_> {
 
     /// The Standard Webhooks signing secrets: env `WEBHOOK_SIGNING_SECRET` (whitespace-separated),
     /// else `backend.signing_secret_file` (one a line, `#` comments). No value is ever echoed.
-    #[allow(clippy::type_complexity)]
     fn signing_secrets(
         &mut self,
         key: Key<'_, String>,
-    ) -> Option<(Vec<SigningSecret>, Option<SigningSource>)> {
+    ) -> (Vec<SigningSecret>, Option<SigningSource>) {
         let file = self.file(key, "the signing secrets");
-        // Each secret's text, where a problem with it goes and how the message names it.
-        let (source, entries): (_, Vec<(String, String, String)>) = match (
+        // Where a problem with a secret goes, and each secret with how a message names it.
+        let (source, path, entries): (_, _, Vec<(String, String)>) = match (
             env_var(self.env, ENV_SIGNING_SECRET),
-            file?,
+            file,
         ) {
+            _ if !self.fine(&[key.0]) => return Default::default(),
             (Some(text), _) => {
                 let words: Vec<&str> = text.split_whitespace().collect();
-                let entries = (words.iter().enumerate())
-                    .map(|(i, word)| {
-                        (
-                            word.to_string(),
-                            format!("env {ENV_SIGNING_SECRET}"),
-                            format!("secret {} of {}", i + 1, words.len()),
-                        )
-                    })
-                    .collect();
-                (SigningSource::Env, entries)
+                let n = words.len();
+                let entries = words
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (w.to_string(), format!("secret {} of {n}", i + 1)));
+                (
+                    SigningSource::Env,
+                    format!("env {ENV_SIGNING_SECRET}"),
+                    entries.collect(),
+                )
             }
-            (None, None) => return Some((Vec::new(), None)),
-            (None, Some(path)) => {
-                let text = match read_file(&path) {
+            (None, Some(file)) => {
+                let text = match read_file(&file) {
                     Ok(text) => text,
                     Err(err) => {
-                        return self.bad(key.0, format!("cannot read {}: {err}", path.display()))
+                        self.problem(key.0, format!("cannot read {}: {err}", file.display()));
+                        return Default::default();
                     }
                 };
-                let entries: Vec<_> = (text.lines().enumerate())
-                    .map(|(n, line)| (line.trim(), n + 1))
-                    .filter(|(line, _)| !line.is_empty() && !line.starts_with('#'))
-                    .map(|(line, n)| {
-                        (
-                            line.to_string(),
-                            key.0.to_string(),
-                            format!("{} line {n}", path.display()),
-                        )
-                    })
+                let entries: Vec<_> = entries(&text)
+                    .map(|(n, line)| (line.to_string(), format!("{} line {n}", file.display())))
                     .collect();
                 if entries.is_empty() {
-                    return self.bad(key.0, format!(
-                        "{} holds no secret; write one `whsec_...` secret a line, or remove the key",
-                        path.display()
-                    ));
+                    self.problem(key.0, format!("{} holds no secret; write one `whsec_...` secret a line, or remove the key", file.display()));
+                    return Default::default();
                 }
-                self.warn_if_world_readable(key.0, &path);
-                (SigningSource::File(path), entries)
+                self.warn_if_world_readable(key.0, &file);
+                (SigningSource::File(file), key.0.to_string(), entries)
             }
+            (None, None) => return Default::default(),
         };
-        let before = self.problems.len();
-        let secrets = (entries.into_iter())
-            .filter_map(|(text, path, at)| match SigningSecret::parse(&text) {
-                Ok(secret) => Some(secret),
-                Err(message) => self.bad(path, format!("{at}: {message}")),
-            })
+        let parsed = entries
+            .iter()
+            .map(|(text, at)| SigningSecret::parse(text).map_err(|m| format!("{at}: {m}")));
+        let secrets = parsed
+            .filter_map(|secret| self.take(path.as_str(), secret))
             .collect();
-        (self.problems.len() == before).then_some((secrets, Some(source)))
+        (secrets, Some(source))
     }
 
-    fn debounce(&mut self, raw: &RawConfig) -> Option<Policy> {
-        let d = Policy::default();
-        let disconnect_grace = self.grace(key!(raw.debounce.disconnect_grace), d.disconnect_grace);
-        let connect_grace = self.grace(key!(raw.debounce.connect_grace), d.connect_grace);
-        let down_grace = d.gateway_down_grace.unwrap_or_default();
-        let gateway_down_grace = self.grace(key!(raw.debounce.gateway_down_grace), down_grace);
-        let half_life = self.duration(key!(raw.debounce.flap_half_life), d.flap_half_life);
-        let max = self.duration(key!(raw.debounce.flap_max_suppress), d.flap_max_suppress);
-        let above_0: (fn(f64) -> bool, &str) = (|x| x > 0.0, "a number above 0");
-        let suppress = self.number(key!(raw.debounce.flap_suppress), d.flap_suppress, above_0);
-        let mut reuse = self.number(key!(raw.debounce.flap_reuse), d.flap_reuse, above_0);
-        let mut max_ok = Some(());
-        if let (Some(suppress), Some(r)) = (suppress, reuse) {
-            if r >= suppress {
-                reuse = self.bad("debounce.flap_reuse", format!(
-                    "{r} must be below flap_suppress ({suppress}), or a flapping tenant would never recover (defaults 750 and 3000)"
-                ));
-            } else if let (Some(half_life), Some(max)) = (half_life, max) {
-                // SPEC section 4: the penalty is capped at reuse * 2^(max / half_life). A cap below
-                // the suppress threshold would make flapping impossible to detect.
-                let cap = r * (max.as_secs_f64() / half_life.as_secs_f64()).exp2();
-                if cap < suppress {
-                    let fmt = humantime::format_duration;
-                    max_ok = self.bad("debounce.flap_max_suppress", format!(
-                        "{} is too short for flap_half_life {}: the penalty cap (flap_reuse * 2^(flap_max_suppress / flap_half_life) = {cap:.0}) is below flap_suppress ({suppress}), so flapping could never be detected; raise flap_max_suppress",
-                        fmt(max), fmt(half_life)
-                    ));
-                }
-            }
-        }
-        let before = self.problems.len();
-        let mut codes = Vec::new();
-        let items = self.typed(key!(raw.debounce.terminal_codes), "an array", describe);
-        for (i, item) in items.flatten().into_iter().flatten().enumerate() {
-            let path = format!("debounce.terminal_codes[{i}]");
-            match item.as_integer() {
-                Some(n @ 100..=999) if codes.contains(&(n as u16)) => {}
-                Some(n @ 100..=999) => codes.push(n as u16),
-                Some(n) => self.problem(
-                    path,
-                    format!("{n} is not a status code; codes are 100..=999 (e.g. 401)"),
-                ),
-                None => self.problem(
-                    path,
-                    format!(
-                        "expected a status code number (e.g. 401), found {}",
-                        describe(item)
-                    ),
-                ),
-            }
-        }
-        let terminal_codes = match items {
-            Some(None) => Some(d.terminal_codes),
-            _ => (self.problems.len() == before && items.is_some()).then_some(codes),
+    fn debounce(&mut self, raw: &RawConfig) -> Policy {
+        let (r, d) = (&raw.debounce, Policy::default());
+        let above_0: fn(f64) -> bool = |x| x > 0.0;
+        let down_grace = self.grace(
+            r.gateway_down_grace(),
+            d.gateway_down_grace.unwrap_or_default(),
+        );
+        let p = Policy {
+            disconnect_grace: self.grace(r.disconnect_grace(), d.disconnect_grace),
+            connect_grace: self.grace(r.connect_grace(), d.connect_grace),
+            terminal_codes: self.terminal_codes(r.terminal_codes(), d.terminal_codes),
+            gateway_down_grace: Some(down_grace).filter(|grace| !grace.is_zero()),
+            flap_half_life: self.duration(r.flap_half_life(), d.flap_half_life),
+            flap_suppress: self.number(
+                r.flap_suppress(),
+                d.flap_suppress,
+                above_0,
+                "a number above 0",
+            ),
+            flap_reuse: self.number(r.flap_reuse(), d.flap_reuse, above_0, "a number above 0"),
+            flap_max_suppress: self.duration(r.flap_max_suppress(), d.flap_max_suppress),
         };
-        max_ok?;
-        Some(Policy {
-            disconnect_grace: disconnect_grace?,
-            connect_grace: connect_grace?,
-            terminal_codes: terminal_codes?,
-            gateway_down_grace: Some(gateway_down_grace?).filter(|grace| !grace.is_zero()),
-            flap_half_life: half_life?,
-            flap_suppress: suppress?,
-            flap_reuse: reuse?,
-            flap_max_suppress: max?,
-        })
+        let (suppress, reuse, half_life, max) = (
+            p.flap_suppress,
+            p.flap_reuse,
+            p.flap_half_life,
+            p.flap_max_suppress,
+        );
+        // SPEC section 4: the penalty is capped at reuse * 2^(max / half_life). A cap below the
+        // suppress threshold would make flapping impossible to detect.
+        let cap = reuse * (max.as_secs_f64() / half_life.as_secs_f64()).exp2();
+        if !self.fine(&["debounce.flap_suppress", "debounce.flap_reuse"]) {
+        } else if reuse >= suppress {
+            self.problem("debounce.flap_reuse", format!(
+                "{reuse} must be below flap_suppress ({suppress}), or a flapping tenant would never recover (defaults 750 and 3000)"
+            ));
+        } else if cap < suppress
+            && self.fine(&["debounce.flap_half_life", "debounce.flap_max_suppress"])
+        {
+            let fmt = humantime::format_duration;
+            self.problem("debounce.flap_max_suppress", format!(
+                "{} is too short for flap_half_life {}: the penalty cap (flap_reuse * 2^(flap_max_suppress / flap_half_life) = {cap:.0}) is below flap_suppress ({suppress}), so flapping could never be detected; raise flap_max_suppress",
+                fmt(max), fmt(half_life)
+            ));
+        }
+        p
+    }
+
+    fn terminal_codes(&mut self, key: Key<'_, Vec<Value>>, default: Vec<u16>) -> Vec<u16> {
+        let Some(items) = self.get(key, "an array") else {
+            return default;
+        };
+        let mut codes = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let code = match item.as_integer() {
+                Some(n @ 100..=999) => Ok(n as u16),
+                Some(n) => Err(format!(
+                    "{n} is not a status code; codes are 100..=999 (e.g. 401)"
+                )),
+                None => Err(format!(
+                    "expected a status code number (e.g. 401), found {}",
+                    describe(item)
+                )),
+            };
+            let code = self.take(format!("{}[{i}]", key.0), code);
+            codes.extend(code.filter(|code| !codes.contains(code)));
+        }
+        codes
     }
 
     /// The mass-outage hold (`[debounce] storm_*`).
-    fn storm(&mut self, raw: &RawConfig) -> Option<StormPolicy> {
-        let share: (fn(f64) -> bool, &str) = (
-            |x| (0.0..=1.0).contains(&x),
-            "a share from 0 to 1 (0 turns the mass-outage hold off)",
-        );
-        let fraction = self.number(
-            key!(raw.debounce.storm_fraction),
-            storm::DEFAULT_FRACTION,
-            share,
-        );
-        let min_tenants = self.count(
-            key!(raw.debounce.storm_min_tenants),
-            storm::DEFAULT_MIN_TENANTS,
-            1..=MAX_STORM_MIN_TENANTS,
-        );
-        let window = self.duration(key!(raw.debounce.storm_window), storm::DEFAULT_WINDOW);
-        let hold = self.duration(key!(raw.debounce.storm_hold), storm::DEFAULT_HOLD);
-        Some(StormPolicy {
-            fraction: fraction?,
-            min_tenants: min_tenants?,
-            window: window?,
-            hold: hold?,
+    fn storm(&mut self, raw: &RawConfig) -> StormPolicy {
+        let r = &raw.debounce;
+        let share = "a share from 0 to 1 (0 turns the mass-outage hold off)";
+        let between_0_and_1: fn(f64) -> bool = |x| (0.0..=1.0).contains(&x);
+        let min_tenants = 1..=MAX_STORM_MIN_TENANTS;
+        StormPolicy {
+            fraction: self.number(
+                r.storm_fraction(),
+                storm::DEFAULT_FRACTION,
+                between_0_and_1,
+                share,
+            ),
+            min_tenants: self.count(
+                r.storm_min_tenants(),
+                storm::DEFAULT_MIN_TENANTS,
+                min_tenants,
+            ),
+            window: self.duration(r.storm_window(), storm::DEFAULT_WINDOW),
+            hold: self.duration(r.storm_hold(), storm::DEFAULT_HOLD),
+        }
+    }
+
+    fn state_dir(&mut self, raw: &RawConfig) -> PathBuf {
+        // systemd joins several StateDirectory= entries with ':'; ours is the first.
+        let from_env = env_var(self.env, ENV_STATE_DIRECTORY);
+        let default = from_env.map_or(DEFAULT_STATE_DIR.into(), |dirs| {
+            dirs.split(':').next().unwrap_or("").into()
+        });
+        let base = self.base_dir;
+        self.leaf(raw.state.dir(), default, "a string", |dir| {
+            match dir.trim() {
+                "" => Err("must not be empty; remove the key to use the default".to_string()),
+                _ => Ok(base.join(dir)),
+            }
         })
     }
 
-    fn state_dir(&mut self, raw: &RawConfig) -> Option<PathBuf> {
-        match self.text(key!(raw.state.dir))? {
-            Some(dir) if dir.trim().is_empty() => self.bad(
-                "state.dir",
-                "must not be empty; remove the key to use the default",
-            ),
-            Some(dir) => Some(self.base_dir.join(dir)),
-            // systemd joins several StateDirectory= entries with ':'; ours is the first.
-            None => Some(match env_var(self.env, ENV_STATE_DIRECTORY) {
-                Some(dirs) => PathBuf::from(dirs.split(':').next().unwrap_or(&dirs)),
-                None => PathBuf::from(DEFAULT_STATE_DIR),
-            }),
-        }
-    }
-
-    fn admin(&mut self, raw: &RawConfig) -> Option<SocketAddr> {
-        let Some(text) = self.text(key!(raw.admin.listen))? else {
-            return Some(DEFAULT_ADMIN_LISTEN);
-        };
-        match text.trim().parse::<SocketAddr>() {
-            Ok(addr) if addr.ip().is_loopback() => Some(addr),
-            Ok(addr) => {
-                self.warnings.push(format!(
-                    "admin.listen {addr} is not a loopback address: the admin API (tenant ids, metrics) is reachable from the network"
-                ));
-                Some(addr)
-            }
-            Err(_) => self.bad("admin.listen", format!(
+    fn admin(&mut self, raw: &RawConfig) -> SocketAddr {
+        let listen = self.leaf(raw.admin.listen(), DEFAULT_ADMIN_LISTEN, "a string", |text| {
+            text.trim().parse().map_err(|_| format!(
                 "`{text}` is not a socket address; write an IP and a port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""
-            )),
+            ))
+        });
+        if !listen.ip().is_loopback() {
+            self.warnings.push(format!(
+                "admin.listen {listen} is not a loopback address: the admin API (tenant ids, metrics) is reachable from the network"
+            ));
         }
+        listen
     }
 
-    fn log(&mut self, raw: &RawConfig) -> Option<LogFormat> {
-        match self.text(key!(raw.log.format))? {
-            None => Some(DEFAULT_LOG_FORMAT),
-            Some("text") => Some(LogFormat::Text),
-            Some("json") => Some(LogFormat::Json),
-            Some(other) => self.bad(
-                "log.format",
-                format!("`{other}` is not a log format; write \"text\" or \"json\""),
-            ),
-        }
+    fn log(&mut self, raw: &RawConfig) -> LogFormat {
+        self.leaf(
+            raw.log.format(),
+            DEFAULT_LOG_FORMAT,
+            "a string",
+            |format| match format.as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!(
+                    "`{other}` is not a log format; write \"text\" or \"json\""
+                )),
+            },
+        )
     }
 }
 
@@ -974,6 +799,15 @@ fn env_var(env: &dyn Env, name: &str) -> Option<String> {
     env.var(name)
         .map(|value| value.trim().to_string())
         .filter(|value| !value.is_empty())
+}
+
+/// The lines of a list file that hold something: their number and their trimmed text, blank
+/// lines and `#` comments left out.
+fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let lines = text.lines().map(str::trim).enumerate();
+    lines
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| (n + 1, line))
 }
 
 /// Parses `url` and checks its scheme is one of `schemes` and it has a host. Messages show the
@@ -1066,15 +900,84 @@ fn check_gateway_url(
     }
 }
 
-/// A token goes into `Authorization: Bearer <token>`: visible ASCII only. Never echoes it.
-fn check_token(token: &str) -> Result<(), String> {
-    if token.is_empty() {
-        Err("the gateway token is empty; give one or remove the key".to_string())
-    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        Err("the gateway token must be printable ASCII without spaces".to_string())
-    } else {
-        Ok(())
+/// A `[tenants.urls]` entry: a complete ws(s) URL for a configured tenant.
+fn check_override(tenant: &str, value: &Value, seen: &HashSet<String>) -> Result<String, String> {
+    let Value::String(url) = value else {
+        return Err(format!(
+            "expected a ws:// or wss:// URL string, found {}",
+            describe(value)
+        ));
+    };
+    validate_tenant_id(tenant)?;
+    if !seen.contains(tenant) {
+        return Err(format!("`{tenant}` is not a configured tenant; add it to tenants.ids or tenants.file, or remove this override"));
     }
+    if url.contains(['{', '}']) {
+        return Err("an override is a complete URL: `{tenant}` and other placeholders are not replaced here".to_string());
+    }
+    check_url(url, &["ws", "wss"]).map(|_| url.clone())
+}
+
+/// Adds one header of `[gateway.headers]` (or, `from_env`, of `[gateway.headers_env]`, whose
+/// values name env vars), its value marked sensitive. The message never echoes the value.
+fn add_header(
+    headers: &mut Headers,
+    env: &dyn Env,
+    (name, value): (&str, &Value),
+    from_env: bool,
+    has_token: bool,
+) -> Result<(), String> {
+    let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+        return Err(format!(
+            "`{name}` is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        ));
+    };
+    if RESERVED_HEADERS
+        .split_whitespace()
+        .any(|reserved| reserved == header.as_str())
+    {
+        return Err(format!(
+            "`{name}` is set by the WebSocket handshake itself; remove it"
+        ));
+    }
+    if header == AUTHORIZATION && has_token {
+        return Err(
+            "conflicts with gateway.token / token_env, which already send Authorization; keep one"
+                .to_string(),
+        );
+    }
+    if headers.contains_key(&header) {
+        return Err(format!(
+            "`{name}` is given twice (header names ignore case); keep one"
+        ));
+    }
+    let (text, var) = match value {
+        Value::String(var) if from_env => match env_var(env, var.trim()) {
+            Some(text) => (text, Some(var.trim().to_string())),
+            None => return Err(format!(
+                "env var {} is not set (or is empty); export it with the header's value, or remove this entry",
+                var.trim()
+            )),
+        },
+        Value::String(text) => (text.clone(), None),
+        other if from_env => return Err(format!(
+            "expected the name of an env var (a string), found {}",
+            describe(other)
+        )),
+        other => return Err(format!("expected a string value, found {}", article(other))),
+    };
+    let Ok(mut value) = HeaderValue::from_str(&text) else {
+        let var = var
+            .map(|var| format!("env var {var}: "))
+            .unwrap_or_default();
+        return Err(format!(
+            "{var}the value must be printable ASCII (no line breaks or control characters)"
+        ));
+    };
+    value.set_sensitive(true);
+    headers.map.insert(header, value);
+    headers.sources.push((name.to_string(), var));
+    Ok(())
 }
 
 /// How many PEM `CERTIFICATE` blocks in `text` hold base64 that decodes to a DER sequence.
