@@ -7,18 +7,18 @@
 //! default standing in for a refused value cannot cause a second, misleading problem.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use humantime::format_duration as human;
 use serde::Deserialize;
 use toml::{Table, Value};
 use url::{Host, Url};
 
-use super::raw::{self, article, describe, key_path, Key, RawConfig, Setting, Span};
+use super::raw::*;
 use super::*;
 use crate::storm::{self, StormPolicy};
 
@@ -26,23 +26,23 @@ use crate::storm::{self, StormPolicy};
 const RESERVED_HEADERS: &str = "host connection upgrade content-length transfer-encoding \
     sec-websocket-key sec-websocket-version sec-websocket-accept sec-websocket-extensions";
 
-pub(super) fn parse(
-    text: &str,
-    source_name: &str,
-    base_dir: &Path,
-    env: &dyn Env,
-) -> Result<Config, ConfigError> {
-    let fail = |problems| ConfigError {
-        source_name: source_name.to_string(),
-        problems,
-    };
-    let mut root: Table = text
-        .parse()
-        .map_err(|e| fail(vec![syntax_problem(text, &e)]))?;
-    let (not_tables, unknown) = raw::take_unknown_keys(&mut root);
+/// Which numbers a key takes, and the words that say so.
+type Rule = (fn(f64) -> bool, &'static str);
+const ABOVE_0: Rule = (|x| x > 0.0, "a number above 0");
+const SHARE: Rule = (|x| (0.0..=1.0).contains(&x), SHARE_RULE);
+const SHARE_RULE: &str = "a share from 0 to 1 (0 turns the mass-outage hold off)";
+
+/// What [`Check::leaf`] makes of a key's value.
+type Checker<'c, T, U> = &'c dyn Fn(&T) -> Result<U, String>;
+
+/// Parses and checks config text; relative paths in it resolve against `base_dir`.
+pub(super) fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    let mut root: Table = text.parse().map_err(|err| syntax(text, err))?;
+    let (problems, unknown) = take_unknown_keys(&mut root);
+    let warnings = Vec::new();
     let mut c = Check {
-        problems: not_tables,
-        warnings: Vec::new(),
+        problems,
+        warnings,
         env,
         base_dir,
     };
@@ -50,46 +50,37 @@ pub(super) fn parse(
         Ok(raw) => c.config(&raw),
         Err(err) => c.bad("", format!("invalid configuration: {}", err.message())),
     };
-    let mut problems = c.problems;
+    let (mut problems, warnings) = (c.problems, c.warnings);
     problems.extend(unknown);
     match config {
-        Some(config) if problems.is_empty() => {
-            return Ok(Config {
-                warnings: c.warnings,
-                ..config
-            })
-        }
+        Some(config) if problems.is_empty() => return Ok(Config { warnings, ..config }),
         // Every refused value comes with a problem; stay total should that ever not hold.
         _ if problems.is_empty() => problems.push(Problem::new("", "invalid configuration")),
         _ => {}
     }
-    // Group by section in file order; a stable sort keeps the pass order within each.
-    let sections = raw::sections();
+    // Group by section in file order (an env var with the section it overrides); a stable sort
+    // keeps the pass order within each.
+    let sections = sections();
     problems.sort_by_key(|problem| {
-        let path = problem.path.as_str();
-        // BACKEND_INTERNAL_URL, WEBHOOK_SIGNING_SECRET: settings of [backend].
-        let head = match path.starts_with("env ") {
-            true => "backend",
-            false => path.split(['.', '[']).next().unwrap_or(""),
-        };
-        let at = sections.iter().position(|s| *s == head);
+        let path = problem.path.replacen("env ", "backend ", 1);
+        let head = path.split(['.', '[', ' ']).next();
+        let at = sections.iter().position(|section| Some(*section) == head);
         at.unwrap_or(sections.len())
     });
-    Err(fail(problems))
+    Err(problems)
 }
 
-fn syntax_problem(text: &str, err: &toml::de::Error) -> Problem {
+/// The one problem of text that is not TOML, with where it is.
+fn syntax(text: &str, err: toml::de::Error) -> Vec<Problem> {
     let message = err.message().trim_end();
     let Some(span) = err.span() else {
-        return Problem::new("", format!("invalid TOML: {message}"));
+        return vec![Problem::new("", format!("invalid TOML: {message}"))];
     };
     let before = text.get(..span.start).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Problem::new(
-        "",
-        format!("invalid TOML at line {line}, column {column}: {message}"),
-    )
+    let message = format!("invalid TOML at line {line}, column {column}: {message}");
+    vec![Problem::new("", message)]
 }
 
 /// The pass's state: what it found so far, and where it reads files and variables.
@@ -103,23 +94,20 @@ struct Check<'a> {
 impl Check<'_> {
     fn config(&mut self, raw: &RawConfig) -> Option<Config> {
         // Tenants first: the gateway URL checks depend on them.
-        let tenants = self.tenants(raw);
-        let gateway = self.gateway(raw, &tenants);
-        let backend = self.backend(raw);
-        let (debounce, storm) = (self.debounce(raw), self.storm(raw));
-        let dir = self.state_dir(raw);
-        let listen = self.admin(raw);
-        let format = self.log(raw);
+        let tenants = self.tenants(&raw.tenants);
+        let gateway = self.gateway(&raw.gateway, &tenants);
+        let backend = self.backend(&raw.backend);
+        // Fields are evaluated in order: every check runs before `backend?` can return.
         Some(Config {
             gateway,
-            backend: backend?,
-            debounce,
-            storm,
-            tenants,
-            state: StateConfig { dir },
-            admin: AdminConfig { listen },
-            log: LogConfig { format },
+            debounce: self.debounce(&raw.debounce),
+            storm: self.storm(&raw.debounce),
+            state: self.state(&raw.state),
+            admin: self.admin(&raw.admin),
+            log: self.log(&raw.log),
             warnings: Vec::new(),
+            tenants,
+            backend: backend?,
         })
     }
 
@@ -140,38 +128,27 @@ impl Check<'_> {
 
     /// No problem was found at any of `paths`: a cross-key rule may trust their values.
     fn fine(&self, paths: &[&str]) -> bool {
-        !self
-            .problems
-            .iter()
-            .any(|p| paths.contains(&p.path.as_str()))
+        let at = |problem: &Problem| paths.contains(&problem.path.as_str());
+        !self.problems.iter().any(at)
     }
 
     /// The key's value when it is set and of type `T`; a problem saying what was `expected`
     /// when it is of another type.
     fn get<'r, T>(&mut self, (path, setting): Key<'r, T>, expected: &str) -> Option<&'r T> {
-        match setting {
-            Setting::Unset => None,
-            Setting::Set(value) => Some(value),
-            Setting::Bad(value) => self.bad(
-                path,
-                format!("expected {expected}, found {}", describe(value)),
-            ),
-        }
+        let found = match setting {
+            Setting::Unset => return None,
+            Setting::Set(value) => return Some(value),
+            Setting::Bad(value) => describe(value),
+        };
+        self.bad(path, format!("expected {expected}, found {found}"))
     }
 
     /// What `check` makes of the key's value; `default` when the key is absent, or (with a
     /// problem) when its value is of another type or `check` refuses it.
-    fn leaf<T, U>(
-        &mut self,
-        key: Key<'_, T>,
-        default: U,
-        expected: &str,
-        check: impl FnOnce(&T) -> Result<U, String>,
-    ) -> U {
+    fn leaf<T, U>(&mut self, key: Key<T>, default: U, expected: &str, check: Checker<T, U>) -> U {
         let value = self.get(key, expected).map(check);
-        value
-            .and_then(|value| self.take(key.0, value))
-            .unwrap_or(default)
+        let value = value.and_then(|value| self.take(key.0, value));
+        value.unwrap_or(default)
     }
 
     fn text<'r>(&mut self, key: Key<'r, String>) -> Option<&'r str> {
@@ -179,88 +156,78 @@ impl Check<'_> {
     }
 
     fn table<'r>(&mut self, key: Key<'r, Table>) -> Option<&'r Table> {
-        self.get(
-            key,
-            &format!("a table (`[{}]` with one `name = \"value\"` a line)", key.0),
-        )
+        let expected = format!("a table (`[{}]` with one `name = \"value\"` a line)", key.0);
+        self.get(key, &expected)
     }
 
     /// A file named by the key, resolved against the config's directory.
-    fn file(&mut self, key: Key<'_, String>, what: &str) -> Option<PathBuf> {
+    fn file(&mut self, key: Key<String>, what: &str) -> Option<PathBuf> {
+        let empty = format!("empty; name the file that holds {what}, or remove the key");
         let base = self.base_dir;
-        self.leaf(key, None, "a string", |name| match name.trim() {
-            "" => Err(format!(
-                "empty; name the file that holds {what}, or remove the key"
-            )),
+        let file = |name: &String| match name.trim() {
+            "" => Err(empty.clone()),
             _ => Ok(Some(base.join(name))),
-        })
+        };
+        self.leaf(key, None, "a string", &file)
     }
 
-    /// A humane duration from 0 to [`MAX_DURATION`]; `default` when absent.
-    fn grace(&mut self, key: Key<'_, Span>, default: Duration) -> Duration {
+    /// A humane duration up to [`MAX_DURATION`], 0 only if `zero_ok`; `default` when absent.
+    fn span(&mut self, key: Key<Span>, default: Duration, zero_ok: bool) -> Duration {
         let expected = "a duration string such as \"60s\" or \"5m\"";
-        self.leaf(key, default, expected, |span| match span {
-            Span::Bare(n) => Err(format!(
-                "a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\""
-            )),
+        self.leaf(key, default, expected, &|span| match span {
+            Span::Bare(n) => Err(format!("a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\"")),
             Span::Text(s) => match humantime::parse_duration(s.trim()) {
                 Err(err) => Err(format!("`{s}` is not a duration ({err}); write e.g. \"60s\", \"5m\", \"1h 30m\" or \"500ms\"")),
-                Ok(value) if value > MAX_DURATION => Err(format!(
-                    "{} is too long; every duration is at most 30 days (\"30d\")",
-                    humantime::format_duration(value)
-                )),
-                Ok(value) => Ok(value),
+                Ok(d) if d > MAX_DURATION => Err(format!("{} is too long; every duration is at most 30 days (\"30d\")", human(d))),
+                Ok(d) if d.is_zero() && !zero_ok => Err("must be longer than 0s".to_string()),
+                Ok(d) => Ok(d),
             },
         })
     }
 
-    /// Like [`Check::grace`], but 0 is refused.
-    fn duration(&mut self, key: Key<'_, Span>, default: Duration) -> Duration {
-        match self.grace(key, default) {
-            value if value.is_zero() => {
-                self.bad(key.0, "must be longer than 0s").unwrap_or(default)
-            }
-            value => value,
-        }
+    /// A grace period: 0 allowed.
+    fn grace(&mut self, key: Key<Span>, default: Duration) -> Duration {
+        self.span(key, default, true)
+    }
+
+    /// A duration longer than 0.
+    fn duration(&mut self, key: Key<Span>, default: Duration) -> Duration {
+        self.span(key, default, false)
     }
 
     /// A whole number in `range`; `default` when absent.
-    fn count(&mut self, key: Key<'_, i64>, default: usize, range: RangeInclusive<usize>) -> usize {
+    fn count(&mut self, key: Key<i64>, default: usize, range: RangeInclusive<usize>) -> usize {
         let (min, max) = (*range.start(), *range.end());
-        let expected = format!("a whole number (e.g. {default})");
-        self.leaf(key, default, &expected, |n| match usize::try_from(*n) {
+        self.leaf(key, default, &format!("a whole number (e.g. {default})"), &|n| match usize::try_from(*n) {
             Ok(n) if range.contains(&n) => Ok(n),
-            Ok(n) if n > max => Err(format!(
-                "{n} is too large; the maximum is {max} (allowed {min} to {max}, default {default})"
-            )),
-            _ => Err(format!(
-                "{n} is too small; the minimum is {min} (default {default})"
-            )),
+            Ok(n) if n > max => Err(format!("{n} is too large; the maximum is {max} (allowed {min} to {max}, default {default})")),
+            _ => Err(format!("{n} is too small; the minimum is {min} (default {default})")),
         })
     }
 
-    /// A finite number (integer or float) that `ok` accepts, `rule` saying which; `default`
-    /// when absent.
-    fn number(&mut self, key: Key<'_, f64>, default: f64, ok: fn(f64) -> bool, rule: &str) -> f64 {
+    /// A finite number (integer or float) that the rule accepts; `default` when absent.
+    fn number(&mut self, key: Key<f64>, default: f64, (ok, rule): Rule) -> f64 {
         let expected = format!("a number (e.g. {default})");
-        self.leaf(key, default, &expected, |x| match x.is_finite() && ok(*x) {
-            true => Ok(*x),
-            false => Err(format!(
-                "{x} is not allowed; it must be {rule} (default {default})"
-            )),
-        })
+        let refused = |x: f64| format!("{x} is not allowed; it must be {rule} (default {default})");
+        let number = |x: &f64| {
+            (x.is_finite() && ok(*x))
+                .then_some(*x)
+                .ok_or_else(|| refused(*x))
+        };
+        self.leaf(key, default, &expected, &number)
     }
 
     /// Reads a file that holds one secret (trimmed); `what` names it in the messages.
     fn read_secret(&mut self, key: &str, path: &Path, what: &str) -> Option<String> {
         let shown = path.display();
-        match read_file(path) {
+        let secret = match read_file(path) {
             Ok(text) if text.trim().is_empty() => {
-                self.bad(key, format!("{shown} is empty; write {what} into it"))
+                Err(format!("{shown} is empty; write {what} into it"))
             }
-            Ok(text) => Some(text.trim().to_string()),
-            Err(err) => self.bad(key, format!("cannot read {shown}: {err}")),
-        }
+            Ok(text) => Ok(text.trim().to_string()),
+            Err(err) => Err(format!("cannot read {shown}: {err}")),
+        };
+        self.take(key, secret)
     }
 
     #[cfg_attr(not(unix), allow(unused_variables))]
@@ -269,34 +236,22 @@ impl Check<'_> {
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o004 != 0 {
-                self.warnings.push(format!(
-                    "{key} {} is readable by every user; chmod 600 it (or 640 with the service's group)",
-                    path.display()
-                ));
+                self.warnings.push(format!("{key} {} is readable by every user; chmod 600 it (or 640 with the service's group)", path.display()));
             }
         }
     }
 
-    fn tenants(&mut self, raw: &RawConfig) -> TenantsConfig {
-        let t = &raw.tenants;
-        let (mut ids, mut seen) = (Vec::new(), HashSet::new());
-        let mut add = |id: &str| {
-            if seen.insert(id.to_string()) {
-                ids.push(id.to_string());
-            }
-        };
-        let items = self.get(t.ids(), "an array").into_iter().flatten();
-        for (i, item) in items.enumerate() {
-            let checked = match item.as_str() {
-                Some(id) => validate_tenant_id(id).map(|()| add(id)),
-                None => Err(format!(
-                    "expected a tenant id string, found {}",
-                    describe(item)
-                )),
+    fn tenants(&mut self, t: &RawTenants) -> TenantsConfig {
+        let mut ids = Vec::new();
+        let items = self.get(t.ids(), "an array");
+        for (i, item) in items.into_iter().flatten().enumerate() {
+            let (id, found) = (item.as_str().unwrap_or_default(), describe(item));
+            let id = match item.is_str() {
+                true => validate_tenant_id(id).map(|()| id.to_string()),
+                false => Err(format!("expected a tenant id string, found {found}")),
             };
-            self.take(format!("tenants.ids[{i}]"), checked);
+            ids.extend(self.take(format!("tenants.ids[{i}]"), id));
         }
-
         let file = self.file(t.file(), "the tenant ids");
         match file.as_deref().map(|path| (path.display(), read_file(path))) {
             Some((path, Ok(text))) => {
@@ -306,17 +261,16 @@ impl Check<'_> {
                         Some((id, rest)) if rest.trim_start().starts_with('#') => id,
                         _ => line,
                     };
-                    let checked = validate_tenant_id(id).map(|()| add(id));
-                    let checked = checked.map_err(|message| format!("{path} line {n}: {message}"));
-                    self.take("tenants.file", checked);
+                    let id = validate_tenant_id(id).map(|()| id.to_string());
+                    let id = id.map_err(|message| format!("{path} line {n}: {message}"));
+                    ids.extend(self.take("tenants.file", id));
                 }
             }
-            Some((path, Err(err))) => self.problem("tenants.file", format!(
-                "cannot read {path}: {err}; create it (one tenant id a line; it may be empty) or remove the key"
-            )),
+            Some((path, Err(err))) => self.problem("tenants.file", format!("cannot read {path}: {err}; create it (one tenant id a line; it may be empty) or remove the key")),
             None => {}
         }
-
+        let mut seen = HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
         let mut urls = BTreeMap::new();
         for (tenant, value) in self.table(t.urls()).into_iter().flatten() {
             let url = check_override(tenant, value, &seen);
@@ -330,20 +284,14 @@ impl Check<'_> {
         TenantsConfig { ids, file, urls }
     }
 
-    fn gateway(&mut self, raw: &RawConfig, tenants: &TenantsConfig) -> GatewayConfig {
-        let g = &raw.gateway;
-        let mode = self.leaf(
-            g.mode(),
-            DEFAULT_GATEWAY_MODE,
-            "a string",
-            |mode| match mode.as_str() {
-                "per-tenant" => Ok(GatewayMode::PerTenant),
-                "shared" => Ok(GatewayMode::Shared),
-                other => Err(format!(
-                    "`{other}` is not a mode; write \"per-tenant\" or \"shared\""
-                )),
-            },
-        );
+    fn gateway(&mut self, g: &RawGateway, tenants: &TenantsConfig) -> GatewayConfig {
+        let modes = [
+            ("per-tenant", GatewayMode::PerTenant),
+            ("shared", GatewayMode::Shared),
+        ];
+        let mode = self.leaf(g.mode(), DEFAULT_GATEWAY_MODE, "a string", &|mode| {
+            choose(mode, "mode", &modes)
+        });
         let known_mode = self.fine(&["gateway.mode"]).then_some(mode);
         if known_mode == Some(GatewayMode::Shared) && !tenants.urls.is_empty() {
             self.problem("tenants.urls", "per-tenant URL overrides only apply with gateway.mode = \"per-tenant\"; remove [tenants.urls] or change the mode");
@@ -351,31 +299,21 @@ impl Check<'_> {
         if let (_, Setting::Unset) = g.url() {
             self.problem("gateway.url", "missing; set the gateway's WebSocket URL, e.g. url = \"ws://127.0.0.1:3001/ws/{tenant}\"");
         }
-        let url = self.leaf(g.url(), String::new(), "a string", |url| {
-            check_gateway_url(url.trim(), known_mode, tenants).map(|()| url.trim().to_string())
-        });
-        let state_url = self.leaf(g.state_url(), None, "a string", |url| {
-            check_template(url.trim(), &["http", "https"]).map(|()| Some(url.trim().to_string()))
-        });
-        let (token, token_env, token_file) = self.token(raw).unwrap_or_default();
-        let headers = self.headers(raw, token.is_some());
-        let ca_file = self.ca_file(g.ca_file());
-
+        let url = |url: &String| check_gateway_url(url.trim(), known_mode, tenants);
+        let url = self.leaf(g.url(), String::new(), "a string", &url);
+        let state_url = |url: &String| check_template(url.trim(), &["http", "https"]).map(Some);
+        let state_url = self.leaf(g.state_url(), None, "a string", &state_url);
+        let (token, token_env, token_file) = self.token(g).unwrap_or_default();
+        let headers = self.headers(g, token.is_some());
         let ping_interval = self.duration(g.ping_interval(), DEFAULT_PING_INTERVAL);
         let idle_timeout = self.duration(g.idle_timeout(), DEFAULT_IDLE_TIMEOUT);
-        let timing = ["gateway.ping_interval", "gateway.idle_timeout"];
-        if idle_timeout <= ping_interval && self.fine(&timing) {
-            let (fmt, ping) = (humantime::format_duration, ping_interval);
-            self.problem("gateway.idle_timeout", format!(
-                "{} must be longer than ping_interval ({}), or a healthy link would be dropped between pings; e.g. idle_timeout = \"{}\"",
-                fmt(idle_timeout), fmt(ping), fmt(ping * 2 + ping / 4),
-            ));
+        let (idle, ping) = (idle_timeout, ping_interval);
+        if idle <= ping && self.fine(&["gateway.ping_interval", "gateway.idle_timeout"]) {
+            self.problem("gateway.idle_timeout", format!("{} must be longer than ping_interval ({}), or a healthy link would be dropped between pings; e.g. idle_timeout = \"{}\"", human(idle), human(ping), human(ping * 2 + ping / 4)));
         }
         let frames = MIN_MAX_FRAME_SIZE..=MAX_MAX_FRAME_SIZE;
-        let max_frame_size = self.count(g.max_frame_size(), DEFAULT_MAX_FRAME_SIZE, frames);
         let handshakes = 1..=MAX_HANDSHAKE_CONCURRENCY;
-        let default = DEFAULT_HANDSHAKE_CONCURRENCY;
-        let handshake_concurrency = self.count(g.handshake_concurrency(), default, handshakes);
+        let handshake = DEFAULT_HANDSHAKE_CONCURRENCY;
         GatewayConfig {
             mode,
             url,
@@ -384,22 +322,20 @@ impl Check<'_> {
             token_env,
             token_file,
             headers,
-            ca_file,
+            ca_file: self.ca_file(g.ca_file()),
             ping_interval,
             idle_timeout,
-            max_frame_size,
-            handshake_concurrency,
+            max_frame_size: self.count(g.max_frame_size(), DEFAULT_MAX_FRAME_SIZE, frames),
+            handshake_concurrency: self.count(g.handshake_concurrency(), handshake, handshakes),
         }
     }
 
     /// The gateway token from at most one of `token`, `token_env` and `token_file`, with the
     /// env var or the file it came from.
-    #[allow(clippy::type_complexity)]
     fn token(
         &mut self,
-        raw: &RawConfig,
+        g: &RawGateway,
     ) -> Option<(Option<Secret>, Option<String>, Option<PathBuf>)> {
-        let g = &raw.gateway;
         // A token of the wrong type is not echoed, not even its length.
         let inline = match g.token().1 {
             Setting::Set(token) => Some(token.trim()),
@@ -421,8 +357,7 @@ impl Check<'_> {
         ];
         let given: Vec<&str> = given
             .iter()
-            .filter(|(_, given)| *given)
-            .map(|(key, _)| *key)
+            .filter_map(|(key, given)| given.then_some(*key))
             .collect();
         if let [a, .., b] = given[..] {
             let message = match given.len() {
@@ -437,9 +372,7 @@ impl Check<'_> {
             (_, Some(""), _) => return self.bad("gateway.token_env", "empty; name the env var that holds the gateway token, e.g. \"GATEWAY_TOKEN\""),
             (_, Some(var), _) => match env_var(self.env, var) {
                 Some(token) => ("gateway.token_env", token),
-                None => return self.bad("gateway.token_env", format!(
-                    "env var {var} is not set (or is empty); export it with the gateway token, or remove token_env"
-                )),
+                None => return self.bad("gateway.token_env", format!("env var {var} is not set (or is empty); export it with the gateway token, or remove token_env")),
             },
             (.., Some(file)) => {
                 let token = self.read_secret("gateway.token_file", file, "the gateway token")?;
@@ -456,19 +389,14 @@ impl Check<'_> {
             }
             _ => return Some((Some(Secret::new(token)), var.map(str::to_string), file)),
         };
-        let from = var
-            .map(|var| format!("env var {var}: "))
-            .unwrap_or_default();
-        self.bad(path, format!("{from}{problem}"))
+        let from = var.map(|var| format!("env var {var}: "));
+        self.bad(path, format!("{}{problem}", from.unwrap_or_default()))
     }
 
     /// `[gateway.headers]` (values inline) and `[gateway.headers_env]` (values from env vars).
-    fn headers(&mut self, raw: &RawConfig, has_token: bool) -> Headers {
+    fn headers(&mut self, g: &RawGateway, has_token: bool) -> Headers {
         let mut headers = Headers::default();
-        for (key, from_env) in [
-            (raw.gateway.headers(), false),
-            (raw.gateway.headers_env(), true),
-        ] {
+        for (key, from_env) in [(g.headers(), false), (g.headers_env(), true)] {
             for (name, value) in self.table(key).into_iter().flatten() {
                 let added = add_header(&mut headers, self.env, (name, value), from_env, has_token);
                 self.take(key_path(key.0, name), added);
@@ -478,7 +406,7 @@ impl Check<'_> {
     }
 
     /// A PEM CA file: readable, with at least one certificate.
-    fn ca_file(&mut self, key: Key<'_, String>) -> Option<PathBuf> {
+    fn ca_file(&mut self, key: Key<String>) -> Option<PathBuf> {
         let path = self.file(key, "the CA certificate(s)")?;
         let shown = path.display();
         let problem = match read_file(&path) {
@@ -489,14 +417,13 @@ impl Check<'_> {
         self.bad(key.0, problem)
     }
 
-    fn backend(&mut self, raw: &RawConfig) -> Option<BackendConfig> {
-        let b = &raw.backend;
+    fn backend(&mut self, b: &RawBackend) -> Option<BackendConfig> {
         let from_file = self.text(b.url());
         let allow_plain_http = self.get(b.allow_plain_http(), "true or false") == Some(&true);
         let (url_key, url) = match (env_var(self.env, ENV_BACKEND_URL), from_file) {
             (Some(url), _) => {
-                let url = check_backend_url(&url);
-                let url = url.map_err(|m| format!("{m} (this env var overrides backend.url)"));
+                let url = check_backend_url(&url)
+                    .map_err(|m| format!("{m} (this env var overrides backend.url)"));
                 (format!("env {ENV_BACKEND_URL}"), Some(url))
             }
             (None, Some(url)) => ("backend.url".to_string(), Some(check_backend_url(url))),
@@ -504,8 +431,10 @@ impl Check<'_> {
                 let missing = format!(
                     "missing; set backend.url = \"http://127.0.0.1:8000\" or env {ENV_BACKEND_URL}"
                 );
-                let missing = matches!(b.url().1, Setting::Unset).then_some(Err(missing));
-                ("backend.url".to_string(), missing)
+                (
+                    "backend.url".to_string(),
+                    matches!(b.url().1, Setting::Unset).then_some(Err(missing)),
+                )
             }
         };
         let url = url.and_then(|url| self.take(url_key.as_str(), url));
@@ -514,53 +443,39 @@ impl Check<'_> {
             .filter(|url| url.scheme() == "http" && !is_loopback(url));
         if let Some(shown) = plain.map(|url| redact_url(url.as_str())) {
             if allow_plain_http {
-                self.warnings.push(format!(
-                    "backend.allow_plain_http: the shared secret goes to {shown} in clear (http:// to a host that is not loopback); use https:// unless this network is trusted"
-                ));
+                self.warnings.push(format!("backend.allow_plain_http: the shared secret goes to {shown} in clear (http:// to a host that is not loopback); use https:// unless this network is trusted"));
             } else if self.fine(&["backend.allow_plain_http"]) {
-                self.problem(url_key, format!(
-                    "`{shown}` would send the shared secret in clear to a host that is not loopback; use https:// (with backend.ca_file for a private CA), or set backend.allow_plain_http = true if this network is trusted"
-                ));
+                self.problem(url_key, format!("`{shown}` would send the shared secret in clear to a host that is not loopback; use https:// (with backend.ca_file for a private CA), or set backend.allow_plain_http = true if this network is trusted"));
             }
         }
-
-        let path = self.leaf(b.path(), DEFAULT_BACKEND_PATH.to_string(), "a string", |path| {
-            match path.starts_with('/') && !path.contains(|c: char| c.is_whitespace() || c.is_control()) {
-                true => Ok(path.clone()),
-                false => Err(format!("`{path}` must start with `/` and contain no whitespace, e.g. \"{DEFAULT_BACKEND_PATH}\"")),
-            }
+        let path = self.leaf(b.path(), DEFAULT_BACKEND_PATH.to_string(), "a string", &|path| {
+            let fine = path.starts_with('/') && !path.contains(|c: char| c.is_whitespace() || c.is_control());
+            let problem = || format!("`{path}` must start with `/` and contain no whitespace, e.g. \"{DEFAULT_BACKEND_PATH}\"");
+            fine.then(|| path.clone()).ok_or_else(problem)
         });
-        let tail = path.trim_end_matches('/');
-        let ends_with_path =
-            |url: &&Url| path != "/" && url.path().trim_end_matches('/').ends_with(tail);
-        if let Some(url) = url.as_ref().filter(ends_with_path) {
-            self.warnings.push(format!(
-                "backend.url {} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only",
-                redact_url(url.as_str())
-            ));
+        let (tail, url_path) = (path.trim_end_matches('/'), url.as_ref().map(Url::path));
+        if path != "/" && url_path.is_some_and(|url| url.trim_end_matches('/').ends_with(tail)) {
+            let url = url
+                .as_ref()
+                .map(|url| redact_url(url.as_str()))
+                .unwrap_or_default();
+            self.warnings.push(format!("backend.url {url} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only"));
         }
-
         let secret_file = self.file(b.secret_file(), "the shared secret");
-        let secret = match self.fine(&["backend.secret_file"]) {
-            true => self.shared_secret(secret_file),
-            false => None,
-        };
+        let fine = self.fine(&["backend.secret_file"]);
+        let secret = fine.then(|| self.shared_secret(secret_file)).flatten();
         let (signing_secrets, signing_source) = self.signing_secrets(b.signing_secret_file());
-        let ca_file = self.ca_file(b.ca_file());
         let timeout = self.duration(b.timeout(), DEFAULT_BACKEND_TIMEOUT);
         let connect_timeout = self.duration(b.connect_timeout(), DEFAULT_BACKEND_CONNECT_TIMEOUT);
         if connect_timeout > timeout {
-            let fmt = humantime::format_duration;
-            self.warnings.push(format!(
-                "backend.connect_timeout ({}) exceeds backend.timeout ({}), which bounds the whole request including the connect",
-                fmt(connect_timeout), fmt(timeout)
-            ));
+            self.warnings.push(format!("backend.connect_timeout ({}) exceeds backend.timeout ({}), which bounds the whole request including the connect", human(connect_timeout), human(timeout)));
         }
-        let in_flight = 1..=MAX_BACKEND_MAX_IN_FLIGHT;
-        let max_in_flight = self.count(b.max_in_flight(), DEFAULT_BACKEND_MAX_IN_FLIGHT, in_flight);
-        let (secret, secret_source) = secret?;
+        let (in_flight, default) = (1..=MAX_BACKEND_MAX_IN_FLIGHT, DEFAULT_BACKEND_MAX_IN_FLIGHT);
+        let ca_file = self.ca_file(b.ca_file());
+        let max_in_flight = self.count(b.max_in_flight(), default, in_flight);
+        let ((secret, secret_source), url) = (secret?, url?);
         Some(BackendConfig {
-            url: url?,
+            url,
             path,
             secret,
             secret_source,
@@ -591,74 +506,69 @@ impl Check<'_> {
             let secret = self.read_secret("backend.secret", &path, "the shared secret")?;
             return Some((Secret::new(secret), SecretSource::Credential(path)));
         }
-        let note = match self.env.var(ENV_SHARED_SECRET) {
-            Some(_) => format!(" ({ENV_SHARED_SECRET} is set but empty)"),
-            None => String::new(),
-        };
+        let blank = self
+            .env
+            .var(ENV_SHARED_SECRET)
+            .map(|_| format!(" ({ENV_SHARED_SECRET} is set but empty)"));
         self.bad("backend.secret", format!(
-            "no shared secret found{note}; set env {ENV_SHARED_SECRET}, or backend.secret_file = \"/path/to/secret\", \
-             or pass the systemd credential `{CREDENTIAL_NAME}` (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})"
+            "no shared secret found{}; set env {ENV_SHARED_SECRET}, or backend.secret_file = \"/path/to/secret\", \
+             or pass the systemd credential `{CREDENTIAL_NAME}` (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})",
+            blank.unwrap_or_default()
         ))
     }
 
     /// The Standard Webhooks signing secrets: env `WEBHOOK_SIGNING_SECRET` (whitespace-separated),
     /// else `backend.signing_secret_file` (one a line, `#` comments). No value is ever echoed.
-    fn signing_secrets(
-        &mut self,
-        key: Key<'_, String>,
-    ) -> (Vec<SigningSecret>, Option<SigningSource>) {
+    fn signing_secrets(&mut self, key: Key<String>) -> (Vec<SigningSecret>, Option<SigningSource>) {
         let file = self.file(key, "the signing secrets");
-        // Where a problem with a secret goes, and each secret with how a message names it.
-        let (source, path, entries): (_, _, Vec<(String, String)>) = match (
+        // Each secret with how a message names it, and where a problem with one goes.
+        let (source, entries, path): (_, Vec<(String, String)>, _) = match (
             env_var(self.env, ENV_SIGNING_SECRET),
             file,
         ) {
             _ if !self.fine(&[key.0]) => return Default::default(),
             (Some(text), _) => {
                 let words: Vec<&str> = text.split_whitespace().collect();
-                let n = words.len();
-                let entries = words
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| (w.to_string(), format!("secret {} of {n}", i + 1)));
+                let entries = (1..)
+                    .zip(&words)
+                    .map(|(i, w)| (w.to_string(), format!("secret {i} of {}", words.len())));
                 (
                     SigningSource::Env,
-                    format!("env {ENV_SIGNING_SECRET}"),
                     entries.collect(),
+                    format!("env {ENV_SIGNING_SECRET}"),
                 )
             }
             (None, Some(file)) => {
-                let text = match read_file(&file) {
-                    Ok(text) => text,
-                    Err(err) => {
-                        self.problem(key.0, format!("cannot read {}: {err}", file.display()));
-                        return Default::default();
-                    }
-                };
-                let entries: Vec<_> = entries(&text)
-                    .map(|(n, line)| (line.to_string(), format!("{} line {n}", file.display())))
+                let (shown, text) = (file.display(), read_file(&file));
+                let entries = text.as_deref().map(entries).into_iter().flatten();
+                let entries: Vec<_> = entries
+                    .map(|(n, line)| (line.to_string(), format!("{shown} line {n}")))
                     .collect();
-                if entries.is_empty() {
-                    self.problem(key.0, format!("{} holds no secret; write one `whsec_...` secret a line, or remove the key", file.display()));
+                let problem = match text {
+                    Err(err) => format!("cannot read {shown}: {err}"),
+                    Ok(_) if entries.is_empty() => format!("{shown} holds no secret; write one `whsec_...` secret a line, or remove the key"),
+                    Ok(_) => String::new(),
+                };
+                if !problem.is_empty() {
+                    self.problem(key.0, problem);
                     return Default::default();
                 }
                 self.warn_if_world_readable(key.0, &file);
-                (SigningSource::File(file), key.0.to_string(), entries)
+                (SigningSource::File(file), entries, key.0.to_string())
             }
             (None, None) => return Default::default(),
         };
-        let parsed = entries
+        let parse = |(text, at): &(String, String)| {
+            SigningSecret::parse(text).map_err(|m| format!("{at}: {m}"))
+        };
+        let secrets = entries
             .iter()
-            .map(|(text, at)| SigningSecret::parse(text).map_err(|m| format!("{at}: {m}")));
-        let secrets = parsed
-            .filter_map(|secret| self.take(path.as_str(), secret))
-            .collect();
-        (secrets, Some(source))
+            .filter_map(|entry| self.take(path.as_str(), parse(entry)));
+        (secrets.collect(), Some(source))
     }
 
-    fn debounce(&mut self, raw: &RawConfig) -> Policy {
-        let (r, d) = (&raw.debounce, Policy::default());
-        let above_0: fn(f64) -> bool = |x| x > 0.0;
+    fn debounce(&mut self, r: &RawDebounce) -> Policy {
+        let d = Policy::default();
         let down_grace = self.grace(
             r.gateway_down_grace(),
             d.gateway_down_grace.unwrap_or_default(),
@@ -669,55 +579,39 @@ impl Check<'_> {
             terminal_codes: self.terminal_codes(r.terminal_codes(), d.terminal_codes),
             gateway_down_grace: Some(down_grace).filter(|grace| !grace.is_zero()),
             flap_half_life: self.duration(r.flap_half_life(), d.flap_half_life),
-            flap_suppress: self.number(
-                r.flap_suppress(),
-                d.flap_suppress,
-                above_0,
-                "a number above 0",
-            ),
-            flap_reuse: self.number(r.flap_reuse(), d.flap_reuse, above_0, "a number above 0"),
+            flap_suppress: self.number(r.flap_suppress(), d.flap_suppress, ABOVE_0),
+            flap_reuse: self.number(r.flap_reuse(), d.flap_reuse, ABOVE_0),
             flap_max_suppress: self.duration(r.flap_max_suppress(), d.flap_max_suppress),
         };
-        let (suppress, reuse, half_life, max) = (
-            p.flap_suppress,
-            p.flap_reuse,
-            p.flap_half_life,
-            p.flap_max_suppress,
-        );
+        let (suppress, reuse) = (p.flap_suppress, p.flap_reuse);
+        let (half_life, max) = (p.flap_half_life, p.flap_max_suppress);
         // SPEC section 4: the penalty is capped at reuse * 2^(max / half_life). A cap below the
         // suppress threshold would make flapping impossible to detect.
         let cap = reuse * (max.as_secs_f64() / half_life.as_secs_f64()).exp2();
+        let capped = ["debounce.flap_half_life", "debounce.flap_max_suppress"];
         if !self.fine(&["debounce.flap_suppress", "debounce.flap_reuse"]) {
         } else if reuse >= suppress {
-            self.problem("debounce.flap_reuse", format!(
-                "{reuse} must be below flap_suppress ({suppress}), or a flapping tenant would never recover (defaults 750 and 3000)"
-            ));
-        } else if cap < suppress
-            && self.fine(&["debounce.flap_half_life", "debounce.flap_max_suppress"])
-        {
-            let fmt = humantime::format_duration;
-            self.problem("debounce.flap_max_suppress", format!(
-                "{} is too short for flap_half_life {}: the penalty cap (flap_reuse * 2^(flap_max_suppress / flap_half_life) = {cap:.0}) is below flap_suppress ({suppress}), so flapping could never be detected; raise flap_max_suppress",
-                fmt(max), fmt(half_life)
-            ));
+            self.problem("debounce.flap_reuse", format!("{reuse} must be below flap_suppress ({suppress}), or a flapping tenant would never recover (defaults 750 and 3000)"));
+        } else if cap < suppress && self.fine(&capped) {
+            self.problem("debounce.flap_max_suppress", format!("{} is too short for flap_half_life {}: the penalty cap (flap_reuse * 2^(flap_max_suppress / flap_half_life) = {cap:.0}) is below flap_suppress ({suppress}), so flapping could never be detected; raise flap_max_suppress", human(max), human(half_life)));
         }
         p
     }
 
-    fn terminal_codes(&mut self, key: Key<'_, Vec<Value>>, default: Vec<u16>) -> Vec<u16> {
+    fn terminal_codes(&mut self, key: Key<Vec<Value>>, default: Vec<u16>) -> Vec<u16> {
         let Some(items) = self.get(key, "an array") else {
             return default;
         };
         let mut codes = Vec::new();
         for (i, item) in items.iter().enumerate() {
+            let found = describe(item);
             let code = match item.as_integer() {
                 Some(n @ 100..=999) => Ok(n as u16),
                 Some(n) => Err(format!(
                     "{n} is not a status code; codes are 100..=999 (e.g. 401)"
                 )),
                 None => Err(format!(
-                    "expected a status code number (e.g. 401), found {}",
-                    describe(item)
+                    "expected a status code number (e.g. 401), found {found}"
                 )),
             };
             let code = self.take(format!("{}[{i}]", key.0), code);
@@ -727,87 +621,69 @@ impl Check<'_> {
     }
 
     /// The mass-outage hold (`[debounce] storm_*`).
-    fn storm(&mut self, raw: &RawConfig) -> StormPolicy {
-        let r = &raw.debounce;
-        let share = "a share from 0 to 1 (0 turns the mass-outage hold off)";
-        let between_0_and_1: fn(f64) -> bool = |x| (0.0..=1.0).contains(&x);
-        let min_tenants = 1..=MAX_STORM_MIN_TENANTS;
+    fn storm(&mut self, r: &RawDebounce) -> StormPolicy {
+        let (tenants, default) = (1..=MAX_STORM_MIN_TENANTS, storm::DEFAULT_MIN_TENANTS);
         StormPolicy {
-            fraction: self.number(
-                r.storm_fraction(),
-                storm::DEFAULT_FRACTION,
-                between_0_and_1,
-                share,
-            ),
-            min_tenants: self.count(
-                r.storm_min_tenants(),
-                storm::DEFAULT_MIN_TENANTS,
-                min_tenants,
-            ),
+            fraction: self.number(r.storm_fraction(), storm::DEFAULT_FRACTION, SHARE),
+            min_tenants: self.count(r.storm_min_tenants(), default, tenants),
             window: self.duration(r.storm_window(), storm::DEFAULT_WINDOW),
             hold: self.duration(r.storm_hold(), storm::DEFAULT_HOLD),
         }
     }
 
-    fn state_dir(&mut self, raw: &RawConfig) -> PathBuf {
+    fn state(&mut self, r: &RawState) -> StateConfig {
         // systemd joins several StateDirectory= entries with ':'; ours is the first.
         let from_env = env_var(self.env, ENV_STATE_DIRECTORY);
-        let default = from_env.map_or(DEFAULT_STATE_DIR.into(), |dirs| {
-            dirs.split(':').next().unwrap_or("").into()
-        });
-        let base = self.base_dir;
-        self.leaf(raw.state.dir(), default, "a string", |dir| {
-            match dir.trim() {
-                "" => Err("must not be empty; remove the key to use the default".to_string()),
-                _ => Ok(base.join(dir)),
-            }
-        })
+        let from_env = from_env.map(|dirs| dirs.split(':').next().unwrap_or("").into());
+        let (default, base) = (from_env.unwrap_or(DEFAULT_STATE_DIR.into()), self.base_dir);
+        let dir = |dir: &String| match dir.trim() {
+            "" => Err("must not be empty; remove the key to use the default".to_string()),
+            _ => Ok(base.join(dir)),
+        };
+        let dir = self.leaf(r.dir(), default, "a string", &dir);
+        StateConfig { dir }
     }
 
-    fn admin(&mut self, raw: &RawConfig) -> SocketAddr {
-        let listen = self.leaf(raw.admin.listen(), DEFAULT_ADMIN_LISTEN, "a string", |text| {
-            text.trim().parse().map_err(|_| format!(
-                "`{text}` is not a socket address; write an IP and a port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""
-            ))
+    fn admin(&mut self, r: &RawAdmin) -> AdminConfig {
+        let listen = self.leaf(r.listen(), DEFAULT_ADMIN_LISTEN, "a string", &|text| {
+            text.trim().parse().map_err(|_| format!("`{text}` is not a socket address; write an IP and a port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""))
         });
         if !listen.ip().is_loopback() {
-            self.warnings.push(format!(
-                "admin.listen {listen} is not a loopback address: the admin API (tenant ids, metrics) is reachable from the network"
-            ));
+            self.warnings.push(format!("admin.listen {listen} is not a loopback address: the admin API (tenant ids, metrics) is reachable from the network"));
         }
-        listen
+        AdminConfig { listen }
     }
 
-    fn log(&mut self, raw: &RawConfig) -> LogFormat {
-        self.leaf(
-            raw.log.format(),
-            DEFAULT_LOG_FORMAT,
-            "a string",
-            |format| match format.as_str() {
-                "text" => Ok(LogFormat::Text),
-                "json" => Ok(LogFormat::Json),
-                other => Err(format!(
-                    "`{other}` is not a log format; write \"text\" or \"json\""
-                )),
-            },
-        )
+    fn log(&mut self, r: &RawLog) -> LogConfig {
+        let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+        let format = |format: &String| choose(format, "log format", &formats);
+        let format = self.leaf(r.format(), DEFAULT_LOG_FORMAT, "a string", &format);
+        LogConfig { format }
     }
+}
+
+/// The option named `name`, or a problem saying it is not a `what` and listing the options.
+fn choose<T: Copy>(name: &str, what: &str, options: &[(&str, T)]) -> Result<T, String> {
+    let chosen = options.iter().find(|(option, _)| *option == name);
+    let names: Vec<String> = options
+        .iter()
+        .map(|(option, _)| format!("\"{option}\""))
+        .collect();
+    let problem = || format!("`{name}` is not a {what}; write {}", names.join(" or "));
+    chosen.map(|(_, value)| *value).ok_or_else(problem)
 }
 
 /// Reads an env var, treating an empty or all-blank value as unset.
 fn env_var(env: &dyn Env, name: &str) -> Option<String> {
-    env.var(name)
-        .map(|value| value.trim().to_string())
-        .filter(|value| !value.is_empty())
+    let value = env.var(name).map(|value| value.trim().to_string());
+    value.filter(|value| !value.is_empty())
 }
 
 /// The lines of a list file that hold something: their number and their trimmed text, blank
 /// lines and `#` comments left out.
 fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    let lines = text.lines().map(str::trim).enumerate();
-    lines
-        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
-        .map(|(n, line)| (n + 1, line))
+    let lines = (1..).zip(text.lines().map(str::trim));
+    lines.filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
 /// Parses `url` and checks its scheme is one of `schemes` and it has a host. Messages show the
@@ -821,8 +697,8 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<Url, String> {
             wanted[0]
         )
     })?;
-    if !schemes.contains(&parsed.scheme()) {
-        let (scheme, wanted) = (parsed.scheme(), wanted.join(" or "));
+    let (scheme, wanted) = (parsed.scheme(), wanted.join(" or "));
+    if !schemes.contains(&scheme) {
         return Err(format!(
             "`{shown}` has scheme `{scheme}`; it must start with {wanted}"
         ));
@@ -855,8 +731,9 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Checks a URL template: `{tenant}` is the only placeholder and the URL parses with it filled in.
-fn check_template(template: &str, schemes: &[&str]) -> Result<(), String> {
+/// Checks a URL template: `{tenant}` is the only placeholder and the URL parses with it filled
+/// in. Gives back the template.
+fn check_template(template: &str, schemes: &[&str]) -> Result<String, String> {
     if template
         .replace(TENANT_PLACEHOLDER, "")
         .contains(['{', '}'])
@@ -866,37 +743,32 @@ fn check_template(template: &str, schemes: &[&str]) -> Result<(), String> {
             "`{shown}` has an unknown placeholder; the only one is `{{tenant}}`"
         ));
     }
-    check_url(&template.replace(TENANT_PLACEHOLDER, "tenant"), schemes).map(|_| ())
+    check_url(&template.replace(TENANT_PLACEHOLDER, "tenant"), schemes)?;
+    Ok(template.to_string())
 }
 
 /// Checks the gateway URL template against the mode and the tenants' overrides.
 fn check_gateway_url(
     url: &str,
     mode: Option<GatewayMode>,
-    tenants: &TenantsConfig,
-) -> Result<(), String> {
-    check_template(url, &["ws", "wss"])?;
+    urls: &TenantsConfig,
+) -> Result<String, String> {
+    let url = check_template(url, &["ws", "wss"])?;
     let has_placeholder = url.contains(TENANT_PLACEHOLDER);
-    let lacking: Vec<&str> = (tenants.ids.iter())
-        .filter(|id| !tenants.urls.contains_key(*id))
-        .map(String::as_str)
-        .collect();
+    let lacking = urls.ids.iter().filter(|id| !urls.urls.contains_key(*id));
+    let lacking: Vec<&str> = lacking.map(String::as_str).take(5).collect();
     match mode {
-        Some(GatewayMode::Shared) if has_placeholder => Err(
-            "shared mode uses one link for every tenant, so the URL must not contain `{tenant}`; remove it or set mode = \"per-tenant\"".to_string(),
-        ),
+        Some(GatewayMode::Shared) if has_placeholder => Err("shared mode uses one link for every tenant, so the URL must not contain `{tenant}`; remove it or set mode = \"per-tenant\"".to_string()),
         // With no tenants at all, "every tenant has an override" holds only vacuously: the
         // first tenant added later would have no URL, so that is refused too.
-        Some(GatewayMode::PerTenant) if !has_placeholder && (tenants.ids.is_empty() || !lacking.is_empty()) => {
-            let which = match lacking.len() {
-                0 => String::new(),
-                _ => format!(" (tenants without one: {})", lacking[..lacking.len().min(5)].join(", ")),
+        Some(GatewayMode::PerTenant) if !has_placeholder && (urls.ids.is_empty() || !lacking.is_empty()) => {
+            let which = match lacking.join(", ") {
+                none if none.is_empty() => none,
+                some => format!(" (tenants without one: {some})"),
             };
-            Err(format!(
-                "per-tenant mode needs `{{tenant}}` in the URL (e.g. \"ws://127.0.0.1:3001/ws/{{tenant}}\") unless every tenant has a [tenants.urls] override{which}; or set mode = \"shared\""
-            ))
+            Err(format!("per-tenant mode needs `{{tenant}}` in the URL (e.g. \"ws://127.0.0.1:3001/ws/{{tenant}}\") unless every tenant has a [tenants.urls] override{which}; or set mode = \"shared\""))
         }
-        _ => Ok(()),
+        _ => Ok(url),
     }
 }
 
@@ -934,7 +806,7 @@ fn add_header(
     };
     if RESERVED_HEADERS
         .split_whitespace()
-        .any(|reserved| reserved == header.as_str())
+        .any(|reserved| reserved == header)
     {
         return Err(format!(
             "`{name}` is set by the WebSocket handshake itself; remove it"
@@ -954,16 +826,10 @@ fn add_header(
     let (text, var) = match value {
         Value::String(var) if from_env => match env_var(env, var.trim()) {
             Some(text) => (text, Some(var.trim().to_string())),
-            None => return Err(format!(
-                "env var {} is not set (or is empty); export it with the header's value, or remove this entry",
-                var.trim()
-            )),
+            None => return Err(format!("env var {} is not set (or is empty); export it with the header's value, or remove this entry", var.trim())),
         },
         Value::String(text) => (text.clone(), None),
-        other if from_env => return Err(format!(
-            "expected the name of an env var (a string), found {}",
-            describe(other)
-        )),
+        other if from_env => return Err(format!("expected the name of an env var (a string), found {}", describe(other))),
         other => return Err(format!("expected a string value, found {}", article(other))),
     };
     let Ok(mut value) = HeaderValue::from_str(&text) else {
@@ -983,13 +849,9 @@ fn add_header(
 /// How many PEM `CERTIFICATE` blocks in `text` hold base64 that decodes to a DER sequence.
 fn pem_certificates(text: &str) -> usize {
     let base64 = base64::engine::general_purpose::STANDARD;
-    (text.split("-----BEGIN CERTIFICATE-----").skip(1))
-        .filter_map(|block| block.split_once("-----END CERTIFICATE-----"))
-        .filter(|(body, _)| {
-            let body: String = body.split_whitespace().collect();
-            base64
-                .decode(body)
-                .is_ok_and(|der| der.first() == Some(&0x30))
-        })
+    let blocks = text.split("-----BEGIN CERTIFICATE-----").skip(1);
+    let bodies = blocks.filter_map(|block| block.split_once("-----END CERTIFICATE-----"));
+    let der = bodies.map(|(body, _)| base64.decode(body.split_whitespace().collect::<String>()));
+    der.filter(|der| der.as_ref().is_ok_and(|der| der.first() == Some(&0x30)))
         .count()
 }

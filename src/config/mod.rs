@@ -598,15 +598,14 @@ impl Config {
     /// Reads and validates the config file at `path`. Relative paths inside it resolve against
     /// the file's directory.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-        let source_name = path.display().to_string();
-        let text = read_file(path).map_err(|err| ConfigError {
-            source_name: source_name.clone(),
-            problems: vec![Problem::new("", format!(
-                "cannot read the config file: {err}; pass an existing file with --config or WA_SIDECAR_CONFIG"
-            ))],
-        })?;
         let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
-        check::parse(&text, &source_name, base_dir.unwrap_or(Path::new(".")), env)
+        let config = read_file(path).map_err(|err| vec![Problem::new("", format!("cannot read the config file: {err}; pass an existing file with --config or WA_SIDECAR_CONFIG"))]);
+        let config =
+            config.and_then(|text| check::parse(&text, base_dir.unwrap_or(Path::new(".")), env));
+        config.map_err(|problems| ConfigError {
+            source_name: path.display().to_string(),
+            problems,
+        })
     }
 
     /// Validates config text; relative paths inside it resolve against `base_dir`.
@@ -615,7 +614,11 @@ impl Config {
         base_dir: &Path,
         env: &dyn Env,
     ) -> Result<Config, ConfigError> {
-        check::parse(text, "<inline config>", base_dir, env)
+        let source_name = "<inline config>".to_string();
+        check::parse(text, base_dir, env).map_err(|problems| ConfigError {
+            source_name,
+            problems,
+        })
     }
 
     /// The WebSocket URL for `tenant`: its `[tenants.urls]` override, else the template with
