@@ -285,13 +285,8 @@ impl Check<'_> {
     }
 
     fn gateway(&mut self, g: &RawGateway, tenants: &TenantsConfig) -> GatewayConfig {
-        let modes = [
-            ("per-tenant", GatewayMode::PerTenant),
-            ("shared", GatewayMode::Shared),
-        ];
-        let mode = self.leaf(g.mode(), DEFAULT_GATEWAY_MODE, "a string", &|mode| {
-            choose(mode, "mode", &modes)
-        });
+        let mode = |mode: &String| choose(mode, "mode", GatewayMode::NAMES);
+        let mode = self.leaf(g.mode(), DEFAULT_GATEWAY_MODE, "a string", &mode);
         let known_mode = self.fine(&["gateway.mode"]).then_some(mode);
         if known_mode == Some(GatewayMode::Shared) && !tenants.urls.is_empty() {
             self.problem("tenants.urls", "per-tenant URL overrides only apply with gateway.mode = \"per-tenant\"; remove [tenants.urls] or change the mode");
@@ -655,8 +650,7 @@ impl Check<'_> {
     }
 
     fn log(&mut self, r: &RawLog) -> LogConfig {
-        let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
-        let format = |format: &String| choose(format, "log format", &formats);
+        let format = |format: &String| choose(format, "log format", LogFormat::NAMES);
         let format = self.leaf(r.format(), DEFAULT_LOG_FORMAT, "a string", &format);
         LogConfig { format }
     }

@@ -109,6 +109,8 @@ pub const MAX_TENANT_ID_LEN: usize = 128;
 const MAX_FILE_BYTES: u64 = 16 << 20;
 /// How many tenant ids [`Config::summary`] lists before it only counts them.
 const SUMMARY_TENANTS_SHOWN: usize = 10;
+/// How the summary shows a setting that is not set.
+const NONE: &str = "(none)";
 /// What a template's `{tenant}` is replaced by.
 const TENANT_PLACEHOLDER: &str = "{tenant}";
 /// RFC 3986 unreserved characters stay; everything else in a tenant id is percent-encoded, so the
@@ -143,36 +145,35 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
+/// An enum of a key that takes one of a few names, with those names (for the file and the
+/// summary) written once.
+macro_rules! named {
+    ($(#[$doc:meta])* $Enum:ident { $($(#[$vdoc:meta])* $Variant:ident = $name:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $Enum { $($(#[$vdoc])* $Variant,)* }
+        impl $Enum {
+            /// Every variant, with its name.
+            const NAMES: &'static [(&'static str, $Enum)] = &[$(($name, $Enum::$Variant)),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $($Enum::$Variant => $name,)* }
+            }
         }
-    }
+    };
 }
 
-/// How the gateway exposes sessions (SPEC section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayMode {
-    /// One WebSocket per tenant, its URL made from the `gateway.url` template.
-    PerTenant,
-    /// One WebSocket carrying the events of every tenant; the tenant comes from each event.
-    Shared,
+named! {
+    /// `[log] format`.
+    LogFormat { Text = "text", Json = "json", }
 }
 
-impl GatewayMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GatewayMode::PerTenant => "per-tenant",
-            GatewayMode::Shared => "shared",
-        }
+named! {
+    /// How the gateway exposes sessions (SPEC section 3).
+    GatewayMode {
+        /// One WebSocket per tenant, its URL made from the `gateway.url` template.
+        PerTenant = "per-tenant",
+        /// One WebSocket carrying the events of every tenant; the tenant comes from each event.
+        Shared = "shared",
     }
 }
 
@@ -224,7 +225,7 @@ impl GatewayConfig {
     /// The `[gateway]` lines of the summary.
     fn rows(&self) -> Vec<(&'static str, String)> {
         let token = match (&self.token, &self.token_env, &self.token_file) {
-            (None, _, _) => "(none)".to_string(),
+            (None, _, _) => NONE.to_string(),
             (Some(_), Some(var), _) => format!("<redacted> (from env {var})"),
             (Some(_), None, Some(file)) => {
                 format!("<redacted> (from gateway.token_file {})", file.display())
@@ -234,7 +235,10 @@ impl GatewayConfig {
         vec![
             ("mode", self.mode.as_str().to_string()),
             ("url", redact_url(&self.url)),
-            ("state_url", opt(self.state_url.as_deref().map(redact_url))),
+            (
+                "state_url",
+                self.state_url.as_deref().map_or(NONE.into(), redact_url),
+            ),
             ("token", token),
             ("headers", list(&self.headers.shown())),
             ("ca_file", path(&self.ca_file, "(system roots only)")),
@@ -251,8 +255,9 @@ impl GatewayConfig {
 
 /// Extra gateway request headers, names and values validated once at load, every value marked
 /// sensitive (it may be a credential such as WAHA's `X-Api-Key`). Derefs to the `HeaderMap`;
-/// `Debug` and [`Headers::shown`] give names only.
-#[derive(Clone, Default, PartialEq)]
+/// [`Headers::shown`] gives names only, and so does `Debug` (`HeaderValue` shows a sensitive
+/// value as `Sensitive`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Headers {
     map: HeaderMap,
     /// Each header's name as written, and the env var its value came from, if it did.
@@ -277,12 +282,6 @@ impl std::ops::Deref for Headers {
     type Target = HeaderMap;
     fn deref(&self) -> &HeaderMap {
         &self.map
-    }
-}
-
-impl fmt::Debug for Headers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.shown()).finish()
     }
 }
 
@@ -423,7 +422,7 @@ impl TenantsConfig {
             more => format!("{}, ... ({more} more)", shown.join(", ")),
         };
         let urls = match self.urls.len() {
-            0 => "(none)".to_string(),
+            0 => NONE.to_string(),
             n => format!(
                 "{n} override(s): {}",
                 list(&self.urls.keys().collect::<Vec<_>>())
@@ -433,7 +432,7 @@ impl TenantsConfig {
         vec![
             ("count", count),
             ("ids", ids),
-            ("file", path(&self.file, "(none)")),
+            ("file", path(&self.file, NONE)),
             ("urls", urls),
         ]
     }
@@ -542,9 +541,8 @@ impl<S: std::hash::BuildHasher> Env for HashMap<String, String, S> {
 /// A fixed environment written inline: `&[("INTERNAL_SHARED_SECRET", "s3cret")]`.
 impl<const N: usize> Env for [(&str, &str); N] {
     fn var(&self, name: &str) -> Option<String> {
-        self.iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.to_string())
+        let found = self.iter().find(|(key, _)| *key == name);
+        found.map(|(_, value)| value.to_string())
     }
 }
 
@@ -585,13 +583,9 @@ pub struct ConfigError {
 
 /// "2 problems:" and the problems, one a line.
 fn render(problems: &[Problem]) -> String {
-    let noun = if problems.len() == 1 {
-        "problem"
-    } else {
-        "problems"
-    };
+    let s = if problems.len() == 1 { "" } else { "s" };
     let list: String = problems.iter().map(|p| format!("\n  - {p}")).collect();
-    format!("{} {noun}:{list}", problems.len())
+    format!("{} problem{s}:{list}", problems.len())
 }
 
 impl Config {
@@ -651,6 +645,8 @@ impl Config {
             gateway.insert(2, ("url example", example));
         }
         let (d, s) = (&self.debounce, &self.storm);
+        let down_grace = d.gateway_down_grace.map_or("never (0s)".to_string(), human);
+        let format = self.log.format.as_str().to_string();
         let fraction = match s.fraction {
             f if f == 0.0 => "0 (off: no mass-outage hold)".to_string(),
             f => f.to_string(),
@@ -659,10 +655,7 @@ impl Config {
             ("disconnect_grace", human(d.disconnect_grace)),
             ("connect_grace", human(d.connect_grace)),
             ("terminal_codes", format!("{:?}", d.terminal_codes)),
-            (
-                "gateway_down_grace",
-                d.gateway_down_grace.map_or("never (0s)".to_string(), human),
-            ),
+            ("gateway_down_grace", down_grace),
             ("flap_half_life", human(d.flap_half_life)),
             ("flap_suppress", d.flap_suppress.to_string()),
             ("flap_reuse", d.flap_reuse.to_string()),
@@ -679,10 +672,7 @@ impl Config {
             ("tenants", self.tenants.rows()),
             ("state", vec![("dir", self.state.dir.display().to_string())]),
             ("admin", vec![("listen", self.admin.listen.to_string())]),
-            (
-                "log",
-                vec![("format", self.log.format.as_str().to_string())],
-            ),
+            ("log", vec![("format", format)]),
         ];
         let mut out = String::new();
         for (section, rows) in sections {
@@ -709,28 +699,27 @@ pub fn validate_tenant_id(id: &str) -> Result<(), String> {
     const RULE: &str =
         "a tenant id is non-empty, at most 128 bytes, with no whitespace or control characters";
     const PATH_RULE: &str = "a tenant id is 1 to 128 bytes, with no whitespace, control characters or `/`, and not `.` or `..` (it names a URL path segment and a record in the state dir)";
-    if id.is_empty() {
-        return Err(format!("empty tenant id; {RULE}"));
-    }
-    if id.len() > MAX_TENANT_ID_LEN {
-        let start: String = id.chars().take(16).flat_map(char::escape_debug).collect();
-        return Err(format!(
-            "tenant id `{start}...` is {} bytes long; {RULE}",
+    let start = || {
+        id.chars()
+            .take(16)
+            .flat_map(char::escape_debug)
+            .collect::<String>()
+    };
+    let problem = match id {
+        "" => format!("empty tenant id; {RULE}"),
+        _ if id.len() > MAX_TENANT_ID_LEN => format!(
+            "tenant id `{}...` is {} bytes long; {RULE}",
+            start(),
             id.len()
-        ));
-    }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "tenant id {id:?} contains whitespace or a control character; {RULE}"
-        ));
-    }
-    if id.contains('/') {
-        return Err(format!("tenant id {id:?} contains `/`; {PATH_RULE}"));
-    }
-    if id == "." || id == ".." {
-        return Err(format!("tenant id {id:?} is not allowed; {PATH_RULE}"));
-    }
-    Ok(())
+        ),
+        _ if id.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+            format!("tenant id {id:?} contains whitespace or a control character; {RULE}")
+        }
+        _ if id.contains('/') => format!("tenant id {id:?} contains `/`; {PATH_RULE}"),
+        "." | ".." => format!("tenant id {id:?} is not allowed; {PATH_RULE}"),
+        _ => return Ok(()),
+    };
+    Err(problem)
 }
 
 /// A URL fit for a log line, a reason or a summary: the password of `user:password@` and every
@@ -785,15 +774,11 @@ fn read_file(path: &Path) -> std::io::Result<String> {
 /// `text` with every control character but those in `keep` escaped (`\u{1b}`), so that text
 /// from a file or the environment cannot move the cursor, recolour or retitle a terminal.
 fn escape_controls(text: &str, keep: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && !keep.contains(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    let escape = |c: char| match c.is_control() && !keep.contains(c) {
+        true => c.escape_debug().to_string(),
+        false => c.to_string(),
+    };
+    text.chars().map(escape).collect()
 }
 
 fn human(duration: Duration) -> String {
@@ -805,14 +790,10 @@ fn path(path: &Option<PathBuf>, none: &str) -> String {
         .map_or(none.to_string(), |path| path.display().to_string())
 }
 
-fn opt(value: Option<String>) -> String {
-    value.unwrap_or_else(|| "(none)".to_string())
-}
-
 fn list<S: AsRef<str>>(items: &[S]) -> String {
     let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
     match items.is_empty() {
-        true => "(none)".to_string(),
+        true => NONE.to_string(),
         false => items.join(", "),
     }
 }
