@@ -232,23 +232,19 @@ impl GatewayConfig {
             }
             (Some(_), None, None) => "<redacted> (from gateway.token)".to_string(),
         };
+        let state_url = self.state_url.as_deref().map_or(NONE.into(), redact_url);
+        let handshakes = self.handshake_concurrency.to_string();
         vec![
             ("mode", self.mode.as_str().to_string()),
             ("url", redact_url(&self.url)),
-            (
-                "state_url",
-                self.state_url.as_deref().map_or(NONE.into(), redact_url),
-            ),
+            ("state_url", state_url),
             ("token", token),
             ("headers", list(&self.headers.shown())),
             ("ca_file", path(&self.ca_file, "(system roots only)")),
             ("ping_interval", human(self.ping_interval)),
             ("idle_timeout", human(self.idle_timeout)),
             ("max_frame_size", format!("{} bytes", self.max_frame_size)),
-            (
-                "handshake_concurrency",
-                self.handshake_concurrency.to_string(),
-            ),
+            ("handshake_concurrency", handshakes),
         ]
     }
 }
@@ -267,14 +263,11 @@ pub struct Headers {
 impl Headers {
     /// `Name: <redacted>` for each header, with the env var it came from, for display.
     pub fn shown(&self) -> Vec<String> {
-        let from = |var: &Option<String>| var.as_ref().map(|var| format!(" (from env {var})"));
-        let shown = self
-            .sources
-            .iter()
-            .map(|(name, var)| (name, from(var).unwrap_or_default()));
-        shown
-            .map(|(name, from)| format!("{name}: <redacted>{from}"))
-            .collect()
+        let shown = |(name, var): &(String, Option<String>)| match var {
+            Some(var) => format!("{name}: <redacted> (from env {var})"),
+            None => format!("{name}: <redacted>"),
+        };
+        self.sources.iter().map(shown).collect()
     }
 }
 
@@ -289,10 +282,8 @@ impl std::ops::Deref for Headers {
 impl<const N: usize> PartialEq<[(String, String); N]> for Headers {
     fn eq(&self, pairs: &[(String, String); N]) -> bool {
         let value = |name: &String| self.map.get(name.as_str()).map(HeaderValue::as_bytes);
-        self.map.len() == N
-            && pairs
-                .iter()
-                .all(|(name, v)| value(name) == Some(v.as_bytes()))
+        let same = |(name, v): &(String, String)| value(name) == Some(v.as_bytes());
+        self.map.len() == N && pairs.iter().all(same)
     }
 }
 
@@ -327,21 +318,17 @@ pub struct BackendConfig {
 impl BackendConfig {
     /// The `[backend]` lines of the summary.
     fn rows(&self) -> Vec<(&'static str, String)> {
-        let signing = match &self.signing_source {
-            None => "(none: requests are not signed)".to_string(),
-            Some(from) => {
-                let n = self.signing_secrets.len();
-                format!("{n} secret(s) <redacted> (from {from})")
-            }
-        };
+        let signing = self.signing_source.as_ref().map(|from| {
+            let n = self.signing_secrets.len();
+            format!("{n} secret(s) <redacted> (from {from})")
+        });
+        let signing = signing.unwrap_or("(none: requests are not signed)".to_string());
+        let secret = format!("<redacted> (from {})", self.secret_source);
         vec![
             ("url", redact_url(self.url.as_str())),
             ("path", self.path.clone()),
             ("webhook", redact_url(&self.webhook_url())),
-            (
-                "secret",
-                format!("<redacted> (from {})", self.secret_source),
-            ),
+            ("secret", secret),
             ("signing_secrets", signing),
             ("ca_file", path(&self.ca_file, "(system roots only)")),
             ("allow_plain_http", self.allow_plain_http.to_string()),
@@ -411,28 +398,22 @@ pub struct TenantsConfig {
 impl TenantsConfig {
     /// The `[tenants]` lines of the summary: the first ids, and the override URLs' tenants only.
     fn rows(&self) -> Vec<(&'static str, String)> {
-        let shown: Vec<&str> = self
-            .ids
-            .iter()
-            .take(SUMMARY_TENANTS_SHOWN)
-            .map(String::as_str)
-            .collect();
+        let shown = self.ids.iter().take(SUMMARY_TENANTS_SHOWN);
+        let shown: Vec<&str> = shown.map(String::as_str).collect();
         let ids = match self.ids.len().saturating_sub(SUMMARY_TENANTS_SHOWN) {
             0 => list(&shown),
             more => format!("{}, ... ({more} more)", shown.join(", ")),
         };
-        let urls = match self.urls.len() {
+        let keys: Vec<_> = self.urls.keys().collect();
+        let urls = match keys.len() {
             0 => NONE.to_string(),
-            n => format!(
-                "{n} override(s): {}",
-                list(&self.urls.keys().collect::<Vec<_>>())
-            ),
+            n => format!("{n} override(s): {}", list(&keys)),
         };
-        let count = self.ids.len().to_string();
+        let (count, file) = (self.ids.len().to_string(), path(&self.file, NONE));
         vec![
             ("count", count),
             ("ids", ids),
-            ("file", path(&self.file, NONE)),
+            ("file", file),
             ("urls", urls),
         ]
     }
@@ -602,14 +583,10 @@ impl Config {
         })
     }
 
-    /// Validates config text; relative paths inside it resolve against `base_dir`.
-    pub fn from_toml_str(
-        text: &str,
-        base_dir: &Path,
-        env: &dyn Env,
-    ) -> Result<Config, ConfigError> {
+    /// Validates config text; relative paths inside it resolve against `dir`.
+    pub fn from_toml_str(text: &str, dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
         let source_name = "<inline config>".to_string();
-        check::parse(text, base_dir, env).map_err(|problems| ConfigError {
+        check::parse(text, dir, env).map_err(|problems| ConfigError {
             source_name,
             problems,
         })
@@ -699,19 +676,13 @@ pub fn validate_tenant_id(id: &str) -> Result<(), String> {
     const RULE: &str =
         "a tenant id is non-empty, at most 128 bytes, with no whitespace or control characters";
     const PATH_RULE: &str = "a tenant id is 1 to 128 bytes, with no whitespace, control characters or `/`, and not `.` or `..` (it names a URL path segment and a record in the state dir)";
-    let start = || {
-        id.chars()
-            .take(16)
-            .flat_map(char::escape_debug)
-            .collect::<String>()
-    };
+    let start: String = id.chars().take(16).flat_map(char::escape_debug).collect();
+    let len = id.len();
     let problem = match id {
         "" => format!("empty tenant id; {RULE}"),
-        _ if id.len() > MAX_TENANT_ID_LEN => format!(
-            "tenant id `{}...` is {} bytes long; {RULE}",
-            start(),
-            id.len()
-        ),
+        _ if len > MAX_TENANT_ID_LEN => {
+            format!("tenant id `{start}...` is {len} bytes long; {RULE}")
+        }
         _ if id.contains(|c: char| c.is_whitespace() || c.is_control()) => {
             format!("tenant id {id:?} contains whitespace or a control character; {RULE}")
         }

@@ -91,16 +91,14 @@ sections! {
 /// Removes from `root` every section that is not a table and every key no serde type takes, and
 /// returns the problems with both (the second with a hint where one is plausible).
 pub(super) fn take_unknown_keys(root: &mut Table) -> (Vec<Problem>, Vec<Problem>) {
-    let sections = sections();
+    let (sections, all) = (self::sections(), self::sections().join(", "));
     // Where else a key is valid, for "`secret_file` belongs in [backend]" hints.
-    let elsewhere = |key: &str, except: &str| -> String {
+    let elsewhere = |key: &str, except: &str| {
         let found = sections
             .iter()
             .filter(|s| **s != except && section_keys(s).contains(&key));
-        found
-            .map(|s| format!("`{s}.{key}`"))
-            .collect::<Vec<_>>()
-            .join(" or ")
+        let found: Vec<String> = found.map(|s| format!("`{s}.{key}`")).collect();
+        found.join(" or ")
     };
     let (mut not_tables, mut unknown) = (Vec::new(), Vec::new());
     root.retain(|key, value| {
@@ -109,12 +107,8 @@ pub(super) fn take_unknown_keys(root: &mut Table) -> (Vec<Problem>, Vec<Problem>
             let kind = if value.is_table() { "section" } else { "top-level key" };
             let message = match (closest(key, sections), elsewhere(key, "")) {
                 (Some(hint), _) => format!("unknown section; did you mean `[{hint}]`?"),
-                (None, other) if other.is_empty() => {
-                    format!("unknown {kind}; the sections are: {}", sections.join(", "))
-                }
-                (None, other) => {
-                    format!("unknown top-level key; did you mean {other} (under its section)?")
-                }
+                (_, also) if also.is_empty() => format!("unknown {kind}; the sections are: {all}"),
+                (_, also) => format!("unknown top-level key; did you mean {also} (under its section)?"),
             };
             unknown.push(Problem::new(key_path("", key).split_off(1), message));
             return false;
@@ -131,14 +125,14 @@ pub(super) fn take_unknown_keys(root: &mut Table) -> (Vec<Problem>, Vec<Problem>
             }
             let message = match (closest(name, known), elsewhere(name, key)) {
                 (Some(hint), _) => format!("unknown key; did you mean `{hint}`?"),
-                _ if key == "backend" && name.to_ascii_lowercase().contains("secret") => {
-                    format!("unknown key; {}", missing_secret_help())
-                }
+                _ if key == "backend" && name.to_ascii_lowercase().contains("secret") => format!(
+                    "unknown key; the shared secret is never written in the config file; give it as env {ENV_SHARED_SECRET}, \
+                     or in a file named by backend.secret_file, or as the systemd credential `{CREDENTIAL_NAME}` \
+                     (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})"
+                ),
                 _ if key == "log" && name == "level" => "unknown key; the log level comes from env RUST_LOG (e.g. RUST_LOG=debug), default info".to_string(),
-                (None, other) if other.is_empty() => {
-                    format!("unknown key; [{key}] takes: {}", known.join(", "))
-                }
-                (None, other) => format!("unknown key in [{key}]; did you mean {other}?"),
+                (_, also) if also.is_empty() => format!("unknown key; [{key}] takes: {}", known.join(", ")),
+                (_, also) => format!("unknown key in [{key}]; did you mean {also}?"),
             };
             unknown.push(Problem::new(key_path(key, name), message));
             false
@@ -146,14 +140,6 @@ pub(super) fn take_unknown_keys(root: &mut Table) -> (Vec<Problem>, Vec<Problem>
         true
     });
     (not_tables, unknown)
-}
-
-fn missing_secret_help() -> String {
-    format!(
-        "the shared secret is never written in the config file; give it as env {ENV_SHARED_SECRET}, \
-         or in a file named by backend.secret_file, or as the systemd credential `{CREDENTIAL_NAME}` \
-         (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})"
-    )
 }
 
 /// `prefix.key`, with the key quoted as TOML would need it when it is not a bare key.
