@@ -6,21 +6,18 @@
 //! A cross-key rule runs only on keys that are valid themselves ([`Check::fine`]), so that a
 //! default standing in for a refused value cannot cause a second, misleading problem.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use base64::Engine as _;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::HeaderName;
 use humantime::format_duration as human;
 use serde::Deserialize;
 use toml::{Table, Value};
-use url::{Host, Url};
+use url::Host;
 
 use super::raw::*;
 use super::*;
-use crate::storm::{self, StormPolicy};
+use crate::storm;
 
 /// Header names the WebSocket handshake sets itself; overriding them would break it.
 const RESERVED_HEADERS: &str = "host connection upgrade content-length transfer-encoding \
@@ -31,6 +28,9 @@ type Rule = (fn(f64) -> bool, &'static str);
 const ABOVE_0: Rule = (|x| x > 0.0, "a number above 0");
 const SHARE: Rule = (|x| (0.0..=1.0).contains(&x), SHARE_RULE);
 const SHARE_RULE: &str = "a share from 0 to 1 (0 turns the mass-outage hold off)";
+
+/// The gateway token, and the env var or the file it came from.
+type Token = (Option<Secret>, Option<String>, Option<PathBuf>);
 
 /// What [`Check::leaf`] makes of a key's value.
 type Checker<'c, T, U> = &'c dyn Fn(&T) -> Result<U, String>;
@@ -209,22 +209,19 @@ impl Check<'_> {
     fn number(&mut self, key: Key<f64>, default: f64, (ok, rule): Rule) -> f64 {
         let expected = format!("a number (e.g. {default})");
         let refused = |x: f64| format!("{x} is not allowed; it must be {rule} (default {default})");
-        let number = |x: &f64| {
-            (x.is_finite() && ok(*x))
-                .then_some(*x)
-                .ok_or_else(|| refused(*x))
+        let number = |&x: &f64| match x.is_finite() && ok(x) {
+            true => Ok(x),
+            false => Err(refused(x)),
         };
         self.leaf(key, default, &expected, &number)
     }
 
     /// Reads a file that holds one secret (trimmed); `what` names it in the messages.
     fn read_secret(&mut self, key: &str, path: &Path, what: &str) -> Option<String> {
-        let shown = path.display();
-        let secret = match read_file(path) {
-            Ok(text) if text.trim().is_empty() => {
-                Err(format!("{shown} is empty; write {what} into it"))
-            }
-            Ok(text) => Ok(text.trim().to_string()),
+        let (shown, text) = (path.display(), read_file(path));
+        let secret = match text.as_deref().map(str::trim) {
+            Ok("") => Err(format!("{shown} is empty; write {what} into it")),
+            Ok(secret) => Ok(secret.to_string()),
             Err(err) => Err(format!("cannot read {shown}: {err}")),
         };
         self.take(key, secret)
@@ -327,17 +324,12 @@ impl Check<'_> {
 
     /// The gateway token from at most one of `token`, `token_env` and `token_file`, with the
     /// env var or the file it came from.
-    fn token(
-        &mut self,
-        g: &RawGateway,
-    ) -> Option<(Option<Secret>, Option<String>, Option<PathBuf>)> {
+    fn token(&mut self, g: &RawGateway) -> Option<Token> {
         // A token of the wrong type is not echoed, not even its length.
+        let found = |value: &Value| format!("expected a string, found {}", article(value));
         let inline = match g.token().1 {
             Setting::Set(token) => Some(token.trim()),
-            Setting::Bad(value) => self.bad(
-                "gateway.token",
-                format!("expected a string, found {}", article(value)),
-            ),
+            Setting::Bad(value) => self.bad("gateway.token", found(value)),
             Setting::Unset => None,
         };
         let var = self.text(g.token_env()).map(str::trim);
@@ -345,20 +337,15 @@ impl Check<'_> {
         if !self.fine(&["gateway.token", "gateway.token_env", "gateway.token_file"]) {
             return None;
         }
-        let given = [
-            ("token", inline.is_some()),
-            ("token_env", var.is_some()),
-            ("token_file", file.is_some()),
-        ];
-        let given: Vec<&str> = given
-            .iter()
-            .filter_map(|(key, given)| given.then_some(*key))
-            .collect();
+        let set = [inline.is_some(), var.is_some(), file.is_some()];
+        let given = ["token", "token_env", "token_file"].into_iter().zip(set);
+        let given: Vec<&str> = given.filter_map(|(key, set)| set.then_some(key)).collect();
         if let [a, .., b] = given[..] {
             let message = match given.len() {
                 2 => format!("set either gateway.{a} or gateway.{b}, not both"),
-                _ => "set only one of gateway.token, gateway.token_env and gateway.token_file"
-                    .to_string(),
+                _ => {
+                    "set only one of gateway.token, gateway.token_env and gateway.token_file".into()
+                }
             };
             return self.bad(format!("gateway.{b}"), message);
         }
@@ -415,27 +402,24 @@ impl Check<'_> {
     fn backend(&mut self, b: &RawBackend) -> Option<BackendConfig> {
         let from_file = self.text(b.url());
         let allow_plain_http = self.get(b.allow_plain_http(), "true or false") == Some(&true);
-        let (url_key, url) = match (env_var(self.env, ENV_BACKEND_URL), from_file) {
-            (Some(url), _) => {
-                let url = check_backend_url(&url)
-                    .map_err(|m| format!("{m} (this env var overrides backend.url)"));
-                (format!("env {ENV_BACKEND_URL}"), Some(url))
-            }
-            (None, Some(url)) => ("backend.url".to_string(), Some(check_backend_url(url))),
-            (None, None) => {
-                let missing = format!(
-                    "missing; set backend.url = \"http://127.0.0.1:8000\" or env {ENV_BACKEND_URL}"
-                );
-                (
-                    "backend.url".to_string(),
-                    matches!(b.url().1, Setting::Unset).then_some(Err(missing)),
-                )
-            }
+        let env_url = env_var(self.env, ENV_BACKEND_URL);
+        let url_key = env_url
+            .as_ref()
+            .map_or("backend.url".into(), |_| format!("env {ENV_BACKEND_URL}"));
+        let url = match (env_url, from_file, b.url().1) {
+            (Some(url), ..) => Some(
+                check_backend_url(&url)
+                    .map_err(|m| format!("{m} (this env var overrides backend.url)")),
+            ),
+            (None, Some(url), _) => Some(check_backend_url(url)),
+            (None, None, Setting::Unset) => Some(Err(format!(
+                "missing; set backend.url = \"http://127.0.0.1:8000\" or env {ENV_BACKEND_URL}"
+            ))),
+            (None, None, _) => None,
         };
         let url = url.and_then(|url| self.take(url_key.as_str(), url));
-        let plain = url
-            .as_ref()
-            .filter(|url| url.scheme() == "http" && !is_loopback(url));
+        let plain = url.as_ref().filter(|url| url.scheme() == "http");
+        let plain = plain.filter(|url| !is_loopback(url));
         if let Some(shown) = plain.map(|url| redact_url(url.as_str())) {
             if allow_plain_http {
                 self.warnings.push(format!("backend.allow_plain_http: the shared secret goes to {shown} in clear (http:// to a host that is not loopback); use https:// unless this network is trusted"));
@@ -450,11 +434,8 @@ impl Check<'_> {
         });
         let (tail, url_path) = (path.trim_end_matches('/'), url.as_ref().map(Url::path));
         if path != "/" && url_path.is_some_and(|url| url.trim_end_matches('/').ends_with(tail)) {
-            let url = url
-                .as_ref()
-                .map(|url| redact_url(url.as_str()))
-                .unwrap_or_default();
-            self.warnings.push(format!("backend.url {url} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only"));
+            let url = url.as_ref().map(|url| redact_url(url.as_str()));
+            self.warnings.push(format!("backend.url {} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only", url.unwrap_or_default()));
         }
         let secret_file = self.file(b.secret_file(), "the shared secret");
         let fine = self.fine(&["backend.secret_file"]);
@@ -501,10 +482,8 @@ impl Check<'_> {
             let secret = self.read_secret("backend.secret", &path, "the shared secret")?;
             return Some((Secret::new(secret), SecretSource::Credential(path)));
         }
-        let blank = self
-            .env
-            .var(ENV_SHARED_SECRET)
-            .map(|_| format!(" ({ENV_SHARED_SECRET} is set but empty)"));
+        let blank = self.env.var(ENV_SHARED_SECRET);
+        let blank = blank.map(|_| format!(" ({ENV_SHARED_SECRET} is set but empty)"));
         self.bad("backend.secret", format!(
             "no shared secret found{}; set env {ENV_SHARED_SECRET}, or backend.secret_file = \"/path/to/secret\", \
              or pass the systemd credential `{CREDENTIAL_NAME}` (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})",
@@ -517,28 +496,27 @@ impl Check<'_> {
     fn signing_secrets(&mut self, key: Key<String>) -> (Vec<SigningSecret>, Option<SigningSource>) {
         let file = self.file(key, "the signing secrets");
         // Each secret with how a message names it, and where a problem with one goes.
-        let (source, entries, path): (_, Vec<(String, String)>, _) = match (
-            env_var(self.env, ENV_SIGNING_SECRET),
-            file,
-        ) {
+        let signing = env_var(self.env, ENV_SIGNING_SECRET);
+        let (source, entries, path): (_, Vec<(String, String)>, _) = match (signing, file) {
             _ if !self.fine(&[key.0]) => return Default::default(),
             (Some(text), _) => {
                 let words: Vec<&str> = text.split_whitespace().collect();
-                let entries = (1..)
-                    .zip(&words)
-                    .map(|(i, w)| (w.to_string(), format!("secret {i} of {}", words.len())));
+                let name = |(i, word): (usize, &&str)| {
+                    (word.to_string(), format!("secret {i} of {}", words.len()))
+                };
+                let entries = (1..).zip(&words).map(name).collect();
                 (
                     SigningSource::Env,
-                    entries.collect(),
+                    entries,
                     format!("env {ENV_SIGNING_SECRET}"),
                 )
             }
             (None, Some(file)) => {
                 let (shown, text) = (file.display(), read_file(&file));
                 let entries = text.as_deref().map(entries).into_iter().flatten();
-                let entries: Vec<_> = entries
-                    .map(|(n, line)| (line.to_string(), format!("{shown} line {n}")))
-                    .collect();
+                let name =
+                    |(n, line): (usize, &str)| (line.to_string(), format!("{shown} line {n}"));
+                let entries: Vec<_> = entries.map(name).collect();
                 let problem = match text {
                     Err(err) => format!("cannot read {shown}: {err}"),
                     Ok(_) if entries.is_empty() => format!("{shown} holds no secret; write one `whsec_...` secret a line, or remove the key"),
@@ -556,18 +534,15 @@ impl Check<'_> {
         let parse = |(text, at): &(String, String)| {
             SigningSecret::parse(text).map_err(|m| format!("{at}: {m}"))
         };
-        let secrets = entries
-            .iter()
-            .filter_map(|entry| self.take(path.as_str(), parse(entry)));
+        let secrets = entries.iter().map(parse);
+        let secrets = secrets.filter_map(|secret| self.take(path.as_str(), secret));
         (secrets.collect(), Some(source))
     }
 
     fn debounce(&mut self, r: &RawDebounce) -> Policy {
         let d = Policy::default();
-        let down_grace = self.grace(
-            r.gateway_down_grace(),
-            d.gateway_down_grace.unwrap_or_default(),
-        );
+        let down_grace = d.gateway_down_grace.unwrap_or_default();
+        let down_grace = self.grace(r.gateway_down_grace(), down_grace);
         let p = Policy {
             disconnect_grace: self.grace(r.disconnect_grace(), d.disconnect_grace),
             connect_grace: self.grace(r.connect_grace(), d.connect_grace),
