@@ -625,7 +625,7 @@ impl Config {
         let down_grace = d.gateway_down_grace.map_or("never (0s)".to_string(), human);
         let format = self.log.format.as_str().to_string();
         let fraction = match s.fraction {
-            f if f == 0.0 => "0 (off: no mass-outage hold)".to_string(),
+            0.0 => "0 (off: no mass-outage hold)".to_string(),
             f => f.to_string(),
         };
         let debounce = vec![
