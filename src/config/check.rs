@@ -62,9 +62,10 @@ pub(super) fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config
     // keeps the pass order within each.
     let sections = sections();
     problems.sort_by_key(|problem| {
-        let path = problem.path.replacen("env ", "backend ", 1);
-        let head = path.split(['.', '[', ' ']).next();
-        let at = sections.iter().position(|section| Some(*section) == head);
+        let head = problem.path.split(['.', '[']).next().unwrap_or_default();
+        let env = head.starts_with("env ");
+        let head = if env { "backend" } else { head };
+        let at = sections.iter().position(|section| *section == head);
         at.unwrap_or(sections.len())
     });
     Err(problems)

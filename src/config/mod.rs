@@ -6,11 +6,13 @@
 //! (`wa-status-sidecar check`):
 //! 1. [`raw`]: the text is parsed into a `toml::Table`; keys the serde types do not take are
 //!    reported with "did you mean" hints and set aside; the rest is deserialized into the raw
-//!    serde types, whose fields never fail on their own (a value of the wrong type is kept
-//!    for step 2 to report), so one bad key never hides another.
+//!    serde types (every section and key declared once, in one table), whose fields never fail
+//!    on their own (a value of the wrong type is kept for step 2 to report), so one bad key
+//!    never hides another.
 //! 2. [`check`]: one validation pass over the typed value: types, bounds (SPEC section 5
-//!    [rev 12]), cross-key rules, files and environment, every problem collected.
-//! 3. The typed [`Config`], built only when nothing was found.
+//!    [rev 12]), cross-key rules, files and environment, every problem collected. A refused
+//!    value stands in as its key's default so the pass goes on.
+//! 3. The typed [`Config`] the pass built, returned only when it found nothing.
 //!
 //! Environment, read through [`Env`] so tests never touch the process environment:
 //! - `BACKEND_INTERNAL_URL` overrides `backend.url`.
