@@ -243,11 +243,9 @@ impl Check<'_> {
         let mut ids = Vec::new();
         let items = self.get(t.ids(), "an array");
         for (i, item) in items.into_iter().flatten().enumerate() {
-            let (id, found) = (item.as_str().unwrap_or_default(), describe(item));
-            let id = match item.is_str() {
-                true => validate_tenant_id(id).map(|()| id.to_string()),
-                false => Err(format!("expected a tenant id string, found {found}")),
-            };
+            let expected = || format!("expected a tenant id string, found {}", describe(item));
+            let id = item.as_str().ok_or_else(expected);
+            let id = id.and_then(|id| validate_tenant_id(id).map(|()| id.to_string()));
             ids.extend(self.take(format!("tenants.ids[{i}]"), id));
         }
         let file = self.file(t.file(), "the tenant ids");
@@ -575,14 +573,14 @@ impl Check<'_> {
         };
         let mut codes = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let found = describe(item);
             let code = match item.as_integer() {
                 Some(n @ 100..=999) => Ok(n as u16),
                 Some(n) => Err(format!(
                     "{n} is not a status code; codes are 100..=999 (e.g. 401)"
                 )),
                 None => Err(format!(
-                    "expected a status code number (e.g. 401), found {found}"
+                    "expected a status code number (e.g. 401), found {}",
+                    describe(item)
                 )),
             };
             let code = self.take(format!("{}[{i}]", key.0), code);
