@@ -1,69 +1,48 @@
 //! The one validation pass: from the raw serde value (plus the environment and the files it
 //! names) to a typed [`Config`], collecting every problem with its key path on the way.
 //!
-//! Each helper records a problem and returns `None` for a value it refuses, so a cross-key rule
-//! runs only on values that are valid themselves, and the `Config` is built (with `?` on every
-//! field) only once the whole pass has run.
+//! A helper that refuses a value records a problem and goes on with the key's default, so the
+//! pass always runs to the end; the `Config` it builds is returned only when it found nothing.
+//! A cross-key rule runs only on keys that are valid themselves ([`Check::fine`]), so that a
+//! default standing in for a refused value cannot cause a second, misleading problem.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use base64::Engine as _;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::HeaderName;
+use humantime::format_duration as human;
 use serde::Deserialize;
 use toml::{Table, Value};
-use url::{Host, Url};
+use url::Host;
 
-use super::raw::{self, article, describe, key_path, Humane, RawConfig, Setting};
+use super::raw::*;
 use super::*;
-use crate::storm::{self, StormPolicy};
-
-/// A key's path (`"gateway.url"`) and its raw setting.
-type Key<'r, T> = (&'static str, &'r Setting<T>);
-
-/// `key!(raw.gateway.url)`: the path `"gateway.url"` and the setting, the name written once.
-macro_rules! key {
-    ($raw:ident . $section:ident . $key:ident) => {
-        (
-            concat!(stringify!($section), ".", stringify!($key)),
-            &$raw.$section.$key,
-        )
-    };
-}
+use crate::storm;
 
 /// Header names the WebSocket handshake sets itself; overriding them would break it.
-const RESERVED_HEADERS: [&str; 9] = [
-    "host",
-    "connection",
-    "upgrade",
-    "content-length",
-    "transfer-encoding",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-accept",
-    "sec-websocket-extensions",
-];
+const RESERVED_HEADERS: &str = "host connection upgrade content-length transfer-encoding \
+    sec-websocket-key sec-websocket-version sec-websocket-accept sec-websocket-extensions";
 
-pub(super) fn parse(
-    text: &str,
-    source_name: &str,
-    base_dir: &Path,
-    env: &dyn Env,
-) -> Result<Config, ConfigError> {
-    let fail = |problems| ConfigError {
-        source_name: source_name.to_string(),
-        problems,
-    };
-    let mut root: Table = text
-        .parse()
-        .map_err(|e| fail(vec![syntax_problem(text, &e)]))?;
-    let (not_tables, unknown) = raw::take_unknown_keys(&mut root);
+/// Which numbers a key takes, and the words that say so.
+type Rule = (fn(f64) -> bool, &'static str);
+const ABOVE_0: Rule = (|x| x > 0.0, "a number above 0");
+const SHARE: Rule = (|x| (0.0..=1.0).contains(&x), SHARE_RULE);
+const SHARE_RULE: &str = "a share from 0 to 1 (0 turns the mass-outage hold off)";
+
+/// The gateway token, and the env var or the file it came from.
+type Token = (Option<Secret>, Option<String>, Option<PathBuf>);
+
+/// What [`Check::leaf`] makes of a key's value.
+type Checker<'c, T, U> = &'c dyn Fn(&T) -> Result<U, String>;
+
+/// Parses and checks config text; relative paths in it resolve against `base_dir`.
+pub(super) fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    let mut root: Table = text.parse().map_err(|err| syntax(text, err))?;
+    let (problems, unknown) = take_unknown_keys(&mut root);
+    let warnings = Vec::new();
     let mut c = Check {
-        problems: not_tables,
-        warnings: Vec::new(),
+        problems,
+        warnings,
         env,
         base_dir,
     };
@@ -71,45 +50,38 @@ pub(super) fn parse(
         Ok(raw) => c.config(&raw),
         Err(err) => c.bad("", format!("invalid configuration: {}", err.message())),
     };
-    let mut problems = c.problems;
+    let (mut problems, warnings) = (c.problems, c.warnings);
     problems.extend(unknown);
     match config {
-        Some(config) if problems.is_empty() => Ok(Config {
-            warnings: c.warnings,
-            ..config
-        }),
+        Some(config) if problems.is_empty() => return Ok(Config { warnings, ..config }),
         // Every refused value comes with a problem; stay total should that ever not hold.
-        _ if problems.is_empty() => Err(fail(vec![Problem::new("", "invalid configuration")])),
-        _ => {
-            // Group by section in file order; a stable sort keeps the pass order within each.
-            let sections = raw::sections();
-            problems.sort_by_key(|problem| {
-                let head = match problem.path.as_str() {
-                    path if path.starts_with("env ") => "backend", // BACKEND_INTERNAL_URL, ...
-                    path => path.split(['.', '[']).next().unwrap_or(""),
-                };
-                sections
-                    .iter()
-                    .position(|s| *s == head)
-                    .unwrap_or(sections.len())
-            });
-            Err(fail(problems))
-        }
+        _ if problems.is_empty() => problems.push(Problem::new("", "invalid configuration")),
+        _ => {}
     }
+    // Group by section in file order (an env var with the section it overrides); a stable sort
+    // keeps the pass order within each.
+    let sections = sections();
+    problems.sort_by_key(|problem| {
+        let head = problem.path.split(['.', '[']).next().unwrap_or_default();
+        let env = head.starts_with("env ");
+        let head = if env { "backend" } else { head };
+        let at = sections.iter().position(|section| *section == head);
+        at.unwrap_or(sections.len())
+    });
+    Err(problems)
 }
 
-fn syntax_problem(text: &str, err: &toml::de::Error) -> Problem {
+/// The one problem of text that is not TOML, with where it is.
+fn syntax(text: &str, err: toml::de::Error) -> Vec<Problem> {
     let message = err.message().trim_end();
-    let message = match err.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("invalid TOML at line {line}, column {column}: {message}")
-        }
-        None => format!("invalid TOML: {message}"),
+    let Some(span) = err.span() else {
+        return vec![Problem::new("", format!("invalid TOML: {message}"))];
     };
-    Problem::new("", message)
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let message = format!("invalid TOML at line {line}, column {column}: {message}");
+    vec![Problem::new("", message)]
 }
 
 /// The pass's state: what it found so far, and where it reads files and variables.
@@ -123,22 +95,20 @@ struct Check<'a> {
 impl Check<'_> {
     fn config(&mut self, raw: &RawConfig) -> Option<Config> {
         // Tenants first: the gateway URL checks depend on them.
-        let tenants = self.tenants(raw);
-        let gateway = self.gateway(raw, &tenants);
-        let backend = self.backend(raw);
-        let debounce = self.debounce(raw);
-        let storm = self.storm(raw);
-        let (dir, listen, format) = (self.state_dir(raw), self.admin(raw), self.log(raw));
+        let tenants = self.tenants(&raw.tenants);
+        let gateway = self.gateway(&raw.gateway, &tenants);
+        let backend = self.backend(&raw.backend);
+        // Fields are evaluated in order: every check runs before `backend?` can return.
         Some(Config {
-            gateway: gateway?,
-            backend: backend?,
-            debounce: debounce?,
-            storm: storm?,
-            tenants,
-            state: StateConfig { dir: dir? },
-            admin: AdminConfig { listen: listen? },
-            log: LogConfig { format: format? },
+            gateway,
+            debounce: self.debounce(&raw.debounce),
+            storm: self.storm(&raw.debounce),
+            state: self.state(&raw.state),
+            admin: self.admin(&raw.admin),
+            log: self.log(&raw.log),
             warnings: Vec::new(),
+            tenants,
+            backend: backend?,
         })
     }
 
@@ -152,164 +122,110 @@ impl Check<'_> {
         None
     }
 
-    /// `Some(None)` when absent, `Some(Some(value))` when of the right type, else a problem
-    /// saying what was `expected` and what was `found`.
-    fn typed<'r, T>(
-        &mut self,
-        (path, setting): Key<'r, T>,
-        expected: &str,
-        found: fn(&Value) -> String,
-    ) -> Option<Option<&'r T>> {
-        match setting {
-            Setting::Unset => Some(None),
-            Setting::Set(value) => Some(Some(value)),
-            Setting::Bad(value) => {
-                self.bad(path, format!("expected {expected}, found {}", found(value)))
-            }
-        }
+    /// The value, or `None` and a problem at `path` with the message.
+    fn take<T>(&mut self, path: impl Into<String>, value: Result<T, String>) -> Option<T> {
+        value.map_err(|message| self.problem(path, message)).ok()
     }
 
-    fn text<'r>(&mut self, key: Key<'r, String>) -> Option<Option<&'r str>> {
-        Some(self.typed(key, "a string", describe)?.map(String::as_str))
+    /// No problem was found at any of `paths`: a cross-key rule may trust their values.
+    fn fine(&self, paths: &[&str]) -> bool {
+        let at = |problem: &Problem| paths.contains(&problem.path.as_str());
+        !self.problems.iter().any(at)
     }
 
-    /// Like [`Check::text`], but a wrong-type message does not echo the value.
-    fn secret_text<'r>(&mut self, key: Key<'r, String>) -> Option<Option<&'r str>> {
-        let found = |v: &Value| article(v.type_str());
-        Some(self.typed(key, "a string", found)?.map(String::as_str))
+    /// The key's value when it is set and of type `T`; a problem saying what was `expected`
+    /// when it is of another type.
+    fn get<'r, T>(&mut self, (path, setting): Key<'r, T>, expected: &str) -> Option<&'r T> {
+        let found = match setting {
+            Setting::Unset => return None,
+            Setting::Set(value) => return Some(value),
+            Setting::Bad(value) => describe(value),
+        };
+        self.bad(path, format!("expected {expected}, found {found}"))
     }
 
-    fn table<'r>(&mut self, key: Key<'r, Table>) -> Option<Option<&'r Table>> {
+    /// What `check` makes of the key's value; `default` when the key is absent, or (with a
+    /// problem) when its value is of another type or `check` refuses it.
+    fn leaf<T, U>(&mut self, key: Key<T>, default: U, expected: &str, check: Checker<T, U>) -> U {
+        let value = self.get(key, expected).map(check);
+        let value = value.and_then(|value| self.take(key.0, value));
+        value.unwrap_or(default)
+    }
+
+    fn text<'r>(&mut self, key: Key<'r, String>) -> Option<&'r str> {
+        self.get(key, "a string").map(String::as_str)
+    }
+
+    fn table<'r>(&mut self, key: Key<'r, Table>) -> Option<&'r Table> {
         let expected = format!("a table (`[{}]` with one `name = \"value\"` a line)", key.0);
-        self.typed(key, &expected, describe)
+        self.get(key, &expected)
     }
 
     /// A file named by the key, resolved against the config's directory.
-    fn file(&mut self, key: Key<'_, String>, what: &str) -> Option<Option<PathBuf>> {
-        match self.text(key)? {
-            Some(name) if name.trim().is_empty() => {
-                let message = format!("empty; name the file that holds {what}, or remove the key");
-                self.bad(key.0, message)
-            }
-            name => Some(name.map(|name| self.base_dir.join(name))),
-        }
-    }
-
-    /// A humane duration from 0 to [`MAX_DURATION`]; `default` when absent.
-    fn grace(&mut self, (path, setting): Key<'_, Humane>, default: Duration) -> Option<Duration> {
-        let value = match setting {
-            Setting::Unset => return Some(default),
-            Setting::Set(Humane(value)) => *value,
-            Setting::Bad(Value::String(s)) => {
-                let err = humantime::parse_duration(s.trim()).err();
-                let err = err.map(|e| e.to_string()).unwrap_or_default();
-                return self.bad(path, format!(
-                    "`{s}` is not a duration ({err}); write e.g. \"60s\", \"5m\", \"1h 30m\" or \"500ms\""
-                ));
-            }
-            Setting::Bad(Value::Integer(n)) => {
-                return self.bad(
-                    path,
-                    format!(
-                    "a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\""
-                ),
-                )
-            }
-            Setting::Bad(other) => {
-                return self.bad(
-                    path,
-                    format!(
-                        "expected a duration string such as \"60s\" or \"5m\", found {}",
-                        describe(other)
-                    ),
-                )
-            }
+    fn file(&mut self, key: Key<String>, what: &str) -> Option<PathBuf> {
+        let empty = format!("empty; name the file that holds {what}, or remove the key");
+        let base = self.base_dir;
+        let file = |name: &String| match name.trim() {
+            "" => Err(empty.clone()),
+            _ => Ok(Some(base.join(name))),
         };
-        if value > MAX_DURATION {
-            let value = humantime::format_duration(value);
-            return self.bad(
-                path,
-                format!("{value} is too long; every duration is at most 30 days (\"30d\")"),
-            );
-        }
-        Some(value)
+        self.leaf(key, None, "a string", &file)
     }
 
-    /// Like [`Check::grace`], but 0 is refused.
-    fn duration(&mut self, key: Key<'_, Humane>, default: Duration) -> Option<Duration> {
-        match self.grace(key, default)? {
-            value if value.is_zero() => self.bad(key.0, "must be longer than 0s"),
-            value => Some(value),
-        }
+    /// A humane duration up to [`MAX_DURATION`], 0 only if `zero_ok`; `default` when absent.
+    fn span(&mut self, key: Key<Span>, default: Duration, zero_ok: bool) -> Duration {
+        let expected = "a duration string such as \"60s\" or \"5m\"";
+        self.leaf(key, default, expected, &|span| match span {
+            Span::Bare(n) => Err(format!("a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\"")),
+            Span::Text(s) => match humantime::parse_duration(s.trim()) {
+                Err(err) => Err(format!("`{s}` is not a duration ({err}); write e.g. \"60s\", \"5m\", \"1h 30m\" or \"500ms\"")),
+                Ok(d) if d > MAX_DURATION => Err(format!("{} is too long; every duration is at most 30 days (\"30d\")", human(d))),
+                Ok(d) if d.is_zero() && !zero_ok => Err("must be longer than 0s".to_string()),
+                Ok(d) => Ok(d),
+            },
+        })
+    }
+
+    /// A grace period: 0 allowed.
+    fn grace(&mut self, key: Key<Span>, default: Duration) -> Duration {
+        self.span(key, default, true)
+    }
+
+    /// A duration longer than 0.
+    fn duration(&mut self, key: Key<Span>, default: Duration) -> Duration {
+        self.span(key, default, false)
     }
 
     /// A whole number in `range`; `default` when absent.
-    fn count(
-        &mut self,
-        (path, setting): Key<'_, i64>,
-        default: usize,
-        range: RangeInclusive<usize>,
-    ) -> Option<usize> {
+    fn count(&mut self, key: Key<i64>, default: usize, range: RangeInclusive<usize>) -> usize {
         let (min, max) = (*range.start(), *range.end());
-        let n = match setting {
-            Setting::Unset => return Some(default),
-            Setting::Set(n) => *n,
-            Setting::Bad(other) => {
-                let other = describe(other);
-                let message = format!("expected a whole number (e.g. {default}), found {other}");
-                return self.bad(path, message);
-            }
-        };
-        match usize::try_from(n) {
-            Ok(n) if range.contains(&n) => Some(n),
-            Ok(n) if n > max => self.bad(
-                path,
-                format!(
-                "{n} is too large; the maximum is {max} (allowed {min} to {max}, default {default})"
-            ),
-            ),
-            _ => self.bad(
-                path,
-                format!("{n} is too small; the minimum is {min} (default {default})"),
-            ),
-        }
+        self.leaf(key, default, &format!("a whole number (e.g. {default})"), &|n| match usize::try_from(*n) {
+            Ok(n) if range.contains(&n) => Ok(n),
+            Ok(n) if n > max => Err(format!("{n} is too large; the maximum is {max} (allowed {min} to {max}, default {default})")),
+            _ => Err(format!("{n} is too small; the minimum is {min} (default {default})")),
+        })
     }
 
-    /// A finite number (integer or float) that `ok` accepts, `rule` saying which; `default`
-    /// when absent.
-    fn number(
-        &mut self,
-        (path, setting): Key<'_, f64>,
-        default: f64,
-        (ok, rule): (fn(f64) -> bool, &str),
-    ) -> Option<f64> {
-        match setting {
-            Setting::Unset => Some(default),
-            Setting::Set(value) if value.is_finite() && ok(*value) => Some(*value),
-            Setting::Set(value) => self.bad(
-                path,
-                format!("{value} is not allowed; it must be {rule} (default {default})"),
-            ),
-            Setting::Bad(other) => self.bad(
-                path,
-                format!(
-                    "expected a number (e.g. {default}), found {}",
-                    describe(other)
-                ),
-            ),
-        }
+    /// A finite number (integer or float) that the rule accepts; `default` when absent.
+    fn number(&mut self, key: Key<f64>, default: f64, (ok, rule): Rule) -> f64 {
+        let expected = format!("a number (e.g. {default})");
+        let refused = |x: f64| format!("{x} is not allowed; it must be {rule} (default {default})");
+        let number = |&x: &f64| match x.is_finite() && ok(x) {
+            true => Ok(x),
+            false => Err(refused(x)),
+        };
+        self.leaf(key, default, &expected, &number)
     }
 
     /// Reads a file that holds one secret (trimmed); `what` names it in the messages.
     fn read_secret(&mut self, key: &str, path: &Path, what: &str) -> Option<String> {
-        match read_file(path) {
-            Ok(text) if text.trim().is_empty() => self.bad(
-                key,
-                format!("{} is empty; write {what} into it", path.display()),
-            ),
-            Ok(text) => Some(text.trim().to_string()),
-            Err(err) => self.bad(key, format!("cannot read {}: {err}", path.display())),
-        }
+        let (shown, text) = (path.display(), read_file(path));
+        let secret = match text.as_deref().map(str::trim) {
+            Ok("") => Err(format!("{shown} is empty; write {what} into it")),
+            Ok(secret) => Ok(secret.to_string()),
+            Err(err) => Err(format!("cannot read {shown}: {err}")),
+        };
+        self.take(key, secret)
     }
 
     #[cfg_attr(not(unix), allow(unused_variables))]
@@ -318,421 +234,233 @@ impl Check<'_> {
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o004 != 0 {
-                self.warnings.push(format!(
-                    "{key} {} is readable by every user; chmod 600 it (or 640 with the service's group)",
-                    path.display()
-                ));
+                self.warnings.push(format!("{key} {} is readable by every user; chmod 600 it (or 640 with the service's group)", path.display()));
             }
         }
     }
 
-    fn tenants(&mut self, raw: &RawConfig) -> TenantsConfig {
-        let (mut ids, mut seen) = (Vec::new(), HashSet::new());
-        let mut add = |id: &str| {
-            if seen.insert(id.to_string()) {
-                ids.push(id.to_string());
-            }
-        };
-        let items = self
-            .typed(key!(raw.tenants.ids), "an array", describe)
-            .flatten();
+    fn tenants(&mut self, t: &RawTenants) -> TenantsConfig {
+        let mut ids = Vec::new();
+        let items = self.get(t.ids(), "an array");
         for (i, item) in items.into_iter().flatten().enumerate() {
-            match item.as_str().map(|id| (id, validate_tenant_id(id))) {
-                Some((id, Ok(()))) => add(id),
-                Some((_, Err(message))) => self.problem(format!("tenants.ids[{i}]"), message),
-                None => self.problem(
-                    format!("tenants.ids[{i}]"),
-                    format!("expected a tenant id string, found {}", describe(item)),
-                ),
-            }
+            let expected = || format!("expected a tenant id string, found {}", describe(item));
+            let id = item.as_str().ok_or_else(expected);
+            let id = id.and_then(|id| validate_tenant_id(id).map(|()| id.to_string()));
+            ids.extend(self.take(format!("tenants.ids[{i}]"), id));
         }
-
-        let file = self
-            .file(key!(raw.tenants.file), "the tenant ids")
-            .flatten();
+        let file = self.file(t.file(), "the tenant ids");
         match file.as_deref().map(|path| (path.display(), read_file(path))) {
             Some((path, Ok(text))) => {
-                for (n, line) in text.lines().enumerate() {
-                    let line = line.trim();
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
+                for (n, line) in entries(&text) {
                     // An id has no whitespace, so anything after the first blank must be a comment.
-                    let (id, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-                    let rest = rest.trim_start();
-                    let whole = !rest.is_empty() && !rest.starts_with('#');
-                    match validate_tenant_id(if whole { line } else { id }) {
-                        Ok(()) => add(id),
-                        Err(message) => {
-                            let message = format!("{path} line {}: {message}", n + 1);
-                            self.problem("tenants.file", message);
-                        }
-                    }
+                    let id = match line.split_once(char::is_whitespace) {
+                        Some((id, rest)) if rest.trim_start().starts_with('#') => id,
+                        _ => line,
+                    };
+                    let id = validate_tenant_id(id).map(|()| id.to_string());
+                    let id = id.map_err(|message| format!("{path} line {n}: {message}"));
+                    ids.extend(self.take("tenants.file", id));
                 }
             }
-            Some((path, Err(err))) => self.problem("tenants.file", format!(
-                "cannot read {path}: {err}; create it (one tenant id a line; it may be empty) or remove the key"
-            )),
+            Some((path, Err(err))) => self.problem("tenants.file", format!("cannot read {path}: {err}; create it (one tenant id a line; it may be empty) or remove the key")),
             None => {}
         }
-
+        let mut seen = HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
         let mut urls = BTreeMap::new();
-        for (tenant, value) in self
-            .table(key!(raw.tenants.urls))
-            .flatten()
-            .into_iter()
-            .flatten()
-        {
-            let checked = match value {
-                Value::String(url) => validate_tenant_id(tenant).and_then(|()| {
-                    if !seen.contains(tenant.as_str()) {
-                        Err(format!("`{tenant}` is not a configured tenant; add it to tenants.ids or tenants.file, or remove this override"))
-                    } else if url.contains(['{', '}']) {
-                        Err("an override is a complete URL: `{tenant}` and other placeholders are not replaced here".to_string())
-                    } else {
-                        check_url(url, &["ws", "wss"]).map(|_| url.clone())
-                    }
-                }),
-                other => Err(format!(
-                    "expected a ws:// or wss:// URL string, found {}",
-                    describe(other)
-                )),
-            };
-            match checked {
-                Ok(url) => drop(urls.insert(tenant.clone(), url)),
-                Err(message) => self.problem(key_path("tenants.urls", tenant), message),
+        for (tenant, value) in self.table(t.urls()).into_iter().flatten() {
+            let url = check_override(tenant, value, &seen);
+            if let Some(url) = self.take(key_path("tenants.urls", tenant), url) {
+                urls.insert(tenant.clone(), url);
             }
         }
-
         if ids.is_empty() {
             self.warnings.push("no tenants configured: nothing is watched until tenants.ids or tenants.file lists some (re-read on SIGHUP)".to_string());
         }
         TenantsConfig { ids, file, urls }
     }
 
-    fn gateway(&mut self, raw: &RawConfig, tenants: &TenantsConfig) -> Option<GatewayConfig> {
-        let mode = match self
-            .text(key!(raw.gateway.mode))
-            .map(|m| m.unwrap_or("per-tenant"))
-        {
-            Some("per-tenant") => Some(GatewayMode::PerTenant),
-            Some("shared") => Some(GatewayMode::Shared),
-            Some(other) => self.bad(
-                "gateway.mode",
-                format!("`{other}` is not a mode; write \"per-tenant\" or \"shared\""),
-            ),
-            None => None,
-        };
-        if mode == Some(GatewayMode::Shared) && !tenants.urls.is_empty() {
+    fn gateway(&mut self, g: &RawGateway, tenants: &TenantsConfig) -> GatewayConfig {
+        let mode = |mode: &String| choose(mode, "mode", GatewayMode::NAMES);
+        let mode = self.leaf(g.mode(), DEFAULT_GATEWAY_MODE, "a string", &mode);
+        let known_mode = self.fine(&["gateway.mode"]).then_some(mode);
+        if known_mode == Some(GatewayMode::Shared) && !tenants.urls.is_empty() {
             self.problem("tenants.urls", "per-tenant URL overrides only apply with gateway.mode = \"per-tenant\"; remove [tenants.urls] or change the mode");
         }
-        let url = match self.text(key!(raw.gateway.url)) {
-            Some(Some(url)) => match check_gateway_url(url.trim(), mode, tenants) {
-                Ok(()) => Some(url.trim().to_string()),
-                Err(message) => self.bad("gateway.url", message),
-            },
-            Some(None) => self.bad("gateway.url", "missing; set the gateway's WebSocket URL, e.g. url = \"ws://127.0.0.1:3001/ws/{tenant}\""),
-            None => None,
-        };
-        let state_url = match self.text(key!(raw.gateway.state_url)) {
-            Some(Some(url)) => match check_template(url.trim(), &["http", "https"]) {
-                Ok(()) => Some(Some(url.trim().to_string())),
-                Err(message) => self.bad("gateway.state_url", message),
-            },
-            state_url => state_url.map(|_| None),
-        };
-        let token = self.token(raw);
-        let has_token = matches!(token, Some((Some(_), _, _)));
-        let headers = self.headers(raw, has_token);
-        let ca_file = self.ca_file(key!(raw.gateway.ca_file));
-
-        let ping = self.duration(key!(raw.gateway.ping_interval), DEFAULT_PING_INTERVAL);
-        let mut idle = self.duration(key!(raw.gateway.idle_timeout), DEFAULT_IDLE_TIMEOUT);
-        if let (Some(ping), Some(short)) = (ping, idle.filter(|idle| Some(*idle) <= ping)) {
-            let fmt = humantime::format_duration;
-            idle = self.bad("gateway.idle_timeout", format!(
-                "{} must be longer than ping_interval ({}), or a healthy link would be dropped between pings; e.g. idle_timeout = \"{}\"",
-                fmt(short), fmt(ping), fmt(ping * 2 + ping / 4),
-            ));
+        if let (_, Setting::Unset) = g.url() {
+            self.problem("gateway.url", "missing; set the gateway's WebSocket URL, e.g. url = \"ws://127.0.0.1:3001/ws/{tenant}\"");
         }
-        let max_frame_size = self.count(
-            key!(raw.gateway.max_frame_size),
-            DEFAULT_MAX_FRAME_SIZE,
-            MIN_MAX_FRAME_SIZE..=MAX_MAX_FRAME_SIZE,
-        );
-        let handshake_concurrency = self.count(
-            key!(raw.gateway.handshake_concurrency),
-            DEFAULT_HANDSHAKE_CONCURRENCY,
-            1..=MAX_HANDSHAKE_CONCURRENCY,
-        );
-        let (token, token_env, token_file) = token?;
-        Some(GatewayConfig {
-            mode: mode?,
-            url: url?,
-            state_url: state_url?,
+        let url = |url: &String| check_gateway_url(url.trim(), known_mode, tenants);
+        let url = self.leaf(g.url(), String::new(), "a string", &url);
+        let state_url = |url: &String| check_template(url.trim(), &["http", "https"]).map(Some);
+        let state_url = self.leaf(g.state_url(), None, "a string", &state_url);
+        let (token, token_env, token_file) = self.token(g).unwrap_or_default();
+        let headers = self.headers(g, token.is_some());
+        let ping_interval = self.duration(g.ping_interval(), DEFAULT_PING_INTERVAL);
+        let idle_timeout = self.duration(g.idle_timeout(), DEFAULT_IDLE_TIMEOUT);
+        let (idle, ping) = (idle_timeout, ping_interval);
+        if idle <= ping && self.fine(&["gateway.ping_interval", "gateway.idle_timeout"]) {
+            self.problem("gateway.idle_timeout", format!("{} must be longer than ping_interval ({}), or a healthy link would be dropped between pings; e.g. idle_timeout = \"{}\"", human(idle), human(ping), human(ping * 2 + ping / 4)));
+        }
+        let frames = MIN_MAX_FRAME_SIZE..=MAX_MAX_FRAME_SIZE;
+        let handshakes = 1..=MAX_HANDSHAKE_CONCURRENCY;
+        let handshake = DEFAULT_HANDSHAKE_CONCURRENCY;
+        GatewayConfig {
+            mode,
+            url,
+            state_url,
             token,
             token_env,
             token_file,
-            headers: headers?,
-            ca_file: ca_file?,
-            ping_interval: ping?,
-            idle_timeout: idle?,
-            max_frame_size: max_frame_size?,
-            handshake_concurrency: handshake_concurrency?,
-        })
+            headers,
+            ca_file: self.ca_file(g.ca_file()),
+            ping_interval,
+            idle_timeout,
+            max_frame_size: self.count(g.max_frame_size(), DEFAULT_MAX_FRAME_SIZE, frames),
+            handshake_concurrency: self.count(g.handshake_concurrency(), handshake, handshakes),
+        }
     }
 
-    /// The gateway token from at most one of `token`, `token_env` and `token_file`:
-    /// `(token, env var, file)`.
-    #[allow(clippy::type_complexity)]
-    fn token(
-        &mut self,
-        raw: &RawConfig,
-    ) -> Option<(Option<Secret>, Option<String>, Option<PathBuf>)> {
-        let inline = self.secret_text(key!(raw.gateway.token));
-        let var = self.text(key!(raw.gateway.token_env));
-        let file = self.file(key!(raw.gateway.token_file), "the gateway token");
-        let (inline, var, file) = (inline?, var?, file?);
-        let given = [
-            ("token", inline.is_some()),
-            ("token_env", var.is_some()),
-            ("token_file", file.is_some()),
-        ];
-        let given: Vec<&str> = given
-            .iter()
-            .filter(|(_, given)| *given)
-            .map(|(k, _)| *k)
-            .collect();
+    /// The gateway token from at most one of `token`, `token_env` and `token_file`, with the
+    /// env var or the file it came from.
+    fn token(&mut self, g: &RawGateway) -> Option<Token> {
+        // A token of the wrong type is not echoed, not even its length.
+        let found = |value: &Value| format!("expected a string, found {}", article(value));
+        let inline = match g.token().1 {
+            Setting::Set(token) => Some(token.trim()),
+            Setting::Bad(value) => self.bad("gateway.token", found(value)),
+            Setting::Unset => None,
+        };
+        let var = self.text(g.token_env()).map(str::trim);
+        let file = self.file(g.token_file(), "the gateway token");
+        if !self.fine(&["gateway.token", "gateway.token_env", "gateway.token_file"]) {
+            return None;
+        }
+        let set = [inline.is_some(), var.is_some(), file.is_some()];
+        let given = ["token", "token_env", "token_file"].into_iter().zip(set);
+        let given: Vec<&str> = given.filter_map(|(key, set)| set.then_some(key)).collect();
         if let [a, .., b] = given[..] {
             let message = match given.len() {
                 2 => format!("set either gateway.{a} or gateway.{b}, not both"),
-                _ => "set only one of gateway.token, gateway.token_env and gateway.token_file"
-                    .to_string(),
+                _ => {
+                    "set only one of gateway.token, gateway.token_env and gateway.token_file".into()
+                }
             };
             return self.bad(format!("gateway.{b}"), message);
         }
-        let (path, token, var) = match (inline, var, &file) {
-            (Some(token), ..) => ("gateway.token", token.trim().to_string(), None),
-            (_, Some(var), _) if var.trim().is_empty() => {
-                return self.bad("gateway.token_env", "empty; name the env var that holds the gateway token, e.g. \"GATEWAY_TOKEN\"")
-            }
-            (_, Some(var), _) => match env_var(self.env, var.trim()) {
-                Some(token) => ("gateway.token_env", token, Some(var.trim())),
-                None => return self.bad("gateway.token_env", format!(
-                    "env var {} is not set (or is empty); export it with the gateway token, or remove token_env",
-                    var.trim()
-                )),
+        let (path, token) = match (inline, var, &file) {
+            (Some(token), ..) => ("gateway.token", token.to_string()),
+            (_, Some(""), _) => return self.bad("gateway.token_env", "empty; name the env var that holds the gateway token, e.g. \"GATEWAY_TOKEN\""),
+            (_, Some(var), _) => match env_var(self.env, var) {
+                Some(token) => ("gateway.token_env", token),
+                None => return self.bad("gateway.token_env", format!("env var {var} is not set (or is empty); export it with the gateway token, or remove token_env")),
             },
             (.., Some(file)) => {
                 let token = self.read_secret("gateway.token_file", file, "the gateway token")?;
                 self.warn_if_world_readable("gateway.token_file", file);
-                ("gateway.token_file", token, None)
+                ("gateway.token_file", token)
             }
             _ => return Some((None, None, None)),
         };
-        match check_token(&token) {
-            Ok(()) => Some((Some(Secret::new(token)), var.map(str::to_string), file)),
-            Err(message) => match var {
-                Some(var) => self.bad(path, format!("env var {var}: {message}")),
-                None => self.bad(path, message),
-            },
-        }
+        // The token goes into `Authorization: Bearer <token>`: visible ASCII only.
+        let problem = match () {
+            _ if token.is_empty() => "the gateway token is empty; give one or remove the key",
+            _ if !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                "the gateway token must be printable ASCII without spaces"
+            }
+            _ => return Some((Some(Secret::new(token)), var.map(str::to_string), file)),
+        };
+        let from = var.map(|var| format!("env var {var}: "));
+        self.bad(path, format!("{}{problem}", from.unwrap_or_default()))
     }
 
     /// `[gateway.headers]` (values inline) and `[gateway.headers_env]` (values from env vars).
-    fn headers(&mut self, raw: &RawConfig, has_token: bool) -> Option<Headers> {
-        let before = self.problems.len();
-        let tables = [
-            ("gateway.headers", self.table(key!(raw.gateway.headers))),
-            (
-                "gateway.headers_env",
-                self.table(key!(raw.gateway.headers_env)),
-            ),
-        ];
+    fn headers(&mut self, g: &RawGateway, has_token: bool) -> Headers {
         let mut headers = Headers::default();
-        for (section, table) in tables {
-            for (name, value) in table.flatten().into_iter().flatten() {
-                let from_env = section == "gateway.headers_env";
-                match self.header(name, value, from_env, has_token, &headers) {
-                    Ok((header, value, var)) => {
-                        headers.map.insert(header, value);
-                        headers.sources.push((name.clone(), var));
-                    }
-                    Err(message) => self.problem(key_path(section, name), message),
-                }
+        for (key, from_env) in [(g.headers(), false), (g.headers_env(), true)] {
+            for (name, value) in self.table(key).into_iter().flatten() {
+                let added = add_header(&mut headers, self.env, (name, value), from_env, has_token);
+                self.take(key_path(key.0, name), added);
             }
         }
-        (self.problems.len() == before).then_some(headers)
-    }
-
-    /// One header: its parsed name, its value (marked sensitive) and the env var it came from.
-    fn header(
-        &self,
-        name: &str,
-        value: &Value,
-        from_env: bool,
-        has_token: bool,
-        so_far: &Headers,
-    ) -> Result<(HeaderName, HeaderValue, Option<String>), String> {
-        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-            return Err(format!("`{name}` is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"));
-        };
-        if RESERVED_HEADERS.contains(&header.as_str()) {
-            return Err(format!(
-                "`{name}` is set by the WebSocket handshake itself; remove it"
-            ));
-        }
-        if header == AUTHORIZATION && has_token {
-            return Err("conflicts with gateway.token / token_env, which already send Authorization; keep one".to_string());
-        }
-        if so_far.contains_key(&header) {
-            return Err(format!(
-                "`{name}` is given twice (header names ignore case); keep one"
-            ));
-        }
-        let (text, var) = match value {
-            Value::String(var) if from_env => match env_var(self.env, var.trim()) {
-                Some(text) => (text, Some(var.trim().to_string())),
-                None => return Err(format!(
-                    "env var {} is not set (or is empty); export it with the header's value, or remove this entry",
-                    var.trim()
-                )),
-            },
-            Value::String(text) => (text.clone(), None),
-            other if from_env => return Err(format!(
-                "expected the name of an env var (a string), found {}",
-                describe(other)
-            )),
-            other => return Err(format!("expected a string value, found {}", article(other.type_str()))),
-        };
-        let Ok(mut value) = HeaderValue::from_str(&text) else {
-            let var = var
-                .map(|var| format!("env var {var}: "))
-                .unwrap_or_default();
-            return Err(format!(
-                "{var}the value must be printable ASCII (no line breaks or control characters)"
-            ));
-        };
-        value.set_sensitive(true);
-        Ok((header, value, var))
+        headers
     }
 
     /// A PEM CA file: readable, with at least one certificate.
-    fn ca_file(&mut self, key: Key<'_, String>) -> Option<Option<PathBuf>> {
-        let Some(path) = self.file(key, "the CA certificate(s)")? else {
-            return Some(None);
+    fn ca_file(&mut self, key: Key<String>) -> Option<PathBuf> {
+        let path = self.file(key, "the CA certificate(s)")?;
+        let shown = path.display();
+        let problem = match read_file(&path) {
+            Ok(text) if pem_certificates(&text) > 0 => return Some(path),
+            Ok(_) => format!("{shown} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); give the CA certificate(s) in PEM form"),
+            Err(err) => format!("cannot read {shown}: {err}"),
         };
-        match read_file(&path) {
-            Ok(text) if pem_certificates(&text) > 0 => Some(Some(path)),
-            Ok(_) => self.bad(key.0, format!(
-                "{} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); give the CA certificate(s) in PEM form",
-                path.display()
-            )),
-            Err(err) => self.bad(key.0, format!("cannot read {}: {err}", path.display())),
-        }
+        self.bad(key.0, problem)
     }
 
-    fn backend(&mut self, raw: &RawConfig) -> Option<BackendConfig> {
-        let from_file = self.text(key!(raw.backend.url));
-        let allow = self.typed(
-            key!(raw.backend.allow_plain_http),
-            "true or false",
-            describe,
-        );
-        let allow_plain_http = allow.map(|allow| allow.copied().unwrap_or(false));
-        let (url_key, url) = match (env_var(self.env, ENV_BACKEND_URL), from_file) {
-            (Some(url), _) => (
-                format!("env {ENV_BACKEND_URL}"),
-                Some(
-                    check_backend_url(&url)
-                        .map_err(|m| format!("{m} (this env var overrides backend.url)")),
-                ),
-            ),
-            (None, Some(Some(url))) => ("backend.url".to_string(), Some(check_backend_url(url))),
-            (None, Some(None)) => (
-                "backend.url".to_string(),
-                Some(Err(format!(
-                    "missing; set backend.url = \"http://127.0.0.1:8000\" or env {ENV_BACKEND_URL}"
-                ))),
-            ),
-            (None, None) => ("backend.url".to_string(), None),
-        };
-        let url = match url {
-            Some(Ok(url)) => Some(url),
-            Some(Err(message)) => self.bad(url_key.as_str(), message),
-            None => None,
-        };
-        let plain = url
+    fn backend(&mut self, b: &RawBackend) -> Option<BackendConfig> {
+        let from_file = self.text(b.url());
+        let allow_plain_http = self.get(b.allow_plain_http(), "true or false") == Some(&true);
+        let env_url = env_var(self.env, ENV_BACKEND_URL);
+        let url_key = env_url
             .as_ref()
-            .filter(|url| url.scheme() == "http" && !is_loopback(url));
-        match (plain.map(|url| redact_url(url.as_str())), allow_plain_http) {
-            (Some(shown), Some(true)) => self.warnings.push(format!(
-                "backend.allow_plain_http: the shared secret goes to {shown} in clear (http:// to a host that is not loopback); use https:// unless this network is trusted"
-            )),
-            (Some(shown), Some(false)) => self.problem(url_key, format!(
-                "`{shown}` would send the shared secret in clear to a host that is not loopback; use https:// (with backend.ca_file for a private CA), or set backend.allow_plain_http = true if this network is trusted"
-            )),
-            _ => {}
-        }
-
-        let path = match self.text(key!(raw.backend.path)) {
-            Some(None) => Some(DEFAULT_BACKEND_PATH.to_string()),
-            Some(Some(path)) if path.starts_with('/') && !path.contains(char::is_whitespace) && !path.contains(char::is_control) => {
-                Some(path.to_string())
-            }
-            Some(Some(path)) => self.bad("backend.path", format!(
-                "`{path}` must start with `/` and contain no whitespace, e.g. \"{DEFAULT_BACKEND_PATH}\""
-            )),
-            None => None,
+            .map_or("backend.url".into(), |_| format!("env {ENV_BACKEND_URL}"));
+        let url = match (env_url, from_file, b.url().1) {
+            (Some(url), ..) => Some(
+                check_backend_url(&url)
+                    .map_err(|m| format!("{m} (this env var overrides backend.url)")),
+            ),
+            (None, Some(url), _) => Some(check_backend_url(url)),
+            (None, None, Setting::Unset) => Some(Err(format!(
+                "missing; set backend.url = \"http://127.0.0.1:8000\" or env {ENV_BACKEND_URL}"
+            ))),
+            (None, None, _) => None,
         };
-        if let (Some(url), Some(path)) = (&url, &path) {
-            if url
-                .path()
-                .trim_end_matches('/')
-                .ends_with(path.trim_end_matches('/'))
-                && path != "/"
-            {
-                self.warnings.push(format!(
-                    "backend.url {} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only",
-                    redact_url(url.as_str())
-                ));
+        let url = url.and_then(|url| self.take(url_key.as_str(), url));
+        let plain = url.as_ref().filter(|url| url.scheme() == "http");
+        let plain = plain.filter(|url| !is_loopback(url));
+        if let Some(shown) = plain.map(|url| redact_url(url.as_str())) {
+            if allow_plain_http {
+                self.warnings.push(format!("backend.allow_plain_http: the shared secret goes to {shown} in clear (http:// to a host that is not loopback); use https:// unless this network is trusted"));
+            } else if self.fine(&["backend.allow_plain_http"]) {
+                self.problem(url_key, format!("`{shown}` would send the shared secret in clear to a host that is not loopback; use https:// (with backend.ca_file for a private CA), or set backend.allow_plain_http = true if this network is trusted"));
             }
         }
-
-        let secret_file = self.file(key!(raw.backend.secret_file), "the shared secret");
-        let secret = secret_file.and_then(|file| self.shared_secret(file));
-        let signing = self.signing_secrets(key!(raw.backend.signing_secret_file));
-        let ca_file = self.ca_file(key!(raw.backend.ca_file));
-        let timeout = self.duration(key!(raw.backend.timeout), DEFAULT_BACKEND_TIMEOUT);
-        let connect = self.duration(
-            key!(raw.backend.connect_timeout),
-            DEFAULT_BACKEND_CONNECT_TIMEOUT,
-        );
-        if let (Some(timeout), Some(connect)) = (timeout, connect.filter(|c| Some(*c) > timeout)) {
-            let fmt = humantime::format_duration;
-            self.warnings.push(format!(
-                "backend.connect_timeout ({}) exceeds backend.timeout ({}), which bounds the whole request including the connect",
-                fmt(connect), fmt(timeout)
-            ));
+        let path = self.leaf(b.path(), DEFAULT_BACKEND_PATH.to_string(), "a string", &|path| {
+            let fine = path.starts_with('/') && !path.contains(|c: char| c.is_whitespace() || c.is_control());
+            let problem = || format!("`{path}` must start with `/` and contain no whitespace, e.g. \"{DEFAULT_BACKEND_PATH}\"");
+            fine.then(|| path.clone()).ok_or_else(problem)
+        });
+        let (tail, url_path) = (path.trim_end_matches('/'), url.as_ref().map(Url::path));
+        if path != "/" && url_path.is_some_and(|url| url.trim_end_matches('/').ends_with(tail)) {
+            let url = url.as_ref().map(|url| redact_url(url.as_str()));
+            self.warnings.push(format!("backend.url {} already ends with backend.path {path}; the webhook URL would repeat it: give backend.url as the base URL only", url.unwrap_or_default()));
         }
-        let max_in_flight = self.count(
-            key!(raw.backend.max_in_flight),
-            DEFAULT_BACKEND_MAX_IN_FLIGHT,
-            1..=MAX_BACKEND_MAX_IN_FLIGHT,
-        );
-        let ((secret, secret_source), (signing_secrets, signing_source)) = (secret?, signing?);
+        let secret_file = self.file(b.secret_file(), "the shared secret");
+        let fine = self.fine(&["backend.secret_file"]);
+        let secret = fine.then(|| self.shared_secret(secret_file)).flatten();
+        let (signing_secrets, signing_source) = self.signing_secrets(b.signing_secret_file());
+        let timeout = self.duration(b.timeout(), DEFAULT_BACKEND_TIMEOUT);
+        let connect_timeout = self.duration(b.connect_timeout(), DEFAULT_BACKEND_CONNECT_TIMEOUT);
+        if connect_timeout > timeout {
+            self.warnings.push(format!("backend.connect_timeout ({}) exceeds backend.timeout ({}), which bounds the whole request including the connect", human(connect_timeout), human(timeout)));
+        }
+        let (in_flight, default) = (1..=MAX_BACKEND_MAX_IN_FLIGHT, DEFAULT_BACKEND_MAX_IN_FLIGHT);
+        let ca_file = self.ca_file(b.ca_file());
+        let max_in_flight = self.count(b.max_in_flight(), default, in_flight);
+        let ((secret, secret_source), url) = (secret?, url?);
         Some(BackendConfig {
-            url: url?,
-            path: path?,
+            url,
+            path,
             secret,
             secret_source,
             signing_secrets,
             signing_source,
-            ca_file: ca_file?,
-            allow_plain_http: allow_plain_http?,
-            timeout: timeout?,
-            connect_timeout: connect?,
-            max_in_flight: max_in_flight?,
+            ca_file,
+            allow_plain_http,
+            timeout,
+            connect_timeout,
+            max_in_flight,
         })
     }
 
@@ -747,233 +475,183 @@ impl Check<'_> {
             self.warn_if_world_readable("backend.secret_file", &path);
             return Some((Secret::new(secret), SecretSource::File(path)));
         }
-        if let Some(dir) = env_var(self.env, ENV_CREDENTIALS_DIRECTORY) {
-            let path = Path::new(&dir).join(CREDENTIAL_NAME);
-            if path.exists() {
-                let secret = self.read_secret("backend.secret", &path, "the shared secret")?;
-                return Some((Secret::new(secret), SecretSource::Credential(path)));
-            }
+        let credentials = env_var(self.env, ENV_CREDENTIALS_DIRECTORY);
+        let credential = credentials.map(|dir| Path::new(&dir).join(CREDENTIAL_NAME));
+        if let Some(path) = credential.filter(|path| path.exists()) {
+            let secret = self.read_secret("backend.secret", &path, "the shared secret")?;
+            return Some((Secret::new(secret), SecretSource::Credential(path)));
         }
-        let note = match self.env.var(ENV_SHARED_SECRET) {
-            Some(_) => format!(" ({ENV_SHARED_SECRET} is set but empty)"),
-            None => String::new(),
-        };
+        let blank = self.env.var(ENV_SHARED_SECRET);
+        let blank = blank.map(|_| format!(" ({ENV_SHARED_SECRET} is set but empty)"));
         self.bad("backend.secret", format!(
-            "no shared secret found{note}; set env {ENV_SHARED_SECRET}, or backend.secret_file = \"/path/to/secret\", \
-             or pass the systemd credential `{CREDENTIAL_NAME}` (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})"
+            "no shared secret found{}; set env {ENV_SHARED_SECRET}, or backend.secret_file = \"/path/to/secret\", \
+             or pass the systemd credential `{CREDENTIAL_NAME}` (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})",
+            blank.unwrap_or_default()
         ))
     }
 
     /// The Standard Webhooks signing secrets: env `WEBHOOK_SIGNING_SECRET` (whitespace-separated),
     /// else `backend.signing_secret_file` (one a line, `#` comments). No value is ever echoed.
-    #[allow(clippy::type_complexity)]
-    fn signing_secrets(
-        &mut self,
-        key: Key<'_, String>,
-    ) -> Option<(Vec<SigningSecret>, Option<SigningSource>)> {
+    fn signing_secrets(&mut self, key: Key<String>) -> (Vec<SigningSecret>, Option<SigningSource>) {
         let file = self.file(key, "the signing secrets");
-        // Each secret's text, where a problem with it goes and how the message names it.
-        let (source, entries): (_, Vec<(String, String, String)>) = match (
-            env_var(self.env, ENV_SIGNING_SECRET),
-            file?,
-        ) {
+        // Each secret with how a message names it, and where a problem with one goes.
+        let signing = env_var(self.env, ENV_SIGNING_SECRET);
+        let (source, entries, path): (_, Vec<(String, String)>, _) = match (signing, file) {
+            _ if !self.fine(&[key.0]) => return Default::default(),
             (Some(text), _) => {
                 let words: Vec<&str> = text.split_whitespace().collect();
-                let entries = (words.iter().enumerate())
-                    .map(|(i, word)| {
-                        (
-                            word.to_string(),
-                            format!("env {ENV_SIGNING_SECRET}"),
-                            format!("secret {} of {}", i + 1, words.len()),
-                        )
-                    })
-                    .collect();
-                (SigningSource::Env, entries)
-            }
-            (None, None) => return Some((Vec::new(), None)),
-            (None, Some(path)) => {
-                let text = match read_file(&path) {
-                    Ok(text) => text,
-                    Err(err) => {
-                        return self.bad(key.0, format!("cannot read {}: {err}", path.display()))
-                    }
+                let name = |(i, word): (usize, &&str)| {
+                    (word.to_string(), format!("secret {i} of {}", words.len()))
                 };
-                let entries: Vec<_> = (text.lines().enumerate())
-                    .map(|(n, line)| (line.trim(), n + 1))
-                    .filter(|(line, _)| !line.is_empty() && !line.starts_with('#'))
-                    .map(|(line, n)| {
-                        (
-                            line.to_string(),
-                            key.0.to_string(),
-                            format!("{} line {n}", path.display()),
-                        )
-                    })
-                    .collect();
-                if entries.is_empty() {
-                    return self.bad(key.0, format!(
-                        "{} holds no secret; write one `whsec_...` secret a line, or remove the key",
-                        path.display()
-                    ));
-                }
-                self.warn_if_world_readable(key.0, &path);
-                (SigningSource::File(path), entries)
+                let entries = (1..).zip(&words).map(name).collect();
+                (
+                    SigningSource::Env,
+                    entries,
+                    format!("env {ENV_SIGNING_SECRET}"),
+                )
             }
+            (None, Some(file)) => {
+                let (shown, text) = (file.display(), read_file(&file));
+                let entries = text.as_deref().map(entries).into_iter().flatten();
+                let name =
+                    |(n, line): (usize, &str)| (line.to_string(), format!("{shown} line {n}"));
+                let entries: Vec<_> = entries.map(name).collect();
+                let problem = match text {
+                    Err(err) => format!("cannot read {shown}: {err}"),
+                    Ok(_) if entries.is_empty() => format!("{shown} holds no secret; write one `whsec_...` secret a line, or remove the key"),
+                    Ok(_) => String::new(),
+                };
+                if !problem.is_empty() {
+                    self.problem(key.0, problem);
+                    return Default::default();
+                }
+                self.warn_if_world_readable(key.0, &file);
+                (SigningSource::File(file), entries, key.0.to_string())
+            }
+            (None, None) => return Default::default(),
         };
-        let before = self.problems.len();
-        let secrets = (entries.into_iter())
-            .filter_map(|(text, path, at)| match SigningSecret::parse(&text) {
-                Ok(secret) => Some(secret),
-                Err(message) => self.bad(path, format!("{at}: {message}")),
-            })
-            .collect();
-        (self.problems.len() == before).then_some((secrets, Some(source)))
+        let parse = |(text, at): &(String, String)| {
+            SigningSecret::parse(text).map_err(|m| format!("{at}: {m}"))
+        };
+        let secrets = entries.iter().map(parse);
+        let secrets = secrets.filter_map(|secret| self.take(path.as_str(), secret));
+        (secrets.collect(), Some(source))
     }
 
-    fn debounce(&mut self, raw: &RawConfig) -> Option<Policy> {
+    fn debounce(&mut self, r: &RawDebounce) -> Policy {
         let d = Policy::default();
-        let disconnect_grace = self.grace(key!(raw.debounce.disconnect_grace), d.disconnect_grace);
-        let connect_grace = self.grace(key!(raw.debounce.connect_grace), d.connect_grace);
         let down_grace = d.gateway_down_grace.unwrap_or_default();
-        let gateway_down_grace = self.grace(key!(raw.debounce.gateway_down_grace), down_grace);
-        let half_life = self.duration(key!(raw.debounce.flap_half_life), d.flap_half_life);
-        let max = self.duration(key!(raw.debounce.flap_max_suppress), d.flap_max_suppress);
-        let above_0: (fn(f64) -> bool, &str) = (|x| x > 0.0, "a number above 0");
-        let suppress = self.number(key!(raw.debounce.flap_suppress), d.flap_suppress, above_0);
-        let mut reuse = self.number(key!(raw.debounce.flap_reuse), d.flap_reuse, above_0);
-        let mut max_ok = Some(());
-        if let (Some(suppress), Some(r)) = (suppress, reuse) {
-            if r >= suppress {
-                reuse = self.bad("debounce.flap_reuse", format!(
-                    "{r} must be below flap_suppress ({suppress}), or a flapping tenant would never recover (defaults 750 and 3000)"
-                ));
-            } else if let (Some(half_life), Some(max)) = (half_life, max) {
-                // SPEC section 4: the penalty is capped at reuse * 2^(max / half_life). A cap below
-                // the suppress threshold would make flapping impossible to detect.
-                let cap = r * (max.as_secs_f64() / half_life.as_secs_f64()).exp2();
-                if cap < suppress {
-                    let fmt = humantime::format_duration;
-                    max_ok = self.bad("debounce.flap_max_suppress", format!(
-                        "{} is too short for flap_half_life {}: the penalty cap (flap_reuse * 2^(flap_max_suppress / flap_half_life) = {cap:.0}) is below flap_suppress ({suppress}), so flapping could never be detected; raise flap_max_suppress",
-                        fmt(max), fmt(half_life)
-                    ));
-                }
-            }
-        }
-        let before = self.problems.len();
-        let mut codes = Vec::new();
-        let items = self.typed(key!(raw.debounce.terminal_codes), "an array", describe);
-        for (i, item) in items.flatten().into_iter().flatten().enumerate() {
-            let path = format!("debounce.terminal_codes[{i}]");
-            match item.as_integer() {
-                Some(n @ 100..=999) if codes.contains(&(n as u16)) => {}
-                Some(n @ 100..=999) => codes.push(n as u16),
-                Some(n) => self.problem(
-                    path,
-                    format!("{n} is not a status code; codes are 100..=999 (e.g. 401)"),
-                ),
-                None => self.problem(
-                    path,
-                    format!(
-                        "expected a status code number (e.g. 401), found {}",
-                        describe(item)
-                    ),
-                ),
-            }
-        }
-        let terminal_codes = match items {
-            Some(None) => Some(d.terminal_codes),
-            _ => (self.problems.len() == before && items.is_some()).then_some(codes),
+        let down_grace = self.grace(r.gateway_down_grace(), down_grace);
+        let p = Policy {
+            disconnect_grace: self.grace(r.disconnect_grace(), d.disconnect_grace),
+            connect_grace: self.grace(r.connect_grace(), d.connect_grace),
+            terminal_codes: self.terminal_codes(r.terminal_codes(), d.terminal_codes),
+            gateway_down_grace: Some(down_grace).filter(|grace| !grace.is_zero()),
+            flap_half_life: self.duration(r.flap_half_life(), d.flap_half_life),
+            flap_suppress: self.number(r.flap_suppress(), d.flap_suppress, ABOVE_0),
+            flap_reuse: self.number(r.flap_reuse(), d.flap_reuse, ABOVE_0),
+            flap_max_suppress: self.duration(r.flap_max_suppress(), d.flap_max_suppress),
         };
-        max_ok?;
-        Some(Policy {
-            disconnect_grace: disconnect_grace?,
-            connect_grace: connect_grace?,
-            terminal_codes: terminal_codes?,
-            gateway_down_grace: Some(gateway_down_grace?).filter(|grace| !grace.is_zero()),
-            flap_half_life: half_life?,
-            flap_suppress: suppress?,
-            flap_reuse: reuse?,
-            flap_max_suppress: max?,
-        })
+        let (suppress, reuse) = (p.flap_suppress, p.flap_reuse);
+        let (half_life, max) = (p.flap_half_life, p.flap_max_suppress);
+        // SPEC section 4: the penalty is capped at reuse * 2^(max / half_life). A cap below the
+        // suppress threshold would make flapping impossible to detect.
+        let cap = reuse * (max.as_secs_f64() / half_life.as_secs_f64()).exp2();
+        let capped = ["debounce.flap_half_life", "debounce.flap_max_suppress"];
+        if !self.fine(&["debounce.flap_suppress", "debounce.flap_reuse"]) {
+        } else if reuse >= suppress {
+            self.problem("debounce.flap_reuse", format!("{reuse} must be below flap_suppress ({suppress}), or a flapping tenant would never recover (defaults 750 and 3000)"));
+        } else if cap < suppress && self.fine(&capped) {
+            self.problem("debounce.flap_max_suppress", format!("{} is too short for flap_half_life {}: the penalty cap (flap_reuse * 2^(flap_max_suppress / flap_half_life) = {cap:.0}) is below flap_suppress ({suppress}), so flapping could never be detected; raise flap_max_suppress", human(max), human(half_life)));
+        }
+        p
+    }
+
+    fn terminal_codes(&mut self, key: Key<Vec<Value>>, default: Vec<u16>) -> Vec<u16> {
+        let Some(items) = self.get(key, "an array") else {
+            return default;
+        };
+        let mut codes = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let code = match item.as_integer() {
+                Some(n @ 100..=999) => Ok(n as u16),
+                Some(n) => Err(format!(
+                    "{n} is not a status code; codes are 100..=999 (e.g. 401)"
+                )),
+                None => Err(format!(
+                    "expected a status code number (e.g. 401), found {}",
+                    describe(item)
+                )),
+            };
+            let code = self.take(format!("{}[{i}]", key.0), code);
+            codes.extend(code.filter(|code| !codes.contains(code)));
+        }
+        codes
     }
 
     /// The mass-outage hold (`[debounce] storm_*`).
-    fn storm(&mut self, raw: &RawConfig) -> Option<StormPolicy> {
-        let share: (fn(f64) -> bool, &str) = (
-            |x| (0.0..=1.0).contains(&x),
-            "a share from 0 to 1 (0 turns the mass-outage hold off)",
-        );
-        let fraction = self.number(
-            key!(raw.debounce.storm_fraction),
-            storm::DEFAULT_FRACTION,
-            share,
-        );
-        let min_tenants = self.count(
-            key!(raw.debounce.storm_min_tenants),
-            storm::DEFAULT_MIN_TENANTS,
-            1..=MAX_STORM_MIN_TENANTS,
-        );
-        let window = self.duration(key!(raw.debounce.storm_window), storm::DEFAULT_WINDOW);
-        let hold = self.duration(key!(raw.debounce.storm_hold), storm::DEFAULT_HOLD);
-        Some(StormPolicy {
-            fraction: fraction?,
-            min_tenants: min_tenants?,
-            window: window?,
-            hold: hold?,
-        })
-    }
-
-    fn state_dir(&mut self, raw: &RawConfig) -> Option<PathBuf> {
-        match self.text(key!(raw.state.dir))? {
-            Some(dir) if dir.trim().is_empty() => self.bad(
-                "state.dir",
-                "must not be empty; remove the key to use the default",
-            ),
-            Some(dir) => Some(self.base_dir.join(dir)),
-            // systemd joins several StateDirectory= entries with ':'; ours is the first.
-            None => Some(match env_var(self.env, ENV_STATE_DIRECTORY) {
-                Some(dirs) => PathBuf::from(dirs.split(':').next().unwrap_or(&dirs)),
-                None => PathBuf::from(DEFAULT_STATE_DIR),
-            }),
+    fn storm(&mut self, r: &RawDebounce) -> StormPolicy {
+        let (tenants, default) = (1..=MAX_STORM_MIN_TENANTS, storm::DEFAULT_MIN_TENANTS);
+        StormPolicy {
+            fraction: self.number(r.storm_fraction(), storm::DEFAULT_FRACTION, SHARE),
+            min_tenants: self.count(r.storm_min_tenants(), default, tenants),
+            window: self.duration(r.storm_window(), storm::DEFAULT_WINDOW),
+            hold: self.duration(r.storm_hold(), storm::DEFAULT_HOLD),
         }
     }
 
-    fn admin(&mut self, raw: &RawConfig) -> Option<SocketAddr> {
-        let Some(text) = self.text(key!(raw.admin.listen))? else {
-            return Some(DEFAULT_ADMIN_LISTEN);
+    fn state(&mut self, r: &RawState) -> StateConfig {
+        // systemd joins several StateDirectory= entries with ':'; ours is the first.
+        let from_env = env_var(self.env, ENV_STATE_DIRECTORY);
+        let from_env = from_env.map(|dirs| dirs.split(':').next().unwrap_or("").into());
+        let (default, base) = (from_env.unwrap_or(DEFAULT_STATE_DIR.into()), self.base_dir);
+        let dir = |dir: &String| match dir.trim() {
+            "" => Err("must not be empty; remove the key to use the default".to_string()),
+            _ => Ok(base.join(dir)),
         };
-        match text.trim().parse::<SocketAddr>() {
-            Ok(addr) if addr.ip().is_loopback() => Some(addr),
-            Ok(addr) => {
-                self.warnings.push(format!(
-                    "admin.listen {addr} is not a loopback address: the admin API (tenant ids, metrics) is reachable from the network"
-                ));
-                Some(addr)
-            }
-            Err(_) => self.bad("admin.listen", format!(
-                "`{text}` is not a socket address; write an IP and a port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""
-            )),
-        }
+        let dir = self.leaf(r.dir(), default, "a string", &dir);
+        StateConfig { dir }
     }
 
-    fn log(&mut self, raw: &RawConfig) -> Option<LogFormat> {
-        match self.text(key!(raw.log.format))? {
-            None => Some(DEFAULT_LOG_FORMAT),
-            Some("text") => Some(LogFormat::Text),
-            Some("json") => Some(LogFormat::Json),
-            Some(other) => self.bad(
-                "log.format",
-                format!("`{other}` is not a log format; write \"text\" or \"json\""),
-            ),
+    fn admin(&mut self, r: &RawAdmin) -> AdminConfig {
+        let listen = self.leaf(r.listen(), DEFAULT_ADMIN_LISTEN, "a string", &|text| {
+            text.trim().parse().map_err(|_| format!("`{text}` is not a socket address; write an IP and a port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""))
+        });
+        if !listen.ip().is_loopback() {
+            self.warnings.push(format!("admin.listen {listen} is not a loopback address: the admin API (tenant ids, metrics) is reachable from the network"));
         }
+        AdminConfig { listen }
     }
+
+    fn log(&mut self, r: &RawLog) -> LogConfig {
+        let format = |format: &String| choose(format, "log format", LogFormat::NAMES);
+        let format = self.leaf(r.format(), DEFAULT_LOG_FORMAT, "a string", &format);
+        LogConfig { format }
+    }
+}
+
+/// The option named `name`, or a problem saying it is not a `what` and listing the options.
+fn choose<T: Copy>(name: &str, what: &str, options: &[(&str, T)]) -> Result<T, String> {
+    let chosen = options.iter().find(|(option, _)| *option == name);
+    let names: Vec<String> = options
+        .iter()
+        .map(|(option, _)| format!("\"{option}\""))
+        .collect();
+    let problem = || format!("`{name}` is not a {what}; write {}", names.join(" or "));
+    chosen.map(|(_, value)| *value).ok_or_else(problem)
 }
 
 /// Reads an env var, treating an empty or all-blank value as unset.
 fn env_var(env: &dyn Env, name: &str) -> Option<String> {
-    env.var(name)
-        .map(|value| value.trim().to_string())
-        .filter(|value| !value.is_empty())
+    let value = env.var(name).map(|value| value.trim().to_string());
+    value.filter(|value| !value.is_empty())
+}
+
+/// The lines of a list file that hold something: their number and their trimmed text, blank
+/// lines and `#` comments left out.
+fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let lines = (1..).zip(text.lines().map(str::trim));
+    lines.filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
 /// Parses `url` and checks its scheme is one of `schemes` and it has a host. Messages show the
@@ -987,8 +665,8 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<Url, String> {
             wanted[0]
         )
     })?;
-    if !schemes.contains(&parsed.scheme()) {
-        let (scheme, wanted) = (parsed.scheme(), wanted.join(" or "));
+    let (scheme, wanted) = (parsed.scheme(), wanted.join(" or "));
+    if !schemes.contains(&scheme) {
         return Err(format!(
             "`{shown}` has scheme `{scheme}`; it must start with {wanted}"
         ));
@@ -1021,8 +699,9 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Checks a URL template: `{tenant}` is the only placeholder and the URL parses with it filled in.
-fn check_template(template: &str, schemes: &[&str]) -> Result<(), String> {
+/// Checks a URL template: `{tenant}` is the only placeholder and the URL parses with it filled
+/// in. Gives back the template.
+fn check_template(template: &str, schemes: &[&str]) -> Result<String, String> {
     if template
         .replace(TENANT_PLACEHOLDER, "")
         .contains(['{', '}'])
@@ -1032,61 +711,115 @@ fn check_template(template: &str, schemes: &[&str]) -> Result<(), String> {
             "`{shown}` has an unknown placeholder; the only one is `{{tenant}}`"
         ));
     }
-    check_url(&template.replace(TENANT_PLACEHOLDER, "tenant"), schemes).map(|_| ())
+    check_url(&template.replace(TENANT_PLACEHOLDER, "tenant"), schemes)?;
+    Ok(template.to_string())
 }
 
 /// Checks the gateway URL template against the mode and the tenants' overrides.
 fn check_gateway_url(
     url: &str,
     mode: Option<GatewayMode>,
-    tenants: &TenantsConfig,
-) -> Result<(), String> {
-    check_template(url, &["ws", "wss"])?;
+    urls: &TenantsConfig,
+) -> Result<String, String> {
+    let url = check_template(url, &["ws", "wss"])?;
     let has_placeholder = url.contains(TENANT_PLACEHOLDER);
-    let lacking: Vec<&str> = (tenants.ids.iter())
-        .filter(|id| !tenants.urls.contains_key(*id))
-        .map(String::as_str)
-        .collect();
+    let lacking = urls.ids.iter().filter(|id| !urls.urls.contains_key(*id));
+    let lacking: Vec<&str> = lacking.map(String::as_str).take(5).collect();
     match mode {
-        Some(GatewayMode::Shared) if has_placeholder => Err(
-            "shared mode uses one link for every tenant, so the URL must not contain `{tenant}`; remove it or set mode = \"per-tenant\"".to_string(),
-        ),
+        Some(GatewayMode::Shared) if has_placeholder => Err("shared mode uses one link for every tenant, so the URL must not contain `{tenant}`; remove it or set mode = \"per-tenant\"".to_string()),
         // With no tenants at all, "every tenant has an override" holds only vacuously: the
         // first tenant added later would have no URL, so that is refused too.
-        Some(GatewayMode::PerTenant) if !has_placeholder && (tenants.ids.is_empty() || !lacking.is_empty()) => {
-            let which = match lacking.len() {
-                0 => String::new(),
-                _ => format!(" (tenants without one: {})", lacking[..lacking.len().min(5)].join(", ")),
+        Some(GatewayMode::PerTenant) if !has_placeholder && (urls.ids.is_empty() || !lacking.is_empty()) => {
+            let which = match lacking.join(", ") {
+                none if none.is_empty() => none,
+                some => format!(" (tenants without one: {some})"),
             };
-            Err(format!(
-                "per-tenant mode needs `{{tenant}}` in the URL (e.g. \"ws://127.0.0.1:3001/ws/{{tenant}}\") unless every tenant has a [tenants.urls] override{which}; or set mode = \"shared\""
-            ))
+            Err(format!("per-tenant mode needs `{{tenant}}` in the URL (e.g. \"ws://127.0.0.1:3001/ws/{{tenant}}\") unless every tenant has a [tenants.urls] override{which}; or set mode = \"shared\""))
         }
-        _ => Ok(()),
+        _ => Ok(url),
     }
 }
 
-/// A token goes into `Authorization: Bearer <token>`: visible ASCII only. Never echoes it.
-fn check_token(token: &str) -> Result<(), String> {
-    if token.is_empty() {
-        Err("the gateway token is empty; give one or remove the key".to_string())
-    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        Err("the gateway token must be printable ASCII without spaces".to_string())
-    } else {
-        Ok(())
+/// A `[tenants.urls]` entry: a complete ws(s) URL for a configured tenant.
+fn check_override(tenant: &str, value: &Value, seen: &HashSet<String>) -> Result<String, String> {
+    let Value::String(url) = value else {
+        return Err(format!(
+            "expected a ws:// or wss:// URL string, found {}",
+            describe(value)
+        ));
+    };
+    validate_tenant_id(tenant)?;
+    if !seen.contains(tenant) {
+        return Err(format!("`{tenant}` is not a configured tenant; add it to tenants.ids or tenants.file, or remove this override"));
     }
+    if url.contains(['{', '}']) {
+        return Err("an override is a complete URL: `{tenant}` and other placeholders are not replaced here".to_string());
+    }
+    check_url(url, &["ws", "wss"]).map(|_| url.clone())
+}
+
+/// Adds one header of `[gateway.headers]` (or, `from_env`, of `[gateway.headers_env]`, whose
+/// values name env vars), its value marked sensitive. The message never echoes the value.
+fn add_header(
+    headers: &mut Headers,
+    env: &dyn Env,
+    (name, value): (&str, &Value),
+    from_env: bool,
+    has_token: bool,
+) -> Result<(), String> {
+    let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+        return Err(format!(
+            "`{name}` is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        ));
+    };
+    if RESERVED_HEADERS
+        .split_whitespace()
+        .any(|reserved| reserved == header)
+    {
+        return Err(format!(
+            "`{name}` is set by the WebSocket handshake itself; remove it"
+        ));
+    }
+    if header == AUTHORIZATION && has_token {
+        return Err(
+            "conflicts with gateway.token / token_env, which already send Authorization; keep one"
+                .to_string(),
+        );
+    }
+    if headers.contains_key(&header) {
+        return Err(format!(
+            "`{name}` is given twice (header names ignore case); keep one"
+        ));
+    }
+    let (text, var) = match value {
+        Value::String(var) if from_env => match env_var(env, var.trim()) {
+            Some(text) => (text, Some(var.trim().to_string())),
+            None => return Err(format!("env var {} is not set (or is empty); export it with the header's value, or remove this entry", var.trim())),
+        },
+        Value::String(text) => (text.clone(), None),
+        other if from_env => return Err(format!("expected the name of an env var (a string), found {}", describe(other))),
+        other => return Err(format!("expected a string value, found {}", article(other))),
+    };
+    let Ok(mut value) = HeaderValue::from_str(&text) else {
+        let var = var
+            .map(|var| format!("env var {var}: "))
+            .unwrap_or_default();
+        return Err(format!(
+            "{var}the value must be printable ASCII (no line breaks or control characters)"
+        ));
+    };
+    value.set_sensitive(true);
+    headers.map.insert(header, value);
+    headers.sources.push((name.to_string(), var));
+    Ok(())
 }
 
 /// How many PEM `CERTIFICATE` blocks in `text` hold base64 that decodes to a DER sequence.
 fn pem_certificates(text: &str) -> usize {
     let base64 = base64::engine::general_purpose::STANDARD;
-    (text.split("-----BEGIN CERTIFICATE-----").skip(1))
-        .filter_map(|block| block.split_once("-----END CERTIFICATE-----"))
-        .filter(|(body, _)| {
-            let body: String = body.split_whitespace().collect();
-            base64
-                .decode(body)
-                .is_ok_and(|der| der.first() == Some(&0x30))
-        })
+    let blocks = text.split("-----BEGIN CERTIFICATE-----").skip(1);
+    let bodies = blocks.filter_map(|block| block.split_once("-----END CERTIFICATE-----"));
+    let der = bodies.map(|(body, _)| base64.decode(body.split_whitespace().collect::<String>()));
+    der.filter(|der| der.as_ref().is_ok_and(|der| der.first() == Some(&0x30)))
         .count()
 }

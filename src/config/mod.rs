@@ -6,11 +6,13 @@
 //! (`wa-status-sidecar check`):
 //! 1. [`raw`]: the text is parsed into a `toml::Table`; keys the serde types do not take are
 //!    reported with "did you mean" hints and set aside; the rest is deserialized into the raw
-//!    serde types, whose fields never fail on their own (a value of the wrong type is kept
-//!    for step 2 to report), so one bad key never hides another.
+//!    serde types (every section and key declared once, in one table), whose fields never fail
+//!    on their own (a value of the wrong type is kept for step 2 to report), so one bad key
+//!    never hides another.
 //! 2. [`check`]: one validation pass over the typed value: types, bounds (SPEC section 5
-//!    [rev 12]), cross-key rules, files and environment, every problem collected.
-//! 3. The typed [`Config`], built only when nothing was found.
+//!    [rev 12]), cross-key rules, files and environment, every problem collected. A refused
+//!    value stands in as its key's default so the pass goes on.
+//! 3. The typed [`Config`] the pass built, returned only when it found nothing.
 //!
 //! Environment, read through [`Env`] so tests never touch the process environment:
 //! - `BACKEND_INTERNAL_URL` overrides `backend.url`.
@@ -109,6 +111,8 @@ pub const MAX_TENANT_ID_LEN: usize = 128;
 const MAX_FILE_BYTES: u64 = 16 << 20;
 /// How many tenant ids [`Config::summary`] lists before it only counts them.
 const SUMMARY_TENANTS_SHOWN: usize = 10;
+/// How the summary shows a setting that is not set.
+const NONE: &str = "(none)";
 /// What a template's `{tenant}` is replaced by.
 const TENANT_PLACEHOLDER: &str = "{tenant}";
 /// RFC 3986 unreserved characters stay; everything else in a tenant id is percent-encoded, so the
@@ -120,6 +124,7 @@ const TENANT_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// The validated configuration. Built only by [`Config::load`] / [`Config::from_toml_str`].
+/// `Debug` shows what [`Config::summary`] shows, credentials redacted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub gateway: GatewayConfig,
@@ -142,36 +147,35 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
+/// An enum of a key that takes one of a few names, with those names (for the file and the
+/// summary) written once.
+macro_rules! named {
+    ($(#[$doc:meta])* $Enum:ident { $($(#[$vdoc:meta])* $Variant:ident = $name:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $Enum { $($(#[$vdoc])* $Variant,)* }
+        impl $Enum {
+            /// Every variant, with its name.
+            const NAMES: &'static [(&'static str, $Enum)] = &[$(($name, $Enum::$Variant)),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $($Enum::$Variant => $name,)* }
+            }
         }
-    }
+    };
 }
 
-/// How the gateway exposes sessions (SPEC section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayMode {
-    /// One WebSocket per tenant, its URL made from the `gateway.url` template.
-    PerTenant,
-    /// One WebSocket carrying the events of every tenant; the tenant comes from each event.
-    Shared,
+named! {
+    /// `[log] format`.
+    LogFormat { Text = "text", Json = "json", }
 }
 
-impl GatewayMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GatewayMode::PerTenant => "per-tenant",
-            GatewayMode::Shared => "shared",
-        }
+named! {
+    /// How the gateway exposes sessions (SPEC section 3).
+    GatewayMode {
+        /// One WebSocket per tenant, its URL made from the `gateway.url` template.
+        PerTenant = "per-tenant",
+        /// One WebSocket carrying the events of every tenant; the tenant comes from each event.
+        Shared = "shared",
     }
 }
 
@@ -212,39 +216,46 @@ impl GatewayConfig {
     pub fn request_headers(&self) -> HeaderMap {
         let mut headers = self.headers.map.clone();
         // The token was checked to be visible ASCII at load, so the value always builds.
-        if let Some(Ok(mut value)) = (self.token.as_ref())
-            .map(|token| HeaderValue::try_from(format!("Bearer {}", token.expose())))
-        {
+        let bearer = (self.token.as_ref()).map(|token| format!("Bearer {}", token.expose()));
+        if let Some(Ok(mut value)) = bearer.map(HeaderValue::try_from) {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
         headers
     }
-}
 
-impl fmt::Debug for GatewayConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GatewayConfig")
-            .field("mode", &self.mode)
-            .field("url", &redact_url(&self.url))
-            .field("state_url", &self.state_url.as_deref().map(redact_url))
-            .field("token", &self.token)
-            .field("token_env", &self.token_env)
-            .field("token_file", &self.token_file)
-            .field("headers", &self.headers)
-            .field("ca_file", &self.ca_file)
-            .field("ping_interval", &self.ping_interval)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_frame_size", &self.max_frame_size)
-            .field("handshake_concurrency", &self.handshake_concurrency)
-            .finish()
+    /// The `[gateway]` lines of the summary.
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        let token = match (&self.token, &self.token_env, &self.token_file) {
+            (None, _, _) => NONE.to_string(),
+            (Some(_), Some(var), _) => format!("<redacted> (from env {var})"),
+            (Some(_), None, Some(file)) => {
+                format!("<redacted> (from gateway.token_file {})", file.display())
+            }
+            (Some(_), None, None) => "<redacted> (from gateway.token)".to_string(),
+        };
+        let state_url = self.state_url.as_deref().map_or(NONE.into(), redact_url);
+        let handshakes = self.handshake_concurrency.to_string();
+        vec![
+            ("mode", self.mode.as_str().to_string()),
+            ("url", redact_url(&self.url)),
+            ("state_url", state_url),
+            ("token", token),
+            ("headers", list(&self.headers.shown())),
+            ("ca_file", path(&self.ca_file, "(system roots only)")),
+            ("ping_interval", human(self.ping_interval)),
+            ("idle_timeout", human(self.idle_timeout)),
+            ("max_frame_size", format!("{} bytes", self.max_frame_size)),
+            ("handshake_concurrency", handshakes),
+        ]
     }
 }
 
 /// Extra gateway request headers, names and values validated once at load, every value marked
 /// sensitive (it may be a credential such as WAHA's `X-Api-Key`). Derefs to the `HeaderMap`;
-/// `Debug` and [`Headers::shown`] give names only.
-#[derive(Clone, Default, PartialEq)]
+/// [`Headers::shown`] gives names only, and so does `Debug` (`HeaderValue` shows a sensitive
+/// value as `Sensitive`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Headers {
     map: HeaderMap,
     /// Each header's name as written, and the env var its value came from, if it did.
@@ -254,12 +265,11 @@ pub struct Headers {
 impl Headers {
     /// `Name: <redacted>` for each header, with the env var it came from, for display.
     pub fn shown(&self) -> Vec<String> {
-        (self.sources.iter())
-            .map(|(name, var)| match var {
-                Some(var) => format!("{name}: <redacted> (from env {var})"),
-                None => format!("{name}: <redacted>"),
-            })
-            .collect()
+        let shown = |(name, var): &(String, Option<String>)| match var {
+            Some(var) => format!("{name}: <redacted> (from env {var})"),
+            None => format!("{name}: <redacted>"),
+        };
+        self.sources.iter().map(shown).collect()
     }
 }
 
@@ -270,19 +280,12 @@ impl std::ops::Deref for Headers {
     }
 }
 
-impl fmt::Debug for Headers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.shown()).finish()
-    }
-}
-
 /// Compares with header pairs as written (names ignore case), so tests read naturally.
 impl<const N: usize> PartialEq<[(String, String); N]> for Headers {
     fn eq(&self, pairs: &[(String, String); N]) -> bool {
-        self.map.len() == N
-            && pairs.iter().all(|(name, value)| {
-                self.map.get(name.as_str()).map(HeaderValue::as_bytes) == Some(value.as_bytes())
-            })
+        let value = |name: &String| self.map.get(name.as_str()).map(HeaderValue::as_bytes);
+        let same = |(name, v): &(String, String)| value(name) == Some(v.as_bytes());
+        self.map.len() == N && pairs.iter().all(same)
     }
 }
 
@@ -314,21 +317,31 @@ pub struct BackendConfig {
     pub max_in_flight: usize,
 }
 
-impl fmt::Debug for BackendConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendConfig")
-            .field("url", &redact_url(self.url.as_str()))
-            .field("path", &self.path)
-            .field("secret", &self.secret)
-            .field("secret_source", &self.secret_source)
-            .field("signing_secrets", &self.signing_secrets)
-            .field("signing_source", &self.signing_source)
-            .field("ca_file", &self.ca_file)
-            .field("allow_plain_http", &self.allow_plain_http)
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_in_flight", &self.max_in_flight)
-            .finish()
+impl BackendConfig {
+    /// The `[backend]` lines of the summary.
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        let signing = self.signing_source.as_ref().map(|from| {
+            let n = self.signing_secrets.len();
+            format!("{n} secret(s) <redacted> (from {from})")
+        });
+        let signing = signing.unwrap_or("(none: requests are not signed)".to_string());
+        let secret = format!("<redacted> (from {})", self.secret_source);
+        vec![
+            ("url", redact_url(self.url.as_str())),
+            ("path", self.path.clone()),
+            ("webhook", redact_url(&self.webhook_url())),
+            ("secret", secret),
+            ("signing_secrets", signing),
+            ("ca_file", path(&self.ca_file, "(system roots only)")),
+            ("allow_plain_http", self.allow_plain_http.to_string()),
+            ("timeout", human(self.timeout)),
+            ("connect_timeout", human(self.connect_timeout)),
+            ("max_in_flight", self.max_in_flight.to_string()),
+        ]
+    }
+
+    fn webhook_url(&self) -> String {
+        format!("{}{}", self.url.as_str().trim_end_matches('/'), self.path)
     }
 }
 
@@ -348,9 +361,7 @@ impl fmt::Display for SecretSource {
         match self {
             SecretSource::Env => f.write_str(ENV_SHARED_SECRET),
             SecretSource::File(path) => write!(f, "backend.secret_file {}", path.display()),
-            SecretSource::Credential(path) => {
-                write!(f, "systemd credential {}", path.display())
-            }
+            SecretSource::Credential(path) => write!(f, "systemd credential {}", path.display()),
         }
     }
 }
@@ -386,18 +397,41 @@ pub struct TenantsConfig {
     pub urls: BTreeMap<String, String>,
 }
 
-impl fmt::Debug for TenantsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let urls: BTreeMap<&str, String> = (self.urls.iter())
-            .map(|(t, url)| (t.as_str(), redact_url(url)))
-            .collect();
-        f.debug_struct("TenantsConfig")
-            .field("ids", &self.ids)
-            .field("file", &self.file)
-            .field("urls", &urls)
-            .finish()
+impl TenantsConfig {
+    /// The `[tenants]` lines of the summary: the first ids, and the override URLs' tenants only.
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        let shown = self.ids.iter().take(SUMMARY_TENANTS_SHOWN);
+        let shown: Vec<&str> = shown.map(String::as_str).collect();
+        let ids = match self.ids.len().saturating_sub(SUMMARY_TENANTS_SHOWN) {
+            0 => list(&shown),
+            more => format!("{}, ... ({more} more)", shown.join(", ")),
+        };
+        let keys: Vec<_> = self.urls.keys().collect();
+        let urls = match keys.len() {
+            0 => NONE.to_string(),
+            n => format!("{n} override(s): {}", list(&keys)),
+        };
+        let (count, file) = (self.ids.len().to_string(), path(&self.file, NONE));
+        vec![
+            ("count", count),
+            ("ids", ids),
+            ("file", file),
+            ("urls", urls),
+        ]
     }
 }
+
+/// `Debug` as the summary's lines, so that no credential reaches a log through it.
+macro_rules! debug_as_rows {
+    ($($T:ty),*) => {$(
+        impl fmt::Debug for $T {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map().entries(self.rows()).finish()
+            }
+        }
+    )*};
+}
+debug_as_rows!(GatewayConfig, BackendConfig, TenantsConfig);
 
 /// `[state]`: where delivered and owed transitions are persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,12 +455,6 @@ impl Secret {
     }
     pub fn expose(&self) -> &str {
         &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -459,11 +487,17 @@ impl SigningSecret {
     }
 }
 
-impl fmt::Debug for SigningSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SigningSecret(<redacted>)")
-    }
+/// `Debug` that names the type and shows nothing of the value.
+macro_rules! debug_redacted {
+    ($($T:ident),*) => {$(
+        impl fmt::Debug for $T {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($T), "(<redacted>)"))
+            }
+        }
+    )*};
 }
+debug_redacted!(Secret, SigningSecret);
 
 /// Environment lookups are injected so tests do not touch the process environment.
 pub trait Env {
@@ -490,9 +524,8 @@ impl<S: std::hash::BuildHasher> Env for HashMap<String, String, S> {
 /// A fixed environment written inline: `&[("INTERNAL_SHARED_SECRET", "s3cret")]`.
 impl<const N: usize> Env for [(&str, &str); N] {
     fn var(&self, name: &str) -> Option<String> {
-        self.iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| (*value).to_string())
+        let found = self.iter().find(|(key, _)| *key == name);
+        found.map(|(_, value)| value.to_string())
     }
 }
 
@@ -508,217 +541,129 @@ pub struct Problem {
 
 impl Problem {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            path: path.into(),
-            message: escape_controls(&message.into(), ""),
-        }
+        let (path, message) = (path.into(), escape_controls(&message.into(), ""));
+        Problem { path, message }
     }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
+        match self.path.as_str() {
+            "" => f.write_str(&self.message),
+            path => write!(f, "{path}: {}", self.message),
         }
     }
 }
 
 /// Every problem found in one config, reported together.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", render_error(.source_name, .problems))]
+#[error("{source_name}: {}", render(.problems))]
 pub struct ConfigError {
     /// The config file's path (or `<inline config>` for [`Config::from_toml_str`]).
     pub source_name: String,
     pub problems: Vec<Problem>,
 }
 
-fn render_error(source_name: &str, problems: &[Problem]) -> String {
-    let noun = if problems.len() == 1 {
-        "problem"
-    } else {
-        "problems"
-    };
-    let mut out = format!("{source_name}: {} {noun}:", problems.len());
-    for problem in problems {
-        out.push_str("\n  - ");
-        out.push_str(&problem.to_string());
-    }
-    out
+/// "2 problems:" and the problems, one a line.
+fn render(problems: &[Problem]) -> String {
+    let s = if problems.len() == 1 { "" } else { "s" };
+    let list: String = problems.iter().map(|p| format!("\n  - {p}")).collect();
+    format!("{} problem{s}:{list}", problems.len())
 }
 
 impl Config {
     /// Reads and validates the config file at `path`. Relative paths inside it resolve against
     /// the file's directory.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-        let source_name = path.display().to_string();
-        let text = read_file(path).map_err(|err| ConfigError {
-            source_name: source_name.clone(),
-            problems: vec![Problem::new(
-                "",
-                format!("cannot read the config file: {err}; pass an existing file with --config or WA_SIDECAR_CONFIG"),
-            )],
-        })?;
-        let base_dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        check::parse(&text, &source_name, base_dir, env)
+        let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+        let config = read_file(path).map_err(|err| vec![Problem::new("", format!("cannot read the config file: {err}; pass an existing file with --config or WA_SIDECAR_CONFIG"))]);
+        let config =
+            config.and_then(|text| check::parse(&text, base_dir.unwrap_or(Path::new(".")), env));
+        config.map_err(|problems| ConfigError {
+            source_name: path.display().to_string(),
+            problems,
+        })
     }
 
-    /// Validates config text; relative paths inside it resolve against `base_dir`.
-    pub fn from_toml_str(
-        text: &str,
-        base_dir: &Path,
-        env: &dyn Env,
-    ) -> Result<Config, ConfigError> {
-        check::parse(text, "<inline config>", base_dir, env)
+    /// Validates config text; relative paths inside it resolve against `dir`.
+    pub fn from_toml_str(text: &str, dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let source_name = "<inline config>".to_string();
+        check::parse(text, dir, env).map_err(|problems| ConfigError {
+            source_name,
+            problems,
+        })
     }
 
     /// The WebSocket URL for `tenant`: its `[tenants.urls]` override, else the template with
     /// `{tenant}` replaced by the percent-encoded id. In shared mode: `gateway.url` as is.
     pub fn gateway_url(&self, tenant: &str) -> String {
-        match self.gateway.mode {
-            GatewayMode::Shared => self.gateway.url.clone(),
-            GatewayMode::PerTenant => match self.tenants.urls.get(tenant) {
-                Some(url) => url.clone(),
-                None => fill_template(&self.gateway.url, tenant),
-            },
+        match (self.gateway.mode, self.tenants.urls.get(tenant)) {
+            (GatewayMode::Shared, _) => self.gateway.url.clone(),
+            (GatewayMode::PerTenant, Some(url)) => url.clone(),
+            (GatewayMode::PerTenant, None) => fill_template(&self.gateway.url, tenant),
         }
     }
 
     /// The state URL for `tenant` (`{tenant}` replaced, percent-encoded), if one is configured.
     pub fn state_url(&self, tenant: &str) -> Option<String> {
-        self.gateway
-            .state_url
-            .as_deref()
-            .map(|template| fill_template(template, tenant))
+        let template = self.gateway.state_url.as_deref();
+        template.map(|template| fill_template(template, tenant))
     }
 
     /// The full webhook URL: `backend.url` without its trailing `/`, then `backend.path`.
     pub fn webhook_url(&self) -> String {
-        format!(
-            "{}{}",
-            self.backend.url.as_str().trim_end_matches('/'),
-            self.backend.path
-        )
+        self.backend.webhook_url()
     }
 
     /// A multi-line human summary of every setting, for `check`. Secrets, tokens, header values
     /// and the credentials in URLs are shown only as `<redacted>`, with where they came from.
     pub fn summary(&self) -> String {
-        let mut out = String::new();
-        // Section headers flush left, settings indented under them.
-        let mut line = |key: &str, value: &dyn fmt::Display| {
-            if key.starts_with('[') {
-                out.push_str(&format!("{key}\n"));
-            } else {
-                out.push_str(&format!("  {key:<23} {value}\n"));
-            }
-        };
-        let (g, b, d, s) = (&self.gateway, &self.backend, &self.debounce, &self.storm);
-        let human = |d: Duration| humantime::format_duration(d).to_string();
-        let path = |p: &Option<PathBuf>, none: &str| {
-            p.as_ref()
-                .map_or(none.to_string(), |p| p.display().to_string())
-        };
-
-        line("[gateway]", &"");
-        line("mode", &g.mode.as_str());
-        line("url", &redact_url(&g.url));
+        let mut gateway = self.gateway.rows();
         if let Some(first) = self.tenants.ids.first() {
             let example = format!("{} (for {first})", redact_url(&self.gateway_url(first)));
-            line("url example", &example);
+            gateway.insert(2, ("url example", example));
         }
-        line("state_url", &opt(g.state_url.as_deref().map(redact_url)));
-        let token = match (&g.token, &g.token_env, &g.token_file) {
-            (None, _, _) => "(none)".to_string(),
-            (Some(_), Some(var), _) => format!("<redacted> (from env {var})"),
-            (Some(_), None, Some(file)) => {
-                format!("<redacted> (from gateway.token_file {})", file.display())
-            }
-            (Some(_), None, None) => "<redacted> (from gateway.token)".to_string(),
-        };
-        line("token", &token);
-        line("headers", &list(&g.headers.shown()));
-        line("ca_file", &path(&g.ca_file, "(system roots only)"));
-        line("ping_interval", &human(g.ping_interval));
-        line("idle_timeout", &human(g.idle_timeout));
-        line("max_frame_size", &format!("{} bytes", g.max_frame_size));
-        line("handshake_concurrency", &g.handshake_concurrency);
-
-        line("[backend]", &"");
-        line("url", &redact_url(b.url.as_str()));
-        line("path", &b.path);
-        line("webhook", &redact_url(&self.webhook_url()));
-        line("secret", &format!("<redacted> (from {})", b.secret_source));
-        let signing = match &b.signing_source {
-            None => "(none: requests are not signed)".to_string(),
-            Some(from) => format!(
-                "{} secret(s) <redacted> (from {from})",
-                b.signing_secrets.len()
-            ),
-        };
-        line("signing_secrets", &signing);
-        line("ca_file", &path(&b.ca_file, "(system roots only)"));
-        line("allow_plain_http", &b.allow_plain_http);
-        line("timeout", &human(b.timeout));
-        line("connect_timeout", &human(b.connect_timeout));
-        line("max_in_flight", &b.max_in_flight);
-
-        line("[debounce]", &"");
-        line("disconnect_grace", &human(d.disconnect_grace));
-        line("connect_grace", &human(d.connect_grace));
-        let codes: Vec<String> = d.terminal_codes.iter().map(u16::to_string).collect();
-        line("terminal_codes", &format!("[{}]", codes.join(", ")));
+        let (d, s) = (&self.debounce, &self.storm);
         let down_grace = d.gateway_down_grace.map_or("never (0s)".to_string(), human);
-        line("gateway_down_grace", &down_grace);
-        line("flap_half_life", &human(d.flap_half_life));
-        line("flap_suppress", &d.flap_suppress);
-        line("flap_reuse", &d.flap_reuse);
-        line("flap_max_suppress", &human(d.flap_max_suppress));
-        let fraction = if s.fraction == 0.0 {
-            "0 (off: no mass-outage hold)".to_string()
-        } else {
-            s.fraction.to_string()
+        let format = self.log.format.as_str().to_string();
+        let fraction = match s.fraction {
+            0.0 => "0 (off: no mass-outage hold)".to_string(),
+            f => f.to_string(),
         };
-        line("storm_fraction", &fraction);
-        line("storm_min_tenants", &s.min_tenants);
-        line("storm_window", &human(s.window));
-        line("storm_hold", &human(s.hold));
-
-        let t = &self.tenants;
-        line("[tenants]", &"");
-        let shown: Vec<&str> = (t.ids.iter().take(SUMMARY_TENANTS_SHOWN))
-            .map(String::as_str)
-            .collect();
-        let ids = match t.ids.len().saturating_sub(SUMMARY_TENANTS_SHOWN) {
-            0 => list(&shown),
-            more => format!("{}, ... ({more} more)", shown.join(", ")),
-        };
-        line("count", &t.ids.len());
-        line("ids", &ids);
-        line("file", &path(&t.file, "(none)"));
-        let urls = if t.urls.is_empty() {
-            "(none)".to_string()
-        } else {
-            let keys: Vec<&str> = t.urls.keys().map(String::as_str).collect();
-            format!("{} override(s): {}", t.urls.len(), keys.join(", "))
-        };
-        line("urls", &urls);
-
-        line("[state]", &"");
-        line("dir", &self.state.dir.display());
-        line("[admin]", &"");
-        line("listen", &self.admin.listen);
-        line("[log]", &"");
-        line("format", &self.log.format.as_str());
-
+        let debounce = vec![
+            ("disconnect_grace", human(d.disconnect_grace)),
+            ("connect_grace", human(d.connect_grace)),
+            ("terminal_codes", format!("{:?}", d.terminal_codes)),
+            ("gateway_down_grace", down_grace),
+            ("flap_half_life", human(d.flap_half_life)),
+            ("flap_suppress", d.flap_suppress.to_string()),
+            ("flap_reuse", d.flap_reuse.to_string()),
+            ("flap_max_suppress", human(d.flap_max_suppress)),
+            ("storm_fraction", fraction),
+            ("storm_min_tenants", s.min_tenants.to_string()),
+            ("storm_window", human(s.window)),
+            ("storm_hold", human(s.hold)),
+        ];
+        let sections = [
+            ("gateway", gateway),
+            ("backend", self.backend.rows()),
+            ("debounce", debounce),
+            ("tenants", self.tenants.rows()),
+            ("state", vec![("dir", self.state.dir.display().to_string())]),
+            ("admin", vec![("listen", self.admin.listen.to_string())]),
+            ("log", vec![("format", format)]),
+        ];
+        let mut out = String::new();
+        for (section, rows) in sections {
+            out += &format!("[{section}]\n");
+            for (key, value) in rows {
+                out += &format!("  {key:<23} {value}\n");
+            }
+        }
         if !self.warnings.is_empty() {
-            out.push_str("warnings:\n");
+            out += "warnings:\n";
             for warning in &self.warnings {
-                out.push_str(&format!("  - {warning}\n"));
+                out += &format!("  - {warning}\n");
             }
         }
         // Ids and paths are the operator's, but a control character must not reach a terminal.
@@ -733,28 +678,21 @@ pub fn validate_tenant_id(id: &str) -> Result<(), String> {
     const RULE: &str =
         "a tenant id is non-empty, at most 128 bytes, with no whitespace or control characters";
     const PATH_RULE: &str = "a tenant id is 1 to 128 bytes, with no whitespace, control characters or `/`, and not `.` or `..` (it names a URL path segment and a record in the state dir)";
-    if id.is_empty() {
-        return Err(format!("empty tenant id; {RULE}"));
-    }
-    if id.len() > MAX_TENANT_ID_LEN {
-        let start: String = id.chars().take(16).flat_map(char::escape_debug).collect();
-        return Err(format!(
-            "tenant id `{start}...` is {} bytes long; {RULE}",
-            id.len()
-        ));
-    }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "tenant id {id:?} contains whitespace or a control character; {RULE}"
-        ));
-    }
-    if id.contains('/') {
-        return Err(format!("tenant id {id:?} contains `/`; {PATH_RULE}"));
-    }
-    if id == "." || id == ".." {
-        return Err(format!("tenant id {id:?} is not allowed; {PATH_RULE}"));
-    }
-    Ok(())
+    let start: String = id.chars().take(16).flat_map(char::escape_debug).collect();
+    let len = id.len();
+    let problem = match id {
+        "" => format!("empty tenant id; {RULE}"),
+        _ if len > MAX_TENANT_ID_LEN => {
+            format!("tenant id `{start}...` is {len} bytes long; {RULE}")
+        }
+        _ if id.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+            format!("tenant id {id:?} contains whitespace or a control character; {RULE}")
+        }
+        _ if id.contains('/') => format!("tenant id {id:?} contains `/`; {PATH_RULE}"),
+        "." | ".." => format!("tenant id {id:?} is not allowed; {PATH_RULE}"),
+        _ => return Ok(()),
+    };
+    Err(problem)
 }
 
 /// A URL fit for a log line, a reason or a summary: the password of `user:password@` and every
@@ -763,38 +701,27 @@ pub fn validate_tenant_id(id: &str) -> Result<(), String> {
 pub fn redact_url(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
     let (head, rest) = url.split_at(start);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let mut out = head.to_string();
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let password = if userinfo.contains(':') {
-                ":<redacted>"
-            } else {
-                ""
-            };
-            out.push_str(&format!("{user}{password}@{host}"));
-        }
-        None => out.push_str(authority),
-    }
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:<redacted>@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
     let (before_fragment, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
-    match before_fragment.split_once('?') {
-        Some((path, query)) => {
-            let pairs: Vec<String> = (query.split('&'))
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, "{tenant}")) => format!("{key}={{tenant}}"),
-                    Some((key, _)) => format!("{key}=<redacted>"),
-                    None if pair.is_empty() || pair == TENANT_PLACEHOLDER => pair.to_string(),
-                    None => "<redacted>".to_string(),
-                })
-                .collect();
-            out.push_str(&format!("{path}?{}", pairs.join("&")));
-        }
-        None => out.push_str(before_fragment),
-    }
-    out.push_str(fragment);
-    out
+    let Some((path, query)) = before_fragment.split_once('?') else {
+        return format!("{head}{authority}{tail}");
+    };
+    let pairs: Vec<String> = (query.split('&'))
+        .map(|pair| match pair.split_once('=') {
+            Some((key, TENANT_PLACEHOLDER)) => format!("{key}={TENANT_PLACEHOLDER}"),
+            Some((key, _)) => format!("{key}=<redacted>"),
+            None if pair.is_empty() || pair == TENANT_PLACEHOLDER => pair.to_string(),
+            None => "<redacted>".to_string(),
+        })
+        .collect();
+    format!("{head}{authority}{path}?{}{fragment}", pairs.join("&"))
 }
 
 /// Replaces every `{tenant}` in `template` with the percent-encoded tenant id.
@@ -808,9 +735,8 @@ fn fill_template(template: &str, tenant: &str) -> String {
 fn read_file(path: &Path) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind};
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
+    let file = std::fs::File::open(path)?;
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
@@ -821,28 +747,26 @@ fn read_file(path: &Path) -> std::io::Result<String> {
 /// `text` with every control character but those in `keep` escaped (`\u{1b}`), so that text
 /// from a file or the environment cannot move the cursor, recolour or retitle a terminal.
 fn escape_controls(text: &str, keep: &str) -> String {
-    if !text.chars().any(|c| c.is_control() && !keep.contains(c)) {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && !keep.contains(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    let escape = |c: char| match c.is_control() && !keep.contains(c) {
+        true => c.escape_debug().to_string(),
+        false => c.to_string(),
+    };
+    text.chars().map(escape).collect()
 }
 
-fn opt(value: Option<String>) -> String {
-    value.unwrap_or_else(|| "(none)".to_string())
+fn human(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+fn path(path: &Option<PathBuf>, none: &str) -> String {
+    path.as_ref()
+        .map_or(none.to_string(), |path| path.display().to_string())
 }
 
 fn list<S: AsRef<str>>(items: &[S]) -> String {
-    if items.is_empty() {
-        return "(none)".to_string();
-    }
     let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
-    items.join(", ")
+    match items.is_empty() {
+        true => NONE.to_string(),
+        false => items.join(", "),
+    }
 }

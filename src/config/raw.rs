@@ -2,9 +2,7 @@
 //! those types do not take are reported (with "did you mean" hints) and set aside, so that the
 //! deserialization, with `deny_unknown_fields`, cannot fail on them and hide other problems.
 
-use std::time::Duration;
-
-use serde::de::{DeserializeOwned, Deserializer, Error as _, Visitor};
+use serde::de::{DeserializeOwned, Deserializer};
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -23,222 +21,118 @@ pub(super) enum Setting<T> {
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Setting<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        Ok(match T::deserialize(value.clone()) {
-            Ok(typed) => Setting::Set(typed),
-            Err(_) => Setting::Bad(value),
-        })
+        Ok(T::deserialize(value.clone()).map_or(Setting::Bad(value), Setting::Set))
     }
 }
 
-/// A humane duration string ("60s", "5m", "1h 30m", "500ms"), parsed by humantime.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Humane(pub Duration);
+/// A key's path (`"gateway.url"`) and its setting, for the validation pass to report against.
+pub(super) type Key<'r, T> = (&'static str, &'r Setting<T>);
 
-impl<'de> Deserialize<'de> for Humane {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(text.trim())
-            .map(Humane)
-            .map_err(D::Error::custom)
-    }
+/// A duration as written: humane text ("60s", "1h 30m"), or a bare number, refused for its
+/// missing unit with a message of its own.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Span {
+    Text(String),
+    Bare(i64),
 }
 
-/// The whole file. Every section and key may be omitted.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawConfig {
-    pub gateway: RawGateway,
-    pub backend: RawBackend,
-    pub debounce: RawDebounce,
-    pub tenants: RawTenants,
-    pub state: RawState,
-    pub admin: RawAdmin,
-    pub log: RawLog,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawGateway {
-    pub mode: Setting<String>,
-    pub url: Setting<String>,
-    pub state_url: Setting<String>,
-    pub token: Setting<String>,
-    pub token_env: Setting<String>,
-    pub token_file: Setting<String>,
-    pub headers: Setting<Table>,
-    pub headers_env: Setting<Table>,
-    pub ca_file: Setting<String>,
-    pub ping_interval: Setting<Humane>,
-    pub idle_timeout: Setting<Humane>,
-    pub max_frame_size: Setting<i64>,
-    pub handshake_concurrency: Setting<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawBackend {
-    pub url: Setting<String>,
-    pub path: Setting<String>,
-    pub secret_file: Setting<String>,
-    pub signing_secret_file: Setting<String>,
-    pub ca_file: Setting<String>,
-    pub allow_plain_http: Setting<bool>,
-    pub timeout: Setting<Humane>,
-    pub connect_timeout: Setting<Humane>,
-    pub max_in_flight: Setting<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawDebounce {
-    pub disconnect_grace: Setting<Humane>,
-    pub connect_grace: Setting<Humane>,
-    pub terminal_codes: Setting<Vec<Value>>,
-    pub gateway_down_grace: Setting<Humane>,
-    pub flap_half_life: Setting<Humane>,
-    pub flap_suppress: Setting<f64>,
-    pub flap_reuse: Setting<f64>,
-    pub flap_max_suppress: Setting<Humane>,
-    pub storm_fraction: Setting<f64>,
-    pub storm_min_tenants: Setting<i64>,
-    pub storm_window: Setting<Humane>,
-    pub storm_hold: Setting<Humane>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawTenants {
-    pub ids: Setting<Vec<Value>>,
-    pub file: Setting<String>,
-    pub urls: Setting<Table>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawState {
-    pub dir: Setting<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawAdmin {
-    pub listen: Setting<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawLog {
-    pub format: Setting<String>,
-}
-
-/// The sections of the file, in the order problems are reported (the order of [`RawConfig`]).
-pub(super) fn sections() -> &'static [&'static str] {
-    keys_of::<RawConfig>()
-}
-
-/// The keys a section takes, as its serde type declares them: the one list of known keys.
-pub(super) fn section_keys(section: &str) -> &'static [&'static str] {
-    match section {
-        "gateway" => keys_of::<RawGateway>(),
-        "backend" => keys_of::<RawBackend>(),
-        "debounce" => keys_of::<RawDebounce>(),
-        "tenants" => keys_of::<RawTenants>(),
-        "state" => keys_of::<RawState>(),
-        "admin" => keys_of::<RawAdmin>(),
-        "log" => keys_of::<RawLog>(),
-        _ => &[],
-    }
-}
-
-/// The field names a derived `Deserialize` struct passes to `deserialize_struct`.
-fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-    impl<'de> Deserializer<'de> for Probe<'_> {
-        type Error = serde::de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(Self::Error::custom("not a struct"))
+/// Declares every section and key once: the serde types (each section also gets one method per
+/// key returning its [`Key`]), and the key lists the hints, the sort and the tests read.
+macro_rules! sections {
+    ($($section:ident: $Raw:ident { $($key:ident: $T:ty,)* })*) => {
+        /// The whole file. Every section and key may be omitted.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub(super) struct RawConfig { $(pub $section: $Raw,)* }
+        $(
+            #[derive(Debug, Default, Deserialize)]
+            #[serde(default, deny_unknown_fields)]
+            pub(super) struct $Raw { $($key: Setting<$T>,)* }
+            impl $Raw {
+                $(pub fn $key(&self) -> Key<'_, $T> {
+                    (concat!(stringify!($section), ".", stringify!($key)), &self.$key)
+                })*
+            }
+        )*
+        /// The sections of the file, in the order problems are reported.
+        pub(super) fn sections() -> &'static [&'static str] { &[$(stringify!($section)),*] }
+        /// The keys a section takes.
+        pub(super) fn section_keys(section: &str) -> &'static [&'static str] {
+            match section { $(stringify!($section) => &[$(stringify!($key)),*],)* _ => &[] }
         }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _name: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(Self::Error::custom("probed"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
-            ignored_any
-        }
+    };
+}
+
+sections! {
+    gateway: RawGateway {
+        mode: String, url: String, state_url: String,
+        token: String, token_env: String, token_file: String,
+        headers: Table, headers_env: Table, ca_file: String,
+        ping_interval: Span, idle_timeout: Span, max_frame_size: i64, handshake_concurrency: i64,
     }
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(Probe(&mut fields));
-    fields
+    backend: RawBackend {
+        url: String, path: String, secret_file: String, signing_secret_file: String,
+        ca_file: String, allow_plain_http: bool,
+        timeout: Span, connect_timeout: Span, max_in_flight: i64,
+    }
+    debounce: RawDebounce {
+        disconnect_grace: Span, connect_grace: Span, terminal_codes: Vec<Value>,
+        gateway_down_grace: Span, flap_half_life: Span, flap_suppress: f64, flap_reuse: f64,
+        flap_max_suppress: Span,
+        storm_fraction: f64, storm_min_tenants: i64, storm_window: Span, storm_hold: Span,
+    }
+    tenants: RawTenants { ids: Vec<Value>, file: String, urls: Table, }
+    state: RawState { dir: String, }
+    admin: RawAdmin { listen: String, }
+    log: RawLog { format: String, }
 }
 
 /// Removes from `root` every section that is not a table and every key no serde type takes, and
-/// returns a problem for each (with a hint where one is plausible).
+/// returns the problems with both (the second with a hint where one is plausible).
 pub(super) fn take_unknown_keys(root: &mut Table) -> (Vec<Problem>, Vec<Problem>) {
-    let sections = sections();
+    let (sections, all) = (self::sections(), self::sections().join(", "));
     // Where else a key is valid, for "`secret_file` belongs in [backend]" hints.
-    let elsewhere = |key: &str, except: &str| -> Vec<String> {
-        (sections.iter())
-            .filter(|s| **s != except && section_keys(s).contains(&key))
-            .map(|s| format!("`{s}.{key}`"))
-            .collect()
+    let elsewhere = |key: &str, except: &str| {
+        let found = sections
+            .iter()
+            .filter(|s| **s != except && section_keys(s).contains(&key));
+        let found: Vec<String> = found.map(|s| format!("`{s}.{key}`")).collect();
+        found.join(" or ")
     };
     let (mut not_tables, mut unknown) = (Vec::new(), Vec::new());
     root.retain(|key, value| {
-        if !sections.contains(&key) {
-            let message = if let Some(hint) = closest(key, sections) {
-                format!("unknown section; did you mean `[{hint}]`?")
-            } else {
-                let other = elsewhere(key, "");
-                if other.is_empty() {
-                    let kind = if value.is_table() { "section" } else { "top-level key" };
-                    format!("unknown {kind}; the sections are: {}", sections.join(", "))
-                } else {
-                    format!(
-                        "unknown top-level key; did you mean {} (under its section)?",
-                        other.join(" or ")
-                    )
-                }
+        let known = section_keys(key);
+        if known.is_empty() {
+            let kind = if value.is_table() { "section" } else { "top-level key" };
+            let message = match (closest(key, sections), elsewhere(key, "")) {
+                (Some(hint), _) => format!("unknown section; did you mean `[{hint}]`?"),
+                (_, also) if also.is_empty() => format!("unknown {kind}; the sections are: {all}"),
+                (_, also) => format!("unknown top-level key; did you mean {also} (under its section)?"),
             };
-            let path = key_path("", key).trim_start_matches('.').to_string();
-            unknown.push(Problem::new(path, message));
+            unknown.push(Problem::new(key_path("", key).split_off(1), message));
             return false;
         }
         let Value::Table(table) = value else {
-            not_tables.push(Problem::new(
-                key,
-                format!("expected a table (a `[{key}]` section), found {}", describe(value)),
-            ));
+            let found = describe(value);
+            let message = format!("expected a table (a `[{key}]` section), found {found}");
+            not_tables.push(Problem::new(key, message));
             return false;
         };
-        let known = section_keys(key);
         table.retain(|name, _| {
             if known.contains(&name) {
                 return true;
             }
-            let message = if let Some(hint) = closest(name, known) {
-                format!("unknown key; did you mean `{hint}`?")
-            } else if key == "backend" && name.to_ascii_lowercase().contains("secret") {
-                format!("unknown key; {}", missing_secret_help())
-            } else if key == "log" && name == "level" {
-                "unknown key; the log level comes from env RUST_LOG (e.g. RUST_LOG=debug), default info"
-                    .to_string()
-            } else {
-                match elsewhere(name, key) {
-                    other if other.is_empty() => {
-                        format!("unknown key; [{key}] takes: {}", known.join(", "))
-                    }
-                    other => format!(
-                        "unknown key in [{key}]; did you mean {}?",
-                        other.join(" or ")
-                    ),
-                }
+            let message = match (closest(name, known), elsewhere(name, key)) {
+                (Some(hint), _) => format!("unknown key; did you mean `{hint}`?"),
+                _ if key == "backend" && name.to_ascii_lowercase().contains("secret") => format!(
+                    "unknown key; the shared secret is never written in the config file; give it as env {ENV_SHARED_SECRET}, \
+                     or in a file named by backend.secret_file, or as the systemd credential `{CREDENTIAL_NAME}` \
+                     (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})"
+                ),
+                _ if key == "log" && name == "level" => "unknown key; the log level comes from env RUST_LOG (e.g. RUST_LOG=debug), default info".to_string(),
+                (_, also) if also.is_empty() => format!("unknown key; [{key}] takes: {}", known.join(", ")),
+                (_, also) => format!("unknown key in [{key}]; did you mean {also}?"),
             };
             unknown.push(Problem::new(key_path(key, name), message));
             false
@@ -248,37 +142,26 @@ pub(super) fn take_unknown_keys(root: &mut Table) -> (Vec<Problem>, Vec<Problem>
     (not_tables, unknown)
 }
 
-pub(super) fn missing_secret_help() -> String {
-    format!(
-        "the shared secret is never written in the config file; give it as env {ENV_SHARED_SECRET}, \
-         or in a file named by backend.secret_file, or as the systemd credential `{CREDENTIAL_NAME}` \
-         (LoadCredential={CREDENTIAL_NAME}:/path, read from ${ENV_CREDENTIALS_DIRECTORY}/{CREDENTIAL_NAME})"
-    )
-}
-
 /// `prefix.key`, with the key quoted as TOML would need it when it is not a bare key.
 pub(super) fn key_path(prefix: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if bare {
-        format!("{prefix}.{key}")
-    } else {
-        format!("{prefix}.{key:?}")
+    let bare = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    match !key.is_empty() && key.bytes().all(bare) {
+        true => format!("{prefix}.{key}"),
+        false => format!("{prefix}.{key:?}"),
     }
 }
 
-pub(super) fn article(type_name: &str) -> String {
-    match type_name {
-        "integer" | "array" => format!("an {type_name}"),
-        other => format!("a {other}"),
+/// "an integer", "a string": the TOML type of a value, without the value.
+pub(super) fn article(value: &Value) -> String {
+    match value.type_str() {
+        kind @ ("integer" | "array") => format!("an {kind}"),
+        kind => format!("a {kind}"),
     }
 }
 
 /// "an integer (60)", "a string (\"x\")", "a table": names the type and shows short scalars.
 pub(super) fn describe(value: &Value) -> String {
-    let kind = article(value.type_str());
+    let kind = article(value);
     match value {
         Value::Integer(n) => format!("{kind} ({n})"),
         Value::Float(x) => format!("{kind} ({x})"),
@@ -293,8 +176,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
+        let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
             let substitute = prev[j] + usize::from(ca != *cb);
             cur.push(substitute.min(prev[j + 1] + 1).min(cur[j] + 1));
@@ -311,8 +193,7 @@ fn closest<'k>(name: &str, candidates: &[&'k str]) -> Option<&'k str> {
         return None;
     }
     let name = name.to_ascii_lowercase();
-    candidates
-        .iter()
+    (candidates.iter())
         .map(|candidate| (edit_distance(&name, candidate), *candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len().max(name.len()) / 3).max(1))
         .min_by_key(|(distance, _)| *distance)

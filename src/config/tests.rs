@@ -327,6 +327,40 @@ fn every_mistake_is_reported_with_its_path() {
     assert!(!shown.contains("hunter2"), "{shown}");
 }
 
+/// A refused value stands in as its key's default for the rest of the pass; a rule relating it
+/// to another key must not then report a second, misleading problem about that other key.
+#[test]
+fn a_refused_value_is_not_held_against_the_keys_it_relates_to() {
+    let text = MINIMAL
+        .replace("ws://gw:3001/ws/{tenant}", "ws://gw/ws")
+        .replace("https://backend:8000", "http://10.0.0.5")
+        .replace(
+            "[gateway]",
+            "[gateway]\nmode = \"sharded\"\nping_interval = \"abc\"\nidle_timeout = \"10s\"\ntoken = \"t\"\ntoken_env = 5",
+        )
+        .replace(
+            "[backend]",
+            "[backend]\nallow_plain_http = \"yes\"\nsecret_file = 5",
+        )
+        + "\n[debounce]\nflap_suppress = \"x\"\nflap_reuse = 5000\nflap_half_life = \"soon\"\nflap_max_suppress = \"10m\"";
+    // Without the guard: the URL would be checked against per-tenant mode, idle_timeout against
+    // the default ping_interval, the token against token_env, the plain http:// URL against
+    // allow_plain_http = false, the missing secret reported, and flap_reuse and
+    // flap_max_suppress against the defaults of flap_suppress and flap_half_life.
+    let err = fail_with(&text, &[("X", "y")]);
+    let expected = BTreeSet::from([
+        "gateway.mode",
+        "gateway.ping_interval",
+        "gateway.token_env",
+        "backend.allow_plain_http",
+        "backend.secret_file",
+        "debounce.flap_suppress",
+        "debounce.flap_half_life",
+    ]);
+    assert_eq!(paths(&err), expected, "{err}");
+    assert_eq!(err.problems.len(), expected.len(), "{err}");
+}
+
 #[test]
 fn unknown_keys_get_hints() {
     let text = format!("{MINIMAL}\n[gatway]\nurl = \"x\"\n[admin]\nlisen = \"127.0.0.1:1\"\nsecret_file = \"/s\"\n");
