@@ -42,13 +42,15 @@
 //! gateway records, per link, the time from its open to its first ping from the sidecar, between
 //! two pings, and from its last ping to the end of the run. The bar: every link pinged, no gap
 //! over `ping_interval` (20 s) + 2 s, and no link closed by the sidecar (an idle-timeout
-//! reconnect would be one).
+//! reconnect would be one). A fleet run needs `--idle-secs` of at least 20 for every link to ping.
 //!
 //! `--fsync-delay-ms MS` puts the state dir behind a slow disk: the sidecar sleeps MS before every
 //! fsync (`WA_SIDECAR_FSYNC_DELAY_MS`, read only by a binary built with the `fault-injection`
 //! feature, so the bench insists on being built with it). A sampler reads the syscall the
 //! sidecar's `journal-disk` thread is in every 2 ms and reports the injected sleeps it saw, so a
-//! run whose hook did not take effect fails instead of passing on a fast disk.
+//! run whose hook did not take effect fails instead of passing on a fast disk; the latency phase
+//! then also reports the closes whose way to the backend overlapped such a sleep
+//! (`events_during_fsync`, `max_during_fsync_ms`): the ones disk latency would have slowed.
 //!
 //! Options: `--tenants N` (1000), `--idle-secs S` (20), `--events M` and `--rate R` for the
 //! latency phase (1000, 1000 a second), `--storm`, `--storm-hold-secs S` (180),
@@ -653,40 +655,62 @@ impl Sidecar {
 struct DiskSamples {
     /// The thread was found.
     found: bool,
-    /// Distinct sleeps seen (the thread sleeps only for the injected delay) and the longest.
-    sleeps: usize,
-    longest: Duration,
+    /// Every sleep seen (the thread sleeps only for the injected delay): from the first sample
+    /// that saw it to the last.
+    sleeps: Vec<(Instant, Instant)>,
+}
+
+impl DiskSamples {
+    fn longest(&self) -> Duration {
+        self.sleeps
+            .iter()
+            .map(|(from, to)| *to - *from)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Whether a sleep was in progress at some point of `from..to` (give or take a sample).
+    fn overlaps(&self, from: Instant, to: Instant) -> bool {
+        self.sleeps
+            .iter()
+            .any(|(a, b)| *a <= to + SAMPLE_EVERY && from <= *b + SAMPLE_EVERY)
+    }
 }
 
 /// Reads `/proc/PID/task/TID/syscall` of the disk thread every [`SAMPLE_EVERY`] until `stop`.
 /// Sleeping there (nanosleep, clock_nanosleep) is the injected delay before an fsync.
-fn sample_disk_thread(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<DiskSamples> {
+fn sample_disk_thread(
+    pid: u32,
+    samples: Arc<Mutex<DiskSamples>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut samples = DiskSamples::default();
         let mut task: Option<PathBuf> = None;
-        let mut asleep_since: Option<Instant> = None;
+        let mut asleep = false;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(SAMPLE_EVERY);
-            if task.is_none() {
+            let Some(task) = &task else {
                 task = find_thread(pid, "journal-disk");
-                samples.found = task.is_some();
+                samples.lock().unwrap().found = task.is_some();
                 continue;
-            }
-            let syscall = task
-                .as_ref()
-                .and_then(|t| std::fs::read_to_string(t.join("syscall")).ok())
+            };
+            let syscall = std::fs::read_to_string(task.join("syscall"))
+                .ok()
                 .and_then(|s| s.split_whitespace().next()?.parse::<libc::c_long>().ok());
-            let asleep = matches!(syscall, Some(n) if n == libc::SYS_clock_nanosleep || n == libc::SYS_nanosleep);
-            match (asleep, asleep_since) {
-                (true, None) => {
-                    asleep_since = Some(Instant::now());
-                    samples.sleeps += 1;
+            let now = Instant::now();
+            let was_asleep = asleep;
+            asleep = matches!(syscall, Some(n) if n == libc::SYS_clock_nanosleep || n == libc::SYS_nanosleep);
+            let mut samples = samples.lock().unwrap();
+            match (was_asleep, asleep) {
+                (false, true) => samples.sleeps.push((now, now)),
+                (true, true) => {
+                    if let Some(last) = samples.sleeps.last_mut() {
+                        last.1 = now;
+                    }
                 }
-                (true, Some(since)) => samples.longest = samples.longest.max(since.elapsed()),
-                (false, _) => asleep_since = None,
+                _ => {}
             }
         }
-        samples
     })
 }
 
@@ -822,12 +846,14 @@ impl Bars {
 
 // ---------------------------------------------------------------------------------------------
 
-/// What every run shares: the gateway, the backend and the started sidecar.
+/// What every run shares: the gateway, the backend, the started sidecar and what the slow-disk
+/// sampler sees of it.
 struct Fleet {
     n: usize,
     gateway: Arc<Gateway>,
     backend: Arc<Backend>,
     sidecar: Sidecar,
+    disk: Arc<Mutex<DiskSamples>>,
 }
 
 async fn run(args: &Args) -> bool {
@@ -871,10 +897,11 @@ async fn run(args: &Args) -> bool {
         .spawn()
         .unwrap_or_else(|e| fail(&format!("cannot start {}: {e}", args.bin.display())));
     let sidecar = Sidecar { child, admin, log };
-    let sampling = Arc::new(AtomicBool::new(false));
+    let sampling_done = Arc::new(AtomicBool::new(false));
+    let disk = Arc::new(Mutex::new(DiskSamples::default()));
     let sampler = args
         .fsync_delay
-        .map(|_| sample_disk_thread(sidecar.pid(), sampling.clone()));
+        .map(|_| sample_disk_thread(sidecar.pid(), disk.clone(), sampling_done.clone()));
     let links_up = wait_for(big, || gateway.open.load(Ordering::SeqCst) >= n)
         .await
         .map(|_| started.elapsed());
@@ -901,6 +928,7 @@ async fn run(args: &Args) -> bool {
         gateway,
         backend,
         sidecar,
+        disk,
     };
     let (name, figures) = if args.storm {
         ("fleet-storm", storm_run(args, &mut fleet, &mut bars).await)
@@ -923,8 +951,10 @@ async fn run(args: &Args) -> bool {
     let (_, peak) = fleet.sidecar.memory();
     let alive = fleet.sidecar.alive();
     let tail = fleet.sidecar.log_tail();
-    sampling.store(true, Ordering::Relaxed);
-    let disk = sampler.map(|s| s.join().unwrap_or_default());
+    sampling_done.store(true, Ordering::Relaxed);
+    if let Some(sampler) = sampler {
+        let _ = sampler.join();
+    }
     fleet.sidecar.stop().await;
 
     let slow_disk = args.fsync_delay.is_some_and(|d| !d.is_zero());
@@ -940,21 +970,22 @@ async fn run(args: &Args) -> bool {
         pinged < n || max_gap > PING_INTERVAL + PING_SLACK || dropped > 0,
     );
     bars.check_ci(!alive, "run");
-    let disk_figures = match (&disk, args.fsync_delay) {
-        (Some(disk), Some(delay)) => {
+    let disk_figures = match args.fsync_delay {
+        Some(delay) => {
+            let disk = fleet.disk.lock().unwrap();
             // The hook is in effect if the disk thread was seen asleep for about the delay.
-            let seen = disk.sleeps > 0 && disk.longest * 2 >= delay;
+            let seen = disk.longest() * 2 >= delay;
             if slow_disk {
                 bars.check_ci(!disk.found || !seen, "fsync_delay_not_seen");
             }
             format!(
                 " fsync_delay_ms={} slow_fsyncs_seen={} longest_fsync_sleep_ms={:.0}",
                 delay.as_millis(),
-                disk.sleeps,
-                disk.longest.as_secs_f64() * 1000.0
+                disk.sleeps.len(),
+                disk.longest().as_secs_f64() * 1000.0
             )
         }
-        _ => String::new(),
+        None => String::new(),
     };
     println!(
         "{name} {start_figures} {figures} pings={pings} links_pinged={pinged} \
@@ -991,6 +1022,7 @@ async fn fleet_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
         gateway,
         backend,
         sidecar,
+        disk,
     } = fleet;
     let n = *n;
     let close_401: Utf8Bytes =
@@ -1020,7 +1052,7 @@ async fn fleet_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
         gateway.send(i, &close_401);
     }
     let delivered = wait_for(Duration::from_secs(30), || backend.count(from, false) >= m).await;
-    let mut latencies: Vec<Duration> = {
+    let timed: Vec<(Instant, Duration)> = {
         let calls = backend.calls.lock().unwrap();
         let mut first = vec![None; m];
         for c in calls[from..]
@@ -1032,10 +1064,21 @@ async fn fleet_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
         first
             .iter()
             .zip(&sent_at)
-            .filter_map(|(at, sent)| at.map(|at| at.saturating_duration_since(*sent)))
+            .filter_map(|(at, sent)| at.map(|at| (*sent, at.saturating_duration_since(*sent))))
             .collect()
     };
+    let mut latencies: Vec<Duration> = timed.iter().map(|(_, latency)| *latency).collect();
     latencies.sort();
+    // The closes whose way to the backend overlapped an injected fsync sleep: if disk latency
+    // reached the webhook calls, these would be the slow ones.
+    let near_fsync: Vec<Duration> = {
+        let disk = disk.lock().unwrap();
+        timed
+            .iter()
+            .filter(|(sent, latency)| disk.overlaps(*sent, *sent + *latency))
+            .map(|(_, latency)| *latency)
+            .collect()
+    };
     let back_from = backend.len();
     for i in 0..m {
         gateway.send(i, &open);
@@ -1101,7 +1144,7 @@ async fn fleet_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
          kib_above_base={kib_above_base:.2} idle_cpu_pct={idle_cpu_pct:.2} events={m} \
          rate={rate}/s p50_ms={p50} p99_ms={p99} max_ms={max} restart_reconnect_s={reconnect} \
          restart_calls={storm1_calls} restart_cpu_s={storm1_cpu:.2}/{storm1_wall:.1}s \
-         logout_s={logout} logout_cpu_s={storm2_cpu:.2} rss_logged_out_mib={rss_out:.1}",
+         logout_s={logout} logout_cpu_s={storm2_cpu:.2} rss_logged_out_mib={rss_out:.1}{near}",
         rss_mib = rss as f64 / 1024.0,
         rate = args.rate,
         p50 = ms(p50),
@@ -1110,6 +1153,15 @@ async fn fleet_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
         reconnect = secs(reconnected),
         logout = secs(logout),
         rss_out = rss_logged_out as f64 / 1024.0,
+        near = if slow_disk {
+            format!(
+                " events_during_fsync={} max_during_fsync_ms={}",
+                near_fsync.len(),
+                ms(near_fsync.iter().copied().max().unwrap_or_default())
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -1120,6 +1172,7 @@ async fn storm_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
         gateway,
         backend,
         sidecar,
+        ..
     } = fleet;
     let n = *n;
     let k = storm_size(n);
