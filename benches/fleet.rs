@@ -1195,6 +1195,7 @@ async fn storm_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
     }
     // The detector has seen every drop well within this; the debouncer holds them from the start.
     sleep(Duration::from_secs(2)).await;
+    let drop_cpu = sidecar.cpu() - cpu0;
     let healed_active = sidecar.metric(active).await;
     let healed_down = sidecar.metric(down).await;
     let (healed_rss, _) = sidecar.memory();
@@ -1231,10 +1232,12 @@ async fn storm_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
     let (lasting_rss, _) = sidecar.memory();
     let hold_end = t1 + hold;
     sleep_until(hold_end).await;
+    let release_cpu0 = sidecar.cpu();
     let released = wait_for(BAR_STORM_RELEASE * 3, || backend.count(from, false) >= k).await;
     // Room for a duplicate or a stray `connected` to show up.
     sleep(Duration::from_secs(2)).await;
     let lasting_cpu = sidecar.cpu() - cpu0;
+    let release_cpu = sidecar.cpu() - release_cpu0;
     let lasting_wall = t1.elapsed().as_secs_f64();
     let (calls, early, outage, tenants, first, last) = {
         let calls = backend.calls.lock().unwrap();
@@ -1273,14 +1276,15 @@ async fn storm_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
     bars.check(rss.max(healed_rss).max(lasting_rss) > BAR_RSS_KIB, "rss");
     format!(
         "dropped={k} storm_hold_s={hold} back_after_s={back} disconnect_grace_s={grace} \
-         rss_mib={rss_mib:.1} healed_storm_active={healed_active} \
+         rss_mib={rss_mib:.1} drop_cpu_s={drop_cpu:.2}/2s healed_storm_active={healed_active} \
          healed_storm_tenants_down={healed_down} healed_rss_mib={healed_rss:.1} \
          healed_storm_end_s={ended} healed_calls={healed_calls} \
          healed_cpu_s={healed_cpu:.2}/{healed_wall:.0}s lasting_storm_active={lasting_active} \
          lasting_storm_tenants_down={lasting_down} lasting_rss_mib={lasting_rss:.1} \
          lasting_calls={calls} lasting_tenants={tenants} lasting_outage_reason={outage} \
          lasting_before_hold_end={early} lasting_first_after_hold_s={first} \
-         lasting_all_after_hold_s={last} lasting_cpu_s={lasting_cpu:.2}/{lasting_wall:.0}s",
+         lasting_all_after_hold_s={last} release_cpu_s={release_cpu:.2} \
+         lasting_cpu_s={lasting_cpu:.2}/{lasting_wall:.0}s",
         hold = hold.as_secs(),
         back = args.storm_back.as_secs(),
         grace = args.disconnect_grace.map_or(60, |d| d.as_secs()),
