@@ -898,7 +898,7 @@ mod tests {
         Damping {
             penalty: 1000.5,
             penalty_at_ms: n,
-            flapping: n % 2 == 0,
+            flapping: n.is_multiple_of(2),
             stable: Some(Status::Disconnected),
         }
     }

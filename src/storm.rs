@@ -854,9 +854,9 @@ fn window_text(window: Duration) -> String {
         return format!("{}ms", window.as_millis());
     }
     let secs = window.as_secs();
-    if secs >= 2 * 3600 && secs % 3600 == 0 {
+    if secs >= 2 * 3600 && secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs >= 2 * 60 && secs % 60 == 0 {
+    } else if secs >= 2 * 60 && secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
