@@ -76,7 +76,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the admin listener. Kept apart from [`serve`] so a bind error stops start-up with a
 /// clear message before anything else runs.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
@@ -92,7 +92,7 @@ fn router(engine: Arc<Engine>) -> Router {
 }
 
 /// Serves the admin API until `stop` fires; then requests in progress get [`SHUTDOWN_GRACE`].
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: CancellationToken) {
     let app = router(engine.clone());
     let connections = Arc::new(Connections::default());
     let tasks = TaskTracker::new();

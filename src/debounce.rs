@@ -139,18 +139,18 @@ pub struct Restored {
 /// A decided change of stable state, to be delivered to the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    pub status: Status,
+    pub(crate) status: Status,
     /// Why the session is down; None for `connected`.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// When the episode began: the first Down observation of the drop, or the first Up of the
     /// recovery (the webhook's `X-Status-Changed-At`).
-    pub since: Instant,
+    pub(crate) since: Instant,
 }
 
 /// The last observation, summarised for the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Seen {
+pub(crate) enum Seen {
     Up,
     DownTransient,
     DownTerminal,
@@ -158,19 +158,19 @@ pub enum Seen {
 
 /// A tenant's debounce state for the admin API.
 #[derive(Debug, Clone, PartialEq)]
-pub struct View {
+pub(crate) struct View {
     /// Whether the gateway link is up, as last told by `link_up` / `link_down`.
-    pub link_up: bool,
+    pub(crate) link_up: bool,
     /// The last observation, if any arrived since the debouncer was created.
-    pub last: Option<Seen>,
+    pub(crate) last: Option<Seen>,
     /// The decided state.
-    pub stable: Option<Status>,
+    pub(crate) stable: Option<Status>,
     /// The change of stable state a running timer will decide, and when, unless something
     /// intervenes.
-    pub pending: Option<(Status, Instant)>,
+    pub(crate) pending: Option<(Status, Instant)>,
     /// The decayed flap penalty.
-    pub penalty: f64,
-    pub flapping: bool,
+    pub(crate) penalty: f64,
+    pub(crate) flapping: bool,
 }
 
 /// One tenant's debounce state machine. See the module documentation for the model.
@@ -330,7 +330,7 @@ impl Debouncer {
 
     /// [`Debouncer::observe`] during a mass outage: with `outage`, a drop this observation makes
     /// is held from the start (see [`Debouncer::hold`]) and is not counted as a flap.
-    pub fn observe_in_outage(
+    pub(crate) fn observe_in_outage(
         &mut self,
         now: Instant,
         policy: &Policy,
@@ -412,14 +412,14 @@ impl Debouncer {
     /// at `disconnect_grace`, and a drop made while held is not a flap, until
     /// [`Debouncer::release`] or the session coming back. Terminal downs are decided at once
     /// regardless, and so is a gateway outage.
-    pub fn hold(&mut self) {
+    pub(crate) fn hold(&mut self) {
         self.held = true;
     }
 
     /// Lifts the hold. A drop still down whose grace has run out is decided now, with `reason`,
     /// the outage's (its episode still began at its first Down); one that has not is decided at
     /// its grace, as any drop.
-    pub fn release(&mut self, now: Instant, policy: &Policy, reason: &str) {
+    pub(crate) fn release(&mut self, now: Instant, policy: &Policy, reason: &str) {
         if !std::mem::take(&mut self.held) {
             return;
         }
@@ -433,13 +433,13 @@ impl Debouncer {
     }
 
     /// Whether a mass-outage hold defers this tenant's disconnect now.
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         self.held
     }
 
     /// Whether the disconnect grace of a transient drop has run out at `now`, so a fleet-level
     /// hold would have to defer it now.
-    pub fn disconnect_due(&self, now: Instant, policy: &Policy) -> bool {
+    pub(crate) fn disconnect_due(&self, now: Instant, policy: &Policy) -> bool {
         matches!(self.timers(policy)[1], Some((at, _)) if at <= now)
     }
 
@@ -477,7 +477,7 @@ impl Debouncer {
 
     /// The flap penalty decayed to `now` (never below zero; `now` before the last flap counts as
     /// no decay).
-    pub fn penalty(&self, now: Instant, policy: &Policy) -> f64 {
+    pub(crate) fn penalty(&self, now: Instant, policy: &Policy) -> f64 {
         let damping = &self.damping;
         if damping.value <= 0.0 {
             return 0.0;
@@ -501,7 +501,7 @@ impl Debouncer {
     }
 
     /// A snapshot for the admin API.
-    pub fn view(&self, now: Instant, policy: &Policy) -> View {
+    pub(crate) fn view(&self, now: Instant, policy: &Policy) -> View {
         let pending = self
             .timers(policy)
             .into_iter()
@@ -681,7 +681,7 @@ impl Debouncer {
 
 /// `value` after `elapsed` of exponential decay with `half_life`. A zero half-life forgets at
 /// once (the division would give NaN); a value that is not a positive number decays to zero.
-pub fn decay(value: f64, elapsed: Duration, half_life: Duration) -> f64 {
+pub(crate) fn decay(value: f64, elapsed: Duration, half_life: Duration) -> f64 {
     if !(value.is_finite() && value > 0.0) {
         return 0.0;
     }
@@ -695,7 +695,7 @@ pub fn decay(value: f64, elapsed: Duration, half_life: Duration) -> f64 {
 
 /// Whether a drop is terminal per `policy`: reported at once, not debounced. Closed with a code in
 /// `terminal_codes` or with Baileys' "QR refs attempts ended"; a QR code shown; the session ended.
-pub fn is_terminal(policy: &Policy, cause: &DownCause) -> bool {
+pub(crate) fn is_terminal(policy: &Policy, cause: &DownCause) -> bool {
     match cause.kind {
         DownKind::Closed => {
             cause
@@ -724,7 +724,7 @@ pub fn is_terminal(policy: &Policy, cause: &DownCause) -> bool {
 ///
 /// Gateway text is trimmed, its control characters become spaces, and it is cut at
 /// 256 characters.
-pub fn describe(policy: &Policy, cause: &DownCause) -> String {
+pub(crate) fn describe(policy: &Policy, cause: &DownCause) -> String {
     let message = cause.message.as_deref().and_then(clean);
     match cause.kind {
         DownKind::Closed => match cause.code {

@@ -112,11 +112,6 @@ impl Deliveries {
         self.with(|o| o.set_webhook_url(url));
     }
 
-    /// The state the backend has or is owed for `tenant`.
-    pub fn stable(&self, tenant: &str) -> Option<crate::debounce::Status> {
-        self.read(|o| o.stable(tenant))
-    }
-
     pub fn view(&self, tenant: &str) -> Option<SlotView> {
         self.read(|o| o.view(tenant))
     }

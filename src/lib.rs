@@ -31,24 +31,24 @@
 pub mod admin;
 pub mod config;
 pub mod debounce;
-pub mod deliver;
+pub(crate) mod deliver;
 pub mod demo;
-pub mod link;
+pub(crate) mod link;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod observe;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod registry;
 pub mod sim;
 pub mod status;
-pub mod store;
+pub(crate) mod store;
 pub mod storm;
 pub mod system;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod timers;
-pub mod tls;
-pub mod webhook;
+pub(crate) mod timers;
+pub(crate) mod tls;
+pub(crate) mod webhook;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -34,7 +34,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
 /// The text format's field formatter: tracing-subscriber's layout (the message, then
 /// `name=value` pairs, `&str` values quoted), with control characters escaped everywhere.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct EscapedFields;
+pub(crate) struct EscapedFields;
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {

@@ -81,7 +81,7 @@ pub enum DownKind {
 pub struct Frame {
     /// The tenant the frame names, if any. Shared-mode links route on it; per-tenant links
     /// already know their tenant.
-    pub tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     /// What the frame says.
     pub update: Update,
 }
@@ -99,16 +99,16 @@ pub enum Update {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BaileysUpdate {
     /// `connection`: `open` | `connecting` | `close`.
-    pub connection: Option<Connection>,
+    pub(crate) connection: Option<Connection>,
     /// From `lastDisconnect.error`; `None` when the frame had no (or a `null`) `lastDisconnect`.
-    pub last_disconnect: Option<CloseInfo>,
+    pub(crate) last_disconnect: Option<CloseInfo>,
     /// A non-empty `qr` string was present: the session waits for a QR scan.
     pub qr: bool,
 }
 
 /// Baileys' `connection` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Connection {
+pub(crate) enum Connection {
     Open,
     Connecting,
     Close,
@@ -116,11 +116,11 @@ pub enum Connection {
 
 /// What `lastDisconnect` said about a close.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CloseInfo {
+pub(crate) struct CloseInfo {
     /// Boom `output.statusCode` (or a plain error's `statusCode`/`status`).
-    pub code: Option<u16>,
+    pub(crate) code: Option<u16>,
     /// Boom `output.payload.message` (or a plain error's `message`, or the error string itself).
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 /// Why a frame was ignored; [`Ignored::as_str`] gives a stable snake_case metric label.
@@ -145,7 +145,7 @@ pub enum Ignored {
 
 impl Ignored {
     /// Every kind, so metrics can register all labels up front.
-    pub const ALL: [Ignored; 7] = [
+    pub(crate) const ALL: [Ignored; 7] = [
         Ignored::Binary,
         Ignored::NotJson,
         Ignored::NotAnObject,
@@ -156,7 +156,7 @@ impl Ignored {
     ];
 
     /// A stable snake_case label for metrics and logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Ignored::Binary => "binary",
             Ignored::NotJson => "not_json",
@@ -252,22 +252,25 @@ impl SessionView {
     }
 
     /// Forgets everything merged so far.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = SessionView::default();
     }
 
     /// The last `connection` value merged.
-    pub fn connection(&self) -> Option<Connection> {
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> Option<Connection> {
         self.connection
     }
 
     /// The `lastDisconnect` a bare close would report now.
-    pub fn last_disconnect(&self) -> Option<&CloseInfo> {
+    #[cfg(test)]
+    pub(crate) fn last_disconnect(&self) -> Option<&CloseInfo> {
         self.last_disconnect.as_ref()
     }
 
     /// Whether a QR code was shown since the session was last open.
-    pub fn qr_shown(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn qr_shown(&self) -> bool {
         self.qr
     }
 
@@ -449,7 +452,7 @@ fn waha_status(status: &str) -> Result<Observation, Ignored> {
 /// knows (the native body, a Baileys snapshot), WAHA's `GET /api/sessions/{session}`
 /// (`{"name": ..., "status": "WORKING", ...}`) or Evolution's
 /// `GET /instance/connectionState/{instance}` (`{"instance": {"instanceName": ..., "state": "open"}}`).
-pub fn parse_state(text: &str) -> Result<Frame, Ignored> {
+pub(crate) fn parse_state(text: &str) -> Result<Frame, Ignored> {
     let first = match parse(text) {
         Ok(frame) => return Ok(frame),
         Err(e) => e,
@@ -546,7 +549,7 @@ const MAX_TENANT_BYTES: usize = 128;
 
 /// The longest text kept from a frame (SPEC 3 rev 12): a reason or message longer than this is
 /// cut, so whatever a gateway sends, a tenant's memory stays bounded.
-pub const MAX_TEXT_CHARS: usize = 256;
+pub(crate) const MAX_TEXT_CHARS: usize = 256;
 
 /// The string value of a key: missing or `null` is `Ok(None)`, another type is `WrongType`.
 fn string<'r>(value: &'r Option<Scalar<'_>>) -> Result<Option<&'r str>, Ignored> {

@@ -445,6 +445,7 @@ impl Outbox {
     }
 
     /// Requests in flight.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -505,15 +506,6 @@ impl Outbox {
             .iter()
             .filter(|(_, s)| !s.configured)
             .map(|(t, _)| t)
-    }
-
-    /// The state the backend has or is owed for `tenant`: the debouncer's starting point.
-    pub fn stable(&self, tenant: &str) -> Option<Status> {
-        let slot = self.slots.get(tenant)?;
-        slot.owed
-            .as_ref()
-            .map(|o| o.status)
-            .or(slot.reported.as_ref().map(|r| r.status))
     }
 
     fn retry_all_now(&mut self) {

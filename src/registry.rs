@@ -83,12 +83,12 @@ enum SharedLink {
 }
 
 /// The tenant map and everything an entry point needs besides it.
-pub struct Registry {
+pub(crate) struct Registry {
     /// Boxed: the map's tables keep about 40% of their slots empty, and a slot is a key and a
     /// pointer (24 bytes) rather than a 0.5 KiB record (3 MiB less at 10,000 tenants).
     tenants: DashMap<TenantId, Box<Tenant>>,
     config: RwLock<Arc<Config>>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     deliveries: Arc<Deliveries>,
     store: Arc<Store>,
     timers: timers::Sender,
@@ -102,7 +102,7 @@ pub struct Registry {
 impl Registry {
     /// Builds the map from the configured tenants, seeding each from its stored record, and
     /// hands every stored record to the outbox (those of unconfigured tenants to finish and go).
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         restored: store::Restored,
         metrics: Arc<Metrics>,
@@ -155,13 +155,13 @@ impl Registry {
         registry
     }
 
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
     }
 
     /// Applies a reloaded config: new settings, tenants added and removed. Returns the tenants
     /// added and removed, so the caller can start and stop their links.
-    pub fn reload(&self, config: Arc<Config>, now: Now) -> (Vec<TenantId>, Vec<TenantId>) {
+    pub(crate) fn reload(&self, config: Arc<Config>, now: Now) -> (Vec<TenantId>, Vec<TenantId>) {
         let old = std::mem::replace(&mut *self.config.write().unwrap(), config.clone());
         let mut shared = self.shared_link.lock().unwrap();
         if old.gateway.mode != config.gateway.mode || old.gateway.url != config.gateway.url {
@@ -262,18 +262,18 @@ impl Registry {
     }
 
     /// Whether the tenant is configured.
-    pub fn is_configured(&self, tenant: &str) -> bool {
+    pub(crate) fn is_configured(&self, tenant: &str) -> bool {
         self.tenants.contains_key(tenant)
     }
 
     /// Every configured tenant.
-    pub fn tenant_ids(&self) -> Vec<TenantId> {
+    pub(crate) fn tenant_ids(&self) -> Vec<TenantId> {
         self.tenants.iter().map(|t| t.key().clone()).collect()
     }
 
     /// Handles one text frame from `tenant`'s own link. A frame that names another tenant is
     /// foreign: it changes nothing, for either tenant (SPEC 3 rev 12).
-    pub fn frame(&self, tenant: &str, text: &str, now: Now) {
+    pub(crate) fn frame(&self, tenant: &str, text: &str, now: Now) {
         match observe::parse(text) {
             Ok(frame) => match frame.tenant {
                 Some(named) if named != tenant => {
@@ -289,7 +289,7 @@ impl Registry {
     /// The state a `state_url` fetch returned for `tenant`, fetched when its frame count was
     /// `mark` (see [`Registry::observations`]): applied only if no frame arrived meanwhile,
     /// since a frame is newer news than an answer to a request sent before it.
-    pub fn state_fetched(&self, tenant: &str, text: &str, mark: u64, now: Now) {
+    pub(crate) fn state_fetched(&self, tenant: &str, text: &str, mark: u64, now: Now) {
         match observe::parse_state(text) {
             Ok(frame) => match frame.tenant {
                 Some(named) if named != tenant => {
@@ -303,12 +303,12 @@ impl Registry {
     }
 
     /// How many frames `tenant` has applied, to stamp a `state_url` fetch with.
-    pub fn observations(&self, tenant: &str) -> Option<u64> {
+    pub(crate) fn observations(&self, tenant: &str) -> Option<u64> {
         self.tenants.get(tenant).map(|t| t.observations)
     }
 
     /// Handles one text frame from the shared link: the tenant comes from the frame.
-    pub fn shared_frame(&self, text: &str, now: Now) {
+    pub(crate) fn shared_frame(&self, text: &str, now: Now) {
         match observe::parse(text) {
             Ok(frame) => match frame.tenant {
                 Some(tenant) if self.is_configured(&tenant) => {
@@ -325,7 +325,7 @@ impl Registry {
     }
 
     /// Counts an ignored frame and logs it at most once a minute per link.
-    pub fn ignored(&self, link: &str, kind: Ignored, now: Now) {
+    pub(crate) fn ignored(&self, link: &str, kind: Ignored, now: Now) {
         self.metrics.frame_ignored(kind);
         self.noise(link, kind.as_str(), now);
     }
@@ -519,7 +519,7 @@ impl Registry {
     }
 
     /// The gateway link of `tenant` is up.
-    pub fn link_up(&self, tenant: &str, now: Now) {
+    pub(crate) fn link_up(&self, tenant: &str, now: Now) {
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
@@ -543,7 +543,7 @@ impl Registry {
     }
 
     /// The gateway link of `tenant` is down (or a connect attempt failed).
-    pub fn link_down(&self, tenant: &str, error: &str, now: Now) {
+    pub(crate) fn link_down(&self, tenant: &str, error: &str, now: Now) {
         let Some(mut entry) = self.tenants.get_mut(tenant) else {
             return;
         };
@@ -570,7 +570,7 @@ impl Registry {
     }
 
     /// The shared link is up: every configured tenant is linked, now and as they are added.
-    pub fn shared_link_up(&self, now: Now) {
+    pub(crate) fn shared_link_up(&self, now: Now) {
         let mut shared = self.shared_link.lock().unwrap();
         *shared = SharedLink::Up;
         let config = self.config();
@@ -582,7 +582,7 @@ impl Registry {
     }
 
     /// The shared link is down: every configured tenant is unlinked, now and as they are added.
-    pub fn shared_link_down(&self, error: &str, now: Now) {
+    pub(crate) fn shared_link_down(&self, error: &str, now: Now) {
         let mut shared = self.shared_link.lock().unwrap();
         *shared = SharedLink::Down(error.into());
         let config = self.config();
@@ -594,7 +594,7 @@ impl Registry {
     }
 
     /// A timer of `tenant` is due.
-    pub fn timeout(&self, tenant: &str, now: Now) {
+    pub(crate) fn timeout(&self, tenant: &str, now: Now) {
         if tenant == STORM_TIMER {
             self.with_fleet(now, |fleet, policy| {
                 fleet.scheduled = None;
@@ -688,7 +688,7 @@ impl Registry {
     }
 
     /// One tenant's state for the admin API: configured, or removed and still owing.
-    pub fn tenant_view(&self, tenant: &str, now: Now) -> Option<TenantView> {
+    pub(crate) fn tenant_view(&self, tenant: &str, now: Now) -> Option<TenantView> {
         let config = self.config();
         let slot = self.deliveries.view(tenant);
         let mut view = match self.tenants.get(tenant) {
@@ -703,13 +703,13 @@ impl Registry {
     }
 
     /// The mass outage in progress or still holding drops, if any.
-    pub fn storm(&self, now: Now) -> Option<StormView> {
+    pub(crate) fn storm(&self, now: Now) -> Option<StormView> {
         let config = self.config();
         storm_view(&self.fleet.lock().unwrap().detector, &config.storm, now)
     }
 
     /// Every tenant's state (configured, and removed but still owing), sorted by id.
-    pub fn views(&self, now: Now) -> Vec<TenantView> {
+    pub(crate) fn views(&self, now: Now) -> Vec<TenantView> {
         let mut ids: Vec<TenantId> = self.tenant_ids();
         ids.extend(self.deliveries.unconfigured());
         let views: BTreeMap<TenantId, TenantView> = ids
@@ -717,15 +717,6 @@ impl Registry {
             .filter_map(|id| Some((id.clone(), self.tenant_view(&id, now)?)))
             .collect();
         views.into_values().collect()
-    }
-
-    /// The number of configured tenants.
-    pub fn len(&self) -> usize {
-        self.tenants.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tenants.is_empty()
     }
 }
 
@@ -761,8 +752,10 @@ fn restore_of(record: &Record, policy: &Policy, now: Now) -> Restored {
     }
 }
 
-/// One tenant as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// One tenant as the admin API shows it, and as `status` reads it back (a field the answer
+/// lacks, from another version, takes its default).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TenantView {
     pub tenant: String,
     pub configured: bool,
@@ -782,10 +775,8 @@ pub struct TenantView {
     pub flap_penalty: f64,
     pub flapping: bool,
     /// This tenant's drop is held by a mass outage.
-    #[serde(default)]
     pub held: bool,
     /// The mass outage in progress or still holding drops, if any (the same for every tenant).
-    #[serde(default)]
     pub storm: Option<StormView>,
 }
 
@@ -793,18 +784,18 @@ pub struct TenantView {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StormView {
     /// In progress: transient drops join it.
-    pub active: bool,
-    pub since_secs_ago: u64,
+    pub(crate) active: bool,
+    pub(crate) since_secs_ago: u64,
     /// When the hold ends (or ended: 0), in seconds from now.
-    pub hold_ends_in_secs: u64,
+    pub(crate) hold_ends_in_secs: u64,
     /// Its hold has lifted: drops are reported as usual.
-    pub released: bool,
-    pub members: usize,
-    pub still_down: usize,
-    pub linked_at_start: usize,
+    pub(crate) released: bool,
+    pub(crate) members: usize,
+    pub(crate) still_down: usize,
+    pub(crate) linked_at_start: usize,
     /// Drops held now, over every storm still holding.
-    pub held: usize,
-    pub last_reason: String,
+    pub(crate) held: usize,
+    pub(crate) last_reason: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -825,6 +816,7 @@ pub struct OwedView {
     pub status: Status,
     pub reason: Option<String>,
     pub changed_at: String,
+    #[serde(default)]
     pub idempotency_key: String,
 }
 

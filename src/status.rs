@@ -3,38 +3,8 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::debounce::Status;
-
-/// The fields of the admin API's `/tenants` entries that the table shows.
-#[derive(Debug, Deserialize)]
-pub struct Row {
-    pub tenant: String,
-    pub link: String,
-    pub stable: Option<Status>,
-    pub reported: Option<Reported>,
-    pub owed: Option<Owed>,
-    #[serde(default)]
-    pub delivery_attempts: u32,
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub flapping: bool,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Reported {
-    pub status: Status,
-    pub reason: Option<String>,
-    pub at: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Owed {
-    pub status: Status,
-    pub reason: Option<String>,
-    pub changed_at: String,
-}
+use crate::registry::TenantView;
 
 /// Largest `/tenants` answer read: 10,000 tenants take about 4 MiB; four times that for margin.
 pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -44,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Fetches `/tenants` from the admin API at `admin` (e.g. `http://127.0.0.1:9464`). A redirect
 /// is not followed and at most [`BODY_LIMIT`] bytes are read (SPEC 2 rev 12): whatever answers
 /// on that address cannot send this command elsewhere or fill its memory.
-pub async fn fetch(admin: &str) -> Result<Vec<Row>, String> {
+pub async fn fetch(admin: &str) -> Result<Vec<TenantView>, String> {
     let url = format!("{}/tenants", admin.trim_end_matches('/'));
     let shown = crate::config::redact_url(&url);
     let tls =
@@ -97,7 +67,7 @@ pub async fn fetch(admin: &str) -> Result<Vec<Row>, String> {
 const REASON_WIDTH: usize = 60;
 
 /// Renders the rows as an aligned text table with a summary line.
-pub fn table(rows: &[Row]) -> String {
+pub fn table(rows: &[TenantView]) -> String {
     let mut lines = vec![[
         "TENANT".to_string(),
         "STATE".to_string(),
@@ -182,7 +152,7 @@ mod tests {
 
     #[test]
     fn the_table_shows_state_since_reason_and_owed_delivery() {
-        let rows: Vec<Row> = serde_json::from_str(
+        let rows: Vec<TenantView> = serde_json::from_str(
             r#"[
             {"tenant":"b1","link":"up","stable":"connected","reported":{"status":"connected","reason":null,"at":"2026-11-25T10:00:00.000Z"},"owed":null,"delivery_attempts":0,"last_error":null,"flapping":false},
             {"tenant":"b2","link":"up","stable":"disconnected","reported":{"status":"connected","reason":null,"at":"2026-11-25T10:00:00.000Z"},"owed":{"status":"disconnected","reason":"logged out (code 401): Connection Failure","changed_at":"2026-11-25T10:05:00.000Z"},"delivery_attempts":3,"last_error":"backend answered 503","flapping":false},

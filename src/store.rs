@@ -156,15 +156,6 @@ impl Record {
             owed: self.owed.clone(),
         }
     }
-
-    pub fn damping(&self) -> Damping {
-        Damping {
-            penalty: self.penalty,
-            penalty_at_ms: self.penalty_at_ms,
-            flapping: self.flapping,
-            stable: self.stable,
-        }
-    }
 }
 
 /// A mass-outage hold as stored, so that it survives a restart (see `storm::Saved`): when the
@@ -284,7 +275,6 @@ fn io_hint(err: &io::Error, path: &Path) -> String {
 #[derive(Debug)]
 pub struct Store {
     writer: writer::Handle,
-    dir: PathBuf,
 }
 
 impl Store {
@@ -361,13 +351,7 @@ impl Store {
             obsolete,
         };
         let writer = writer::Handle::start(dir.to_path_buf(), lock, on_disk, wake, options)?;
-        Ok((
-            Store {
-                writer,
-                dir: dir.to_path_buf(),
-            },
-            restored,
-        ))
+        Ok((Store { writer }, restored))
     }
 
     /// Hands the delivery half of `tenant`'s record to the writer (None: the tenant is gone, its
@@ -418,11 +402,6 @@ impl Store {
     /// Why the state is not durable right now; None while it is.
     pub fn failure(&self) -> Option<String> {
         self.writer.failure()
-    }
-
-    /// The state directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Writes everything handed over so far, compacts it into a fresh snapshot and stops the

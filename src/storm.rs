@@ -124,13 +124,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Default share of the linked tenants whose transient drops within the window make a storm.
-pub const DEFAULT_FRACTION: f64 = 0.2;
+pub(crate) const DEFAULT_FRACTION: f64 = 0.2;
 /// Default least number of drops for a storm: a handful of tenants is not an outage.
-pub const DEFAULT_MIN_TENANTS: usize = 20;
+pub(crate) const DEFAULT_MIN_TENANTS: usize = 20;
 /// Default window in which the drops must fall.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// Default hold: how long after a storm began its drops are held before being reported.
-pub const DEFAULT_HOLD: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_HOLD: Duration = Duration::from_secs(15 * 60);
 
 /// The reason's last close when no member's drop carried one (only `connecting` was seen).
 const RECONNECTING: &str = "session reconnecting";
@@ -280,7 +280,7 @@ struct Storm<T> {
 
 /// How many tenants must be down within the window for a storm, with `linked` tenants linked;
 /// None when the hold is off (`fraction` 0, negative or not a number).
-pub fn threshold(policy: &StormPolicy, linked: usize) -> Option<usize> {
+pub(crate) fn threshold(policy: &StormPolicy, linked: usize) -> Option<usize> {
     if !is_on(policy) {
         return None;
     }

@@ -98,7 +98,7 @@ const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 pub const NOFILE_OVERHEAD: u64 = 64;
 
 /// The soft open-files limit in force now.
-pub fn nofile_limit() -> std::io::Result<u64> {
+pub(crate) fn nofile_limit() -> std::io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -114,14 +114,19 @@ pub fn nofile_limit() -> std::io::Result<u64> {
 /// connections: stdio, the runtime's epoll and wakers, the signal pipe, the admin listener, the
 /// state directory's files, a DNS lookup or two. Measured at 12 to 16 with no tenant; twice that
 /// for margin.
-pub const NOFILE_BASE: u64 = 32;
+pub(crate) const NOFILE_BASE: u64 = 32;
 
 /// How many admin connections may be open at once so that they can never take a descriptor the
 /// gateway links or the backend calls need (SPEC 5 rev 12): what the open-files `limit` leaves
 /// after `links`, the webhook client's `max_in_flight` connections, the `state_url` fetches and
 /// [`NOFILE_BASE`], at most `max`. At least one, so `/livez` still answers on a machine whose
 /// limit is already too low for its links (which `run` warns about at start).
-pub fn admin_connection_budget(limit: u64, links: u64, max_in_flight: u64, max: usize) -> usize {
+pub(crate) fn admin_connection_budget(
+    limit: u64,
+    links: u64,
+    max_in_flight: u64,
+    max: usize,
+) -> usize {
     let reserved = links
         .saturating_add(max_in_flight)
         .saturating_add(crate::link::STATE_FETCH_CONCURRENCY as u64)

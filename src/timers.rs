@@ -110,10 +110,12 @@ impl Wheel {
     }
 
     /// Pending deadlines.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_tenant.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_tenant.is_empty()
     }

@@ -178,8 +178,9 @@ impl Webhook {
     /// `url` is the full endpoint (`backend.url` joined with `backend.path`). `timeout` bounds a
     /// whole call, body included; `connect_timeout` bounds the TCP and TLS handshake.
     ///
-    /// Trusts the system's roots and signs nothing; [`Webhook::from_config`] is what the sidecar
-    /// uses.
+    /// Trusts the system's roots and signs nothing: for the tests; [`Webhook::from_config`] is
+    /// what the sidecar uses.
+    #[cfg(test)]
     pub fn new(
         url: &str,
         secret: Secret,
