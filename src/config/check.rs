@@ -489,10 +489,9 @@ impl Check<'_> {
         let (source, entries, path): (_, Vec<(String, String)>, _) = match (signing, file) {
             _ if !self.fine(&[key.0]) => return Default::default(),
             (Some(text), _) => {
-                let words: Vec<&str> = text.split_whitespace().collect();
-                let name =
-                    |(i, word)| (format!("{word}"), format!("secret {i} of {}", words.len()));
-                let entries = (1..).zip(&words).map(name).collect();
+                let n = text.split_whitespace().count();
+                let name = |(i, word): (usize, &str)| (word.into(), format!("secret {i} of {n}"));
+                let entries = (1..).zip(text.split_whitespace()).map(name).collect();
                 (
                     SigningSource::Env,
                     entries,
