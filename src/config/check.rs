@@ -172,28 +172,19 @@ impl Check<'_> {
         self.leaf(key, None, "a string", &file)
     }
 
-    /// A humane duration up to [`MAX_DURATION`], 0 only if `zero_ok`; `default` when absent.
-    fn span(&mut self, key: Key<Span>, default: Duration, zero_ok: bool) -> Duration {
+    /// A humane duration up to [`MAX_DURATION`], longer than 0 unless a `grace` period; `default`
+    /// when absent.
+    fn duration(&mut self, key: Key<Span>, default: Duration, grace: bool) -> Duration {
         let expected = "a duration string such as \"60s\" or \"5m\"";
         self.leaf(key, default, expected, &|span| match span {
             Span::Bare(n) => Err(format!("a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\"")),
             Span::Text(s) => match humantime::parse_duration(s.trim()) {
                 Err(err) => Err(format!("`{s}` is not a duration ({err}); write e.g. \"60s\", \"5m\", \"1h 30m\" or \"500ms\"")),
                 Ok(d) if d > MAX_DURATION => Err(format!("{} is too long; every duration is at most 30 days (\"30d\")", human(d))),
-                Ok(d) if d.is_zero() && !zero_ok => Err("must be longer than 0s".to_string()),
+                Ok(d) if d.is_zero() && !grace => Err("must be longer than 0s".to_string()),
                 Ok(d) => Ok(d),
             },
         })
-    }
-
-    /// A grace period: 0 allowed.
-    fn grace(&mut self, key: Key<Span>, default: Duration) -> Duration {
-        self.span(key, default, true)
-    }
-
-    /// A duration longer than 0.
-    fn duration(&mut self, key: Key<Span>, default: Duration) -> Duration {
-        self.span(key, default, false)
     }
 
     /// A whole number in `range`; `default` when absent.
@@ -296,8 +287,8 @@ impl Check<'_> {
         let state_url = self.leaf(g.state_url(), None, "a string", &state_url);
         let (token, token_env, token_file) = self.token(g).unwrap_or_default();
         let headers = self.headers(g, token.is_some());
-        let ping_interval = self.duration(g.ping_interval(), DEFAULT_PING_INTERVAL);
-        let idle_timeout = self.duration(g.idle_timeout(), DEFAULT_IDLE_TIMEOUT);
+        let ping_interval = self.duration(g.ping_interval(), DEFAULT_PING_INTERVAL, false);
+        let idle_timeout = self.duration(g.idle_timeout(), DEFAULT_IDLE_TIMEOUT, false);
         let (idle, ping) = (idle_timeout, ping_interval);
         if idle <= ping && self.fine(&["gateway.ping_interval", "gateway.idle_timeout"]) {
             self.problem("gateway.idle_timeout", format!("{} must be longer than ping_interval ({}), or a healthy link would be dropped between pings; e.g. idle_timeout = \"{}\"", human(idle), human(ping), human(ping * 2 + ping / 4)));
@@ -405,12 +396,10 @@ impl Check<'_> {
         let url_key = env_url
             .as_ref()
             .map_or("backend.url".into(), |_| format!("env {ENV_BACKEND_URL}"));
+        let overrides = |m| format!("{m} (this env var overrides backend.url)");
         let url = match (env_url, from_file, b.url().1) {
-            (Some(url), ..) => Some(
-                check_backend_url(&url)
-                    .map_err(|m| format!("{m} (this env var overrides backend.url)")),
-            ),
-            (None, Some(url), _) => Some(check_backend_url(url)),
+            (Some(url), ..) => Some(check_url(&url, &["http", "https"], true).map_err(overrides)),
+            (None, Some(url), _) => Some(check_url(url, &["http", "https"], true)),
             (None, None, Setting::Unset) => Some(Err(format!(
                 "missing; set backend.url = \"http://127.0.0.1:8000\" or env {ENV_BACKEND_URL}"
             ))),
@@ -440,8 +429,9 @@ impl Check<'_> {
         let fine = self.fine(&["backend.secret_file"]);
         let secret = fine.then(|| self.shared_secret(secret_file)).flatten();
         let (signing_secrets, signing_source) = self.signing_secrets(b.signing_secret_file());
-        let timeout = self.duration(b.timeout(), DEFAULT_BACKEND_TIMEOUT);
-        let connect_timeout = self.duration(b.connect_timeout(), DEFAULT_BACKEND_CONNECT_TIMEOUT);
+        let timeout = self.duration(b.timeout(), DEFAULT_BACKEND_TIMEOUT, false);
+        let connect_timeout =
+            self.duration(b.connect_timeout(), DEFAULT_BACKEND_CONNECT_TIMEOUT, false);
         if connect_timeout > timeout {
             self.warnings.push(format!("backend.connect_timeout ({}) exceeds backend.timeout ({}), which bounds the whole request including the connect", human(connect_timeout), human(timeout)));
         }
@@ -499,11 +489,9 @@ impl Check<'_> {
         let (source, entries, path): (_, Vec<(String, String)>, _) = match (signing, file) {
             _ if !self.fine(&[key.0]) => return Default::default(),
             (Some(text), _) => {
-                let words: Vec<&str> = text.split_whitespace().collect();
-                let name = |(i, word): (usize, &&str)| {
-                    (word.to_string(), format!("secret {i} of {}", words.len()))
-                };
-                let entries = (1..).zip(&words).map(name).collect();
+                let n = text.split_whitespace().count();
+                let name = |(i, word): (usize, &str)| (word.into(), format!("secret {i} of {n}"));
+                let entries = (1..).zip(text.split_whitespace()).map(name).collect();
                 (
                     SigningSource::Env,
                     entries,
@@ -512,18 +500,17 @@ impl Check<'_> {
             }
             (None, Some(file)) => {
                 let (shown, text) = (file.display(), read_file(&file));
-                let entries = text.as_deref().map(entries).into_iter().flatten();
-                let name =
-                    |(n, line): (usize, &str)| (line.to_string(), format!("{shown} line {n}"));
-                let entries: Vec<_> = entries.map(name).collect();
+                let lines = text.as_deref().map(entries).into_iter().flatten();
+                let entries: Vec<_> = lines
+                    .map(|(n, line)| (line.to_string(), format!("{shown} line {n}")))
+                    .collect();
                 let problem = match text {
                     Err(err) => format!("cannot read {shown}: {err}"),
                     Ok(_) if entries.is_empty() => format!("{shown} holds no secret; write one `whsec_...` secret a line, or remove the key"),
                     Ok(_) => String::new(),
                 };
                 if !problem.is_empty() {
-                    self.problem(key.0, problem);
-                    return Default::default();
+                    return self.bad(key.0, problem).unwrap_or_default();
                 }
                 self.warn_if_world_readable(key.0, &file);
                 (SigningSource::File(file), entries, key.0.to_string())
@@ -541,16 +528,16 @@ impl Check<'_> {
     fn debounce(&mut self, r: &RawDebounce) -> Policy {
         let d = Policy::default();
         let down_grace = d.gateway_down_grace.unwrap_or_default();
-        let down_grace = self.grace(r.gateway_down_grace(), down_grace);
+        let down_grace = self.duration(r.gateway_down_grace(), down_grace, true);
         let p = Policy {
-            disconnect_grace: self.grace(r.disconnect_grace(), d.disconnect_grace),
-            connect_grace: self.grace(r.connect_grace(), d.connect_grace),
+            disconnect_grace: self.duration(r.disconnect_grace(), d.disconnect_grace, true),
+            connect_grace: self.duration(r.connect_grace(), d.connect_grace, true),
             terminal_codes: self.terminal_codes(r.terminal_codes(), d.terminal_codes),
             gateway_down_grace: Some(down_grace).filter(|grace| !grace.is_zero()),
-            flap_half_life: self.duration(r.flap_half_life(), d.flap_half_life),
+            flap_half_life: self.duration(r.flap_half_life(), d.flap_half_life, false),
             flap_suppress: self.number(r.flap_suppress(), d.flap_suppress, ABOVE_0),
             flap_reuse: self.number(r.flap_reuse(), d.flap_reuse, ABOVE_0),
-            flap_max_suppress: self.duration(r.flap_max_suppress(), d.flap_max_suppress),
+            flap_max_suppress: self.duration(r.flap_max_suppress(), d.flap_max_suppress, false),
         };
         let (suppress, reuse) = (p.flap_suppress, p.flap_reuse);
         let (half_life, max) = (p.flap_half_life, p.flap_max_suppress);
@@ -595,8 +582,8 @@ impl Check<'_> {
         StormPolicy {
             fraction: self.number(r.storm_fraction(), storm::DEFAULT_FRACTION, SHARE),
             min_tenants: self.count(r.storm_min_tenants(), default, tenants),
-            window: self.duration(r.storm_window(), storm::DEFAULT_WINDOW),
-            hold: self.duration(r.storm_hold(), storm::DEFAULT_HOLD),
+            window: self.duration(r.storm_window(), storm::DEFAULT_WINDOW, false),
+            hold: self.duration(r.storm_hold(), storm::DEFAULT_HOLD, false),
         }
     }
 
@@ -654,9 +641,9 @@ fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
     lines.filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
-/// Parses `url` and checks its scheme is one of `schemes` and it has a host. Messages show the
-/// URL redacted.
-fn check_url(url: &str, schemes: &[&str]) -> Result<Url, String> {
+/// Parses `url` and checks its scheme is one of `schemes` and it has a host, and, `bare`, that it
+/// has no query or fragment. Messages show the URL redacted.
+fn check_url(url: &str, schemes: &[&str], bare: bool) -> Result<Url, String> {
     let shown = redact_url(url);
     let wanted: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
     let parsed = Url::parse(url.trim()).map_err(|err| {
@@ -665,28 +652,20 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<Url, String> {
             wanted[0]
         )
     })?;
-    let (scheme, wanted) = (parsed.scheme(), wanted.join(" or "));
-    if !schemes.contains(&scheme) {
-        return Err(format!(
-            "`{shown}` has scheme `{scheme}`; it must start with {wanted}"
-        ));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{shown}` has no host"));
-    }
-    Ok(parsed)
-}
-
-/// The backend's base URL: http(s), with a host, and no query or fragment.
-fn check_backend_url(url: &str) -> Result<Url, String> {
-    let parsed = check_url(url, &["http", "https"])?;
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(format!(
-            "`{}` has a query or fragment; give only the base URL (backend.path is appended to it)",
-            redact_url(url)
-        ));
-    }
-    Ok(parsed)
+    let scheme = parsed.scheme();
+    let problem = match () {
+        _ if !schemes.contains(&scheme) => format!(
+            "has scheme `{scheme}`; it must start with {}",
+            wanted.join(" or ")
+        ),
+        _ if parsed.host_str().is_none_or(str::is_empty) => "has no host".to_string(),
+        _ if bare && (parsed.query().is_some() || parsed.fragment().is_some()) => {
+            "has a query or fragment; give only the base URL (backend.path is appended to it)"
+                .to_string()
+        }
+        _ => return Ok(parsed),
+    };
+    Err(format!("`{shown}` {problem}"))
 }
 
 /// 127.0.0.0/8, ::1 or `localhost`: the hosts where a plain `http://` never crosses a network.
@@ -711,7 +690,11 @@ fn check_template(template: &str, schemes: &[&str]) -> Result<String, String> {
             "`{shown}` has an unknown placeholder; the only one is `{{tenant}}`"
         ));
     }
-    check_url(&template.replace(TENANT_PLACEHOLDER, "tenant"), schemes)?;
+    check_url(
+        &template.replace(TENANT_PLACEHOLDER, "tenant"),
+        schemes,
+        false,
+    )?;
     Ok(template.to_string())
 }
 
@@ -743,9 +726,9 @@ fn check_gateway_url(
 /// A `[tenants.urls]` entry: a complete ws(s) URL for a configured tenant.
 fn check_override(tenant: &str, value: &Value, seen: &HashSet<String>) -> Result<String, String> {
     let Value::String(url) = value else {
+        let found = describe(value);
         return Err(format!(
-            "expected a ws:// or wss:// URL string, found {}",
-            describe(value)
+            "expected a ws:// or wss:// URL string, found {found}"
         ));
     };
     validate_tenant_id(tenant)?;
@@ -755,7 +738,7 @@ fn check_override(tenant: &str, value: &Value, seen: &HashSet<String>) -> Result
     if url.contains(['{', '}']) {
         return Err("an override is a complete URL: `{tenant}` and other placeholders are not replaced here".to_string());
     }
-    check_url(url, &["ws", "wss"]).map(|_| url.clone())
+    check_url(url, &["ws", "wss"], false).map(|_| url.clone())
 }
 
 /// Adds one header of `[gateway.headers]` (or, `from_env`, of `[gateway.headers_env]`, whose
@@ -767,38 +750,39 @@ fn add_header(
     from_env: bool,
     has_token: bool,
 ) -> Result<(), String> {
-    let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-        return Err(format!(
+    let header = HeaderName::from_bytes(name.as_bytes());
+    let reserved = |h: &HeaderName| RESERVED_HEADERS.split_whitespace().any(|r| r == h);
+    let problem = match header {
+        Err(_) => format!(
             "`{name}` is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
-        ));
-    };
-    if RESERVED_HEADERS
-        .split_whitespace()
-        .any(|reserved| reserved == header)
-    {
-        return Err(format!(
-            "`{name}` is set by the WebSocket handshake itself; remove it"
-        ));
-    }
-    if header == AUTHORIZATION && has_token {
-        return Err(
+        ),
+        Ok(ref h) if reserved(h) => {
+            format!("`{name}` is set by the WebSocket handshake itself; remove it")
+        }
+        Ok(ref h) if *h == AUTHORIZATION && has_token => {
             "conflicts with gateway.token / token_env, which already send Authorization; keep one"
-                .to_string(),
-        );
-    }
-    if headers.contains_key(&header) {
-        return Err(format!(
-            "`{name}` is given twice (header names ignore case); keep one"
-        ));
-    }
-    let (text, var) = match value {
-        Value::String(var) if from_env => match env_var(env, var.trim()) {
-            Some(text) => (text, Some(var.trim().to_string())),
-            None => return Err(format!("env var {} is not set (or is empty); export it with the header's value, or remove this entry", var.trim())),
-        },
-        Value::String(text) => (text.clone(), None),
-        other if from_env => return Err(format!("expected the name of an env var (a string), found {}", describe(other))),
-        other => return Err(format!("expected a string value, found {}", article(other))),
+                .to_string()
+        }
+        Ok(ref h) if headers.map.contains_key(h) => {
+            format!("`{name}` is given twice (header names ignore case); keep one")
+        }
+        Ok(_) => String::new(),
+    };
+    let (header, var) = match (header, value) {
+        _ if !problem.is_empty() => return Err(problem),
+        (Ok(header), Value::String(var)) if from_env => (header, Some(var.trim())),
+        (Ok(header), Value::String(_)) => (header, None),
+        (_, other) if from_env => {
+            return Err(format!(
+                "expected the name of an env var (a string), found {}",
+                describe(other)
+            ))
+        }
+        (_, other) => return Err(format!("expected a string value, found {}", article(other))),
+    };
+    let text = match (var, value) {
+        (Some(var), _) => env_var(env, var).ok_or_else(|| format!("env var {var} is not set (or is empty); export it with the header's value, or remove this entry"))?,
+        (None, value) => value.as_str().unwrap_or_default().to_string(),
     };
     let Ok(mut value) = HeaderValue::from_str(&text) else {
         let var = var
@@ -810,7 +794,9 @@ fn add_header(
     };
     value.set_sensitive(true);
     headers.map.insert(header, value);
-    headers.sources.push((name.to_string(), var));
+    headers
+        .sources
+        .push((name.to_string(), var.map(str::to_string)));
     Ok(())
 }
 

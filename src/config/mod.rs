@@ -252,8 +252,8 @@ impl GatewayConfig {
 }
 
 /// Extra gateway request headers, names and values validated once at load, every value marked
-/// sensitive (it may be a credential such as WAHA's `X-Api-Key`). Derefs to the `HeaderMap`;
-/// [`Headers::shown`] gives names only, and so does `Debug` (`HeaderValue` shows a sensitive
+/// sensitive (it may be a credential such as WAHA's `X-Api-Key`); requests get them through
+/// [`GatewayConfig::request_headers`]. [`Headers::shown`] gives names only, and so does `Debug` (`HeaderValue` shows a sensitive
 /// value as `Sensitive`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Headers {
@@ -270,22 +270,6 @@ impl Headers {
             None => format!("{name}: <redacted>"),
         };
         self.sources.iter().map(shown).collect()
-    }
-}
-
-impl std::ops::Deref for Headers {
-    type Target = HeaderMap;
-    fn deref(&self) -> &HeaderMap {
-        &self.map
-    }
-}
-
-/// Compares with header pairs as written (names ignore case), so tests read naturally.
-impl<const N: usize> PartialEq<[(String, String); N]> for Headers {
-    fn eq(&self, pairs: &[(String, String); N]) -> bool {
-        let value = |name: &String| self.map.get(name.as_str()).map(HeaderValue::as_bytes);
-        let same = |(name, v): &(String, String)| value(name) == Some(v.as_bytes());
-        self.map.len() == N && pairs.iter().all(same)
     }
 }
 
@@ -468,14 +452,13 @@ impl SigningSecret {
     /// echoes the text.
     pub fn parse(text: &str) -> Result<SigningSecret, String> {
         const WRITE: &str = "write `whsec_` followed by the base64 key, as Standard Webhooks does";
-        let Some(encoded) = text.strip_prefix("whsec_") else {
-            return Err(format!(
+        let base64 = base64::engine::general_purpose::STANDARD;
+        match text.strip_prefix("whsec_").map(|key| base64.decode(key)) {
+            None => Err(format!(
                 "not a Standard Webhooks secret (no `whsec_` prefix); {WRITE}"
-            ));
-        };
-        match base64::engine::general_purpose::STANDARD.decode(encoded) {
-            Ok(key) if !key.is_empty() => Ok(SigningSecret(key)),
-            _ => Err(format!(
+            )),
+            Some(Ok(key)) if !key.is_empty() => Ok(SigningSecret(key)),
+            Some(_) => Err(format!(
                 "the key after `whsec_` is not valid non-empty base64; {WRITE}"
             )),
         }
