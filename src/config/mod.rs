@@ -54,58 +54,58 @@ mod raw;
 mod tests;
 
 /// Env var that overrides `backend.url`: one config file can then serve several deployments.
-pub const ENV_BACKEND_URL: &str = "BACKEND_INTERNAL_URL";
+pub(crate) const ENV_BACKEND_URL: &str = "BACKEND_INTERNAL_URL";
 /// Env var holding the backend's shared secret (first of the three places a secret may come from).
-pub const ENV_SHARED_SECRET: &str = "INTERNAL_SHARED_SECRET";
+pub(crate) const ENV_SHARED_SECRET: &str = "INTERNAL_SHARED_SECRET";
 /// Env var holding the webhook signing secrets (whitespace-separated); beats `signing_secret_file`.
-pub const ENV_SIGNING_SECRET: &str = "WEBHOOK_SIGNING_SECRET";
+pub(crate) const ENV_SIGNING_SECRET: &str = "WEBHOOK_SIGNING_SECRET";
 /// Set by systemd for a unit with `LoadCredential=`; the secret is then the file [`CREDENTIAL_NAME`] in it.
-pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+pub(crate) const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 /// Name of the systemd credential holding the shared secret (`LoadCredential=internal-secret:/path`).
-pub const CREDENTIAL_NAME: &str = "internal-secret";
+pub(crate) const CREDENTIAL_NAME: &str = "internal-secret";
 /// Set by systemd for a unit with `StateDirectory=`; the default of `state.dir` when present.
-pub const ENV_STATE_DIRECTORY: &str = "STATE_DIRECTORY";
+pub(crate) const ENV_STATE_DIRECTORY: &str = "STATE_DIRECTORY";
 
 /// One link per session is how Baileys gateways are usually built.
-pub const DEFAULT_GATEWAY_MODE: GatewayMode = GatewayMode::PerTenant;
+pub(crate) const DEFAULT_GATEWAY_MODE: GatewayMode = GatewayMode::PerTenant;
 /// Well under the 60 s idle cut-off of common proxies and load balancers in front of a gateway.
-pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// Two pings plus slack: tolerates one lost pong, still catches a half-open link within a minute.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// 1 MiB: status frames are a few KiB; anything bigger is a bug or an attack, not a status.
-pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 /// Smallest frame limit accepted: a Baileys close frame with its Boom error is already ~0.5 KiB.
-pub const MIN_MAX_FRAME_SIZE: usize = 1024;
+pub(crate) const MIN_MAX_FRAME_SIZE: usize = 1024;
 /// Largest frame limit accepted (SPEC section 5 [rev 12]): a frame is held whole in memory.
-pub const MAX_MAX_FRAME_SIZE: usize = 16 << 20;
+pub(crate) const MAX_MAX_FRAME_SIZE: usize = 16 << 20;
 /// Brings 10,000 links up within seconds without a thundering herd of TLS handshakes on the gateway.
-pub const DEFAULT_HANDSHAKE_CONCURRENCY: usize = 64;
+pub(crate) const DEFAULT_HANDSHAKE_CONCURRENCY: usize = 64;
 /// Most handshakes at once accepted (SPEC section 5 [rev 12]): each holds a socket and buffers.
-pub const MAX_HANDSHAKE_CONCURRENCY: usize = 4096;
+pub(crate) const MAX_HANDSHAKE_CONCURRENCY: usize = 4096;
 /// The backend's existing route (SPEC section 2).
-pub const DEFAULT_BACKEND_PATH: &str = "/api/internal/whatsapp/status-webhook";
+pub(crate) const DEFAULT_BACKEND_PATH: &str = "/api/internal/whatsapp/status-webhook";
 /// SPEC section 2: a webhook call slower than this counts as failed and is retried.
-pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// SPEC section 2: a backend that cannot accept a connection within 5 s is down; retry later.
-pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// SPEC section 2: bounds the load a recovering fleet puts on the backend.
-pub const DEFAULT_BACKEND_MAX_IN_FLIGHT: usize = 16;
+pub(crate) const DEFAULT_BACKEND_MAX_IN_FLIGHT: usize = 16;
 /// Most webhook requests in flight accepted (SPEC section 5 [rev 12]).
-pub const MAX_BACKEND_MAX_IN_FLIGHT: usize = 1024;
+pub(crate) const MAX_BACKEND_MAX_IN_FLIGHT: usize = 1024;
 /// Largest `storm_min_tenants` accepted: far above any fleet one process can hold.
-pub const MAX_STORM_MIN_TENANTS: usize = 1_000_000;
+pub(crate) const MAX_STORM_MIN_TENANTS: usize = 1_000_000;
 /// Longest duration accepted anywhere in the file (SPEC section 5 [rev 12]): 30 days. Longer
 /// values are mistakes, and unbounded ones overflow the arithmetic done on them.
-pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// The FHS place for a daemon's state, used when systemd provides no `STATE_DIRECTORY`.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/wa-status-sidecar";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/wa-status-sidecar";
 /// Loopback only, since the admin API lists tenant ids; 9464 is in the range of Prometheus exporters.
-pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
 /// Text reads best on a terminal and in journald; JSON is opt-in for log shippers.
-pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+pub(crate) const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Longest tenant id accepted: real ids are short, and the bound keeps log lines and state small.
-pub const MAX_TENANT_ID_LEN: usize = 128;
+pub(crate) const MAX_TENANT_ID_LEN: usize = 128;
 /// Largest file read for the config (the config itself, tenants, secrets, CAs): a mistaken
 /// `/dev/zero` or a log file must give a problem, not exhaust memory.
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -127,14 +127,14 @@ const TENANT_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
 /// `Debug` shows what [`Config::summary`] shows, credentials redacted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub gateway: GatewayConfig,
-    pub backend: BackendConfig,
-    pub debounce: Policy,
+    pub(crate) gateway: GatewayConfig,
+    pub(crate) backend: BackendConfig,
+    pub(crate) debounce: Policy,
     /// The mass-outage hold (`[debounce] storm_*`, SPEC section 4 [rev 12]).
-    pub storm: StormPolicy,
+    pub(crate) storm: StormPolicy,
     pub tenants: TenantsConfig,
-    pub state: StateConfig,
-    pub admin: AdminConfig,
+    pub(crate) state: StateConfig,
+    pub(crate) admin: AdminConfig,
     pub log: LogConfig,
     /// Things that are allowed but probably not what the operator wants (e.g. no tenants yet).
     /// Logged at startup and shown by `check`.
@@ -157,7 +157,7 @@ macro_rules! named {
         impl $Enum {
             /// Every variant, with its name.
             const NAMES: &'static [(&'static str, $Enum)] = &[$(($name, $Enum::$Variant)),*];
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $($Enum::$Variant => $name,)* }
             }
         }
@@ -181,39 +181,39 @@ named! {
 
 /// `[gateway]`: where the session events come from. `Debug` redacts credentials and URLs.
 #[derive(Clone, PartialEq)]
-pub struct GatewayConfig {
-    pub mode: GatewayMode,
+pub(crate) struct GatewayConfig {
+    pub(crate) mode: GatewayMode,
     /// `ws://` or `wss://` URL; in per-tenant mode a template where `{tenant}` is replaced by the
     /// percent-encoded tenant id. Use [`Config::gateway_url`] rather than reading this directly.
-    pub url: String,
+    pub(crate) url: String,
     /// Optional `http(s)://` template fetched (GET, JSON) after every (re)connect to learn the
     /// session's current state. Use [`Config::state_url`].
-    pub state_url: Option<String>,
+    pub(crate) state_url: Option<String>,
     /// Sent as `Authorization: Bearer <token>` when present (see [`GatewayConfig::request_headers`]).
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
     /// The env var the token was read from (`gateway.token_env`).
-    pub token_env: Option<String>,
+    pub(crate) token_env: Option<String>,
     /// The file the token was read from (`gateway.token_file`, resolved path).
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// Extra request headers from `[gateway.headers]` and `[gateway.headers_env]`, validated once
     /// at load; every value is marked sensitive. The token is not among them.
-    pub headers: Headers,
+    pub(crate) headers: Headers,
     /// A PEM file with the private CA(s) trusted for `wss://` and an `https://` state_url, on top
     /// of the system roots. Checked at load to hold a certificate; the clients load it.
-    pub ca_file: Option<PathBuf>,
-    pub ping_interval: Duration,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) ping_interval: Duration,
     /// No frame of any kind for this long means the link is dead (half-open). Exceeds `ping_interval`.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Largest accepted frame in bytes; a bigger one closes that link (1009) and it reconnects.
-    pub max_frame_size: usize,
+    pub(crate) max_frame_size: usize,
     /// Most WebSocket handshakes in progress at once, so thousands of links start spread out.
-    pub handshake_concurrency: usize,
+    pub(crate) handshake_concurrency: usize,
 }
 
 impl GatewayConfig {
     /// The headers of every gateway request (the WebSocket handshake and the `state_url` GET):
     /// `Authorization: Bearer <token>` when a token is configured, then [`GatewayConfig::headers`].
-    pub fn request_headers(&self) -> HeaderMap {
+    pub(crate) fn request_headers(&self) -> HeaderMap {
         let mut headers = self.headers.map.clone();
         // The token was checked to be visible ASCII at load, so the value always builds.
         let bearer = (self.token.as_ref()).map(|token| format!("Bearer {}", token.expose()));
@@ -256,7 +256,7 @@ impl GatewayConfig {
 /// [`GatewayConfig::request_headers`]. [`Headers::shown`] gives names only, and so does `Debug` (`HeaderValue` shows a sensitive
 /// value as `Sensitive`).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Headers {
+pub(crate) struct Headers {
     map: HeaderMap,
     /// Each header's name as written, and the env var its value came from, if it did.
     sources: Vec<(String, Option<String>)>,
@@ -264,7 +264,7 @@ pub struct Headers {
 
 impl Headers {
     /// `Name: <redacted>` for each header, with the env var it came from, for display.
-    pub fn shown(&self) -> Vec<String> {
+    pub(crate) fn shown(&self) -> Vec<String> {
         let shown = |(name, var): &(String, Option<String>)| match var {
             Some(var) => format!("{name}: <redacted> (from env {var})"),
             None => format!("{name}: <redacted>"),
@@ -275,30 +275,30 @@ impl Headers {
 
 /// `[backend]`: the webhook that receives transitions (SPEC section 2). `Debug` redacts.
 #[derive(Clone, PartialEq)]
-pub struct BackendConfig {
+pub(crate) struct BackendConfig {
     /// Base URL (`http(s)://host[:port][/prefix]`), from env `BACKEND_INTERNAL_URL` or the file.
-    pub url: Url,
+    pub(crate) url: Url,
     /// Path appended to `url`; starts with `/`.
-    pub path: String,
+    pub(crate) path: String,
     /// Sent as `X-INTERNAL-SECRET`.
-    pub secret: Secret,
+    pub(crate) secret: Secret,
     /// Where `secret` was found, so `check` and the logs can say so without showing it.
-    pub secret_source: SecretSource,
+    pub(crate) secret_source: SecretSource,
     /// Standard Webhooks signing secrets: every request carries one signature per secret (so a
     /// secret can be rotated). Empty: requests are not signed.
-    pub signing_secrets: Vec<SigningSecret>,
+    pub(crate) signing_secrets: Vec<SigningSecret>,
     /// Where `signing_secrets` came from; `None` when there are none.
-    pub signing_source: Option<SigningSource>,
+    pub(crate) signing_source: Option<SigningSource>,
     /// A PEM file with the private CA(s) trusted for an `https://` backend, on top of the
     /// system roots. Checked at load to hold a certificate; the webhook client loads it.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// `backend.allow_plain_http`: an `http://` URL to a host that is not loopback was allowed
     /// explicitly (a warning says so). Otherwise such a URL is refused.
-    pub allow_plain_http: bool,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
+    pub(crate) allow_plain_http: bool,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Global cap on webhook requests in flight.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
 }
 
 impl BackendConfig {
@@ -331,7 +331,7 @@ impl BackendConfig {
 
 /// Where the backend's shared secret was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
+pub(crate) enum SecretSource {
     /// Env var `INTERNAL_SHARED_SECRET`.
     Env,
     /// The file named by `backend.secret_file` (resolved path).
@@ -352,7 +352,7 @@ impl fmt::Display for SecretSource {
 
 /// Where the webhook signing secrets were found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SigningSource {
+pub(crate) enum SigningSource {
     /// Env var `WEBHOOK_SIGNING_SECRET`.
     Env,
     /// The file named by `backend.signing_secret_file` (resolved path).
@@ -419,25 +419,25 @@ debug_as_rows!(GatewayConfig, BackendConfig, TenantsConfig);
 
 /// `[state]`: where delivered and owed transitions are persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateConfig {
-    pub dir: PathBuf,
+pub(crate) struct StateConfig {
+    pub(crate) dir: PathBuf,
 }
 
 /// `[admin]`: the HTTP endpoint for health, metrics and tenant status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdminConfig {
-    pub listen: SocketAddr,
+pub(crate) struct AdminConfig {
+    pub(crate) listen: SocketAddr,
 }
 
 /// A secret string (the backend's shared secret, a gateway token). Never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -445,12 +445,12 @@ impl Secret {
 /// One Standard Webhooks signing secret: the HMAC-SHA256 key, i.e. the base64-decoded bytes after
 /// `whsec_`. Never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SigningSecret(Vec<u8>);
+pub(crate) struct SigningSecret(Vec<u8>);
 
 impl SigningSecret {
     /// Parses a secret as Standard Webhooks writes it: `whsec_` then base64. The error never
     /// echoes the text.
-    pub fn parse(text: &str) -> Result<SigningSecret, String> {
+    pub(crate) fn parse(text: &str) -> Result<SigningSecret, String> {
         const WRITE: &str = "write `whsec_` followed by the base64 key, as Standard Webhooks does";
         let base64 = base64::engine::general_purpose::STANDARD;
         match text.strip_prefix("whsec_").map(|key| base64.decode(key)) {
@@ -465,7 +465,7 @@ impl SigningSecret {
     }
 
     /// The HMAC key bytes.
-    pub fn key(&self) -> &[u8] {
+    pub(crate) fn key(&self) -> &[u8] {
         &self.0
     }
 }
@@ -579,7 +579,7 @@ impl Config {
 
     /// The WebSocket URL for `tenant`: its `[tenants.urls]` override, else the template with
     /// `{tenant}` replaced by the percent-encoded id. In shared mode: `gateway.url` as is.
-    pub fn gateway_url(&self, tenant: &str) -> String {
+    pub(crate) fn gateway_url(&self, tenant: &str) -> String {
         match (self.gateway.mode, self.tenants.urls.get(tenant)) {
             (GatewayMode::Shared, _) => self.gateway.url.clone(),
             (GatewayMode::PerTenant, Some(url)) => url.clone(),
@@ -588,13 +588,13 @@ impl Config {
     }
 
     /// The state URL for `tenant` (`{tenant}` replaced, percent-encoded), if one is configured.
-    pub fn state_url(&self, tenant: &str) -> Option<String> {
+    pub(crate) fn state_url(&self, tenant: &str) -> Option<String> {
         let template = self.gateway.state_url.as_deref();
         template.map(|template| fill_template(template, tenant))
     }
 
     /// The full webhook URL: `backend.url` without its trailing `/`, then `backend.path`.
-    pub fn webhook_url(&self) -> String {
+    pub(crate) fn webhook_url(&self) -> String {
         self.backend.webhook_url()
     }
 
@@ -657,7 +657,7 @@ impl Config {
 /// Checks a tenant id (SPEC section 3 [rev 12]): 1 to [`MAX_TENANT_ID_LEN`] bytes, no whitespace
 /// or control characters, no `/`, not `.` or `..`. The error says what is wrong and names the id,
 /// escaped so that it cannot corrupt a terminal or a log line.
-pub fn validate_tenant_id(id: &str) -> Result<(), String> {
+pub(crate) fn validate_tenant_id(id: &str) -> Result<(), String> {
     const RULE: &str =
         "a tenant id is non-empty, at most 128 bytes, with no whitespace or control characters";
     const PATH_RULE: &str = "a tenant id is 1 to 128 bytes, with no whitespace, control characters or `/`, and not `.` or `..` (it names a URL path segment and a record in the state dir)";
@@ -681,7 +681,7 @@ pub fn validate_tenant_id(id: &str) -> Result<(), String> {
 /// A URL fit for a log line, a reason or a summary: the password of `user:password@` and every
 /// query value (`?api_key=...`) replaced by `<redacted>`. Works on text that does not parse as a
 /// URL too, since that is exactly what error messages echo.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
     let (head, rest) = url.split_at(start);
     let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
