@@ -1,7 +1,7 @@
-//! The fleet benchmark (issues 6, 10 and 15): the release sidecar, as a child process, against a
-//! load gateway with N per-tenant WebSocket links and a recording backend that answers in about
-//! 1 ms, all on 127.0.0.1. It prints one line of figures per run and checks them against the bars
-//! of SPEC section 6 and of the issues' "Numbers".
+//! The fleet benchmark (issues 6, 10, 13 and 15): the release sidecar, as a child process,
+//! against a load gateway with N per-tenant WebSocket links and a recording backend that answers
+//! in about 1 ms, all on 127.0.0.1. It prints one line of figures per run and checks them against
+//! the bars of SPEC section 6 and of the issues' "Numbers".
 //!
 //! ```text
 //! cargo bench --bench fleet -- --tenants 10000                      # the fleet run (about a minute)
