@@ -1,13 +1,14 @@
-//! The fleet benchmark (issues 6, 10 and 15): the release sidecar, as a child process, against a
-//! load gateway with N per-tenant WebSocket links and a recording backend that answers in about
-//! 1 ms, all on 127.0.0.1. It prints one line of figures per run and checks them against the bars
-//! of SPEC section 6 and of the issues' "Numbers".
+//! The fleet benchmark (issues 6, 10, 13 and 15): the release sidecar, as a child process,
+//! against a load gateway with N per-tenant WebSocket links and a recording backend that answers
+//! in about 1 ms, all on 127.0.0.1. It prints one line of figures per run and checks them against
+//! the bars of SPEC section 6 and of the issues' "Numbers".
 //!
 //! ```text
 //! cargo bench --bench fleet -- --tenants 10000                      # the fleet run (about a minute)
 //! cargo bench --features fault-injection --bench fleet -- \
 //!     --tenants 10000 --fsync-delay-ms 50                           # the same, on a slow disk
 //! cargo bench --bench fleet -- --tenants 10000 --storm              # the mass-outage run (~7 min)
+//! cargo bench --bench fleet -- --tenants 10000 --tls                # the fleet run over wss://
 //! scripts/bench-ci                                                  # the three at 1,000, for CI
 //! ```
 //!
@@ -52,10 +53,16 @@
 //! then also reports the closes whose way to the backend overlapped such a sleep
 //! (`events_during_fsync`, `max_during_fsync_ms`): the ones disk latency would have slowed.
 //!
+//! `--tls` (issue 13) serves the load gateway over TLS: the bench makes a private CA and a server
+//! certificate for 127.0.0.1 and localhost with `rcgen`, the gateway accepts with `tokio-rustls`,
+//! and the sidecar links with `wss://` and trusts the CA through `gateway.ca_file`. Everything
+//! else is the same run; only the memory bars differ, since every link then also holds a rustls
+//! connection: see [`BAR_RSS_KIB_TLS`].
+//!
 //! Options: `--tenants N` (1000), `--idle-secs S` (20), `--events M` and `--rate R` for the
 //! latency phase (1000, 1000 a second), `--storm`, `--storm-hold-secs S` (180),
 //! `--storm-back-secs S` (120), `--disconnect-grace-secs S` (the sidecar's default, 60),
-//! `--fsync-delay-ms MS`, `--bin PATH` (another sidecar binary, e.g. an older build to compare),
+//! `--fsync-delay-ms MS`, `--tls`, `--bin PATH` (another sidecar binary, e.g. an older build to compare),
 //! `--hold-secs S` (keep the sidecar running at the end, to attach a profiler), `--ci` (exit 1
 //! when a CI bar breaks: memory per tenant, the restart storm's calls, and, when asked for, the
 //! slow disk's p99 and pings, and the storms' calls), `--strict` (exit 1 when any bar breaks).
@@ -76,9 +83,11 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -99,6 +108,13 @@ const PING_SLACK: Duration = Duration::from_secs(2);
 /// plus 2 MiB for the backend connection pool and allocator slack.
 const BAR_KIB_PER_TENANT: f64 = 6.5;
 const BASE_KIB: u64 = 12 * 1024;
+/// The memory bars of a `--tls` run (issue 13), where every link also holds a rustls client
+/// connection (its record buffers and session state). SPEC section 6 sets no bar for `wss://`;
+/// these come from the first 10,000-tenant measurement (140.8 MiB steady, 144.9 MiB with every
+/// tenant logged out, 13.2 KiB a tenant above the base) with about the headroom the plain bars
+/// have over their own figures (some 10 %): a regression bar, not a budget from the SPEC.
+const BAR_RSS_KIB_TLS: u64 = 160 * 1024;
+const BAR_KIB_PER_TENANT_TLS: f64 = 16.0;
 
 /// How long the backend takes to answer each call.
 const BACKEND_DELAY: Duration = Duration::from_millis(1);
@@ -134,6 +150,8 @@ struct Args {
     disconnect_grace: Option<Duration>,
     /// Injected before every fsync of the state dir.
     fsync_delay: Option<Duration>,
+    /// The gateway over TLS, the links `wss://`.
+    tls: bool,
     ci: bool,
     strict: bool,
     /// Keeps the sidecar running this long after the run, to attach a profiler or debugger.
@@ -144,8 +162,8 @@ struct Args {
 
 const USAGE: &str = "usage: cargo bench [--features fault-injection] --bench fleet -- \
     [--tenants N] [--idle-secs S] [--events M] [--rate PER_SEC] [--storm] [--storm-hold-secs S] \
-    [--storm-back-secs S] [--disconnect-grace-secs S] [--fsync-delay-ms MS] [--bin PATH] [--ci] \
-    [--strict] [--hold-secs S]";
+    [--storm-back-secs S] [--disconnect-grace-secs S] [--fsync-delay-ms MS] [--tls] [--bin PATH] \
+    [--ci] [--strict] [--hold-secs S]";
 
 fn parse_args() -> Option<Args> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -163,6 +181,7 @@ fn parse_args() -> Option<Args> {
         storm_back: Duration::from_secs(120),
         disconnect_grace: None,
         fsync_delay: None,
+        tls: false,
         ci: false,
         strict: false,
         hold: Duration::ZERO,
@@ -198,6 +217,7 @@ fn parse_args() -> Option<Args> {
                     number(&value("--fsync-delay-ms")) as u64
                 ))
             }
+            "--tls" => args.tls = true,
             "--bin" => {
                 args.bin = PathBuf::from(value("--bin"));
                 args.bin_given = true;
@@ -250,6 +270,15 @@ fn number(s: &str) -> usize {
 fn fail(message: &str) -> ! {
     eprintln!("fleet: {message}");
     std::process::exit(2)
+}
+
+/// The memory bars of this run: steady RSS in KiB, and KiB a tenant above [`BASE_KIB`].
+fn memory_bars(args: &Args) -> (u64, f64) {
+    if args.tls {
+        (BAR_RSS_KIB_TLS, BAR_KIB_PER_TENANT_TLS)
+    } else {
+        (BAR_RSS_KIB, BAR_KIB_PER_TENANT)
+    }
 }
 
 /// How many tenants a storm drops: the first 80 %.
@@ -322,7 +351,8 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(tenants: usize) -> Arc<Gateway> {
+    /// Serves `ws://`, or `wss://` with `tls`.
+    async fn start(tenants: usize, tls: Option<TlsAcceptor>) -> Arc<Gateway> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gateway");
@@ -340,8 +370,27 @@ impl Gateway {
         tokio::spawn(async move {
             // Ends with the runtime at the end of the run.
             loop {
-                if let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(accept.clone().serve(stream));
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = accept.clone();
+                match &tls {
+                    None => {
+                        tokio::spawn(gateway.serve(stream));
+                    }
+                    Some(acceptor) => {
+                        let accepting = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            // The sidecar bounds its own handshake; this bound only keeps a
+                            // stuck one from holding a task to the end of the run.
+                            if let Ok(Ok(stream)) =
+                                tokio::time::timeout(Duration::from_secs(30), accepting).await
+                            {
+                                gateway.serve(stream).await;
+                            }
+                        });
+                    }
                 }
             }
         });
@@ -398,8 +447,7 @@ impl Gateway {
         (max, slots.iter().filter(|s| s.pinged).count())
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self: Arc<Self>, stream: S) {
         let mut path = String::new();
         #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| {
@@ -726,16 +774,52 @@ fn find_thread(pid: u32, name: &str) -> Option<PathBuf> {
 
 // ---------------------------------------------------------------------------------------------
 
+/// A private CA and a server certificate it signed for 127.0.0.1 and localhost (as in
+/// tests/it/private_ca.rs): the gateway's acceptor, and the CA in PEM for `gateway.ca_file`.
+fn private_ca() -> (TlsAcceptor, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "wa-status-sidecar fleet bench CA");
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let ca_cert = ca.self_signed(&ca_key).expect("the CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("server parameters");
+    let leaf_key = KeyPair::generate().expect("a server key");
+    let leaf_cert = leaf
+        .signed_by(&leaf_key, &issuer)
+        .expect("the server certificate");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let chain = vec![
+        CertificateDer::from(leaf_cert.der().to_vec()),
+        CertificateDer::from(ca_cert.der().to_vec()),
+    ];
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the server certificate and key");
+    (TlsAcceptor::from(Arc::new(server)), ca_cert.pem())
+}
+
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("its address")
 }
 
 /// Writes the sidecar's config; returns its path and the admin API's address.
+/// `ca_file`: the gateway is `wss://`, signed by the CA in that file.
 fn write_config(
     dir: &Path,
     args: &Args,
     gateway: SocketAddr,
+    ca_file: Option<&Path>,
     backend: SocketAddr,
 ) -> (PathBuf, SocketAddr) {
     let ids: Vec<String> = (0..args.tenants)
@@ -749,11 +833,16 @@ fn write_config(
     if args.storm {
         debounce += &format!("storm_hold = \"{}s\"\n", args.storm_hold.as_secs());
     }
+    let (scheme, ca) = match ca_file {
+        Some(path) => ("wss", format!("ca_file = \"{}\"\n", path.display())),
+        None => ("ws", String::new()),
+    };
     let text = format!(
         r#"# Written by benches/fleet.rs.
 [gateway]
-url = "ws://{gateway}/ws/{{tenant}}"
+url = "{scheme}://{gateway}/ws/{{tenant}}"
 ping_interval = "{ping}s"
+{ca}
 
 [backend]
 url = "http://{backend}"
@@ -859,9 +948,23 @@ struct Fleet {
 async fn run(args: &Args) -> bool {
     let n = args.tenants;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let gateway = Gateway::start(n).await;
+    let (acceptor, ca_file) = if args.tls {
+        let (acceptor, ca_pem) = private_ca();
+        let path = dir.path().join("gateway-ca.pem");
+        std::fs::write(&path, ca_pem).expect("write the CA file");
+        (Some(acceptor), Some(path))
+    } else {
+        (None, None)
+    };
+    let gateway = Gateway::start(n, acceptor).await;
     let (backend, backend_addr) = Backend::start().await;
-    let (config, admin) = write_config(dir.path(), args, gateway.addr, backend_addr);
+    let (config, admin) = write_config(
+        dir.path(),
+        args,
+        gateway.addr,
+        ca_file.as_deref(),
+        backend_addr,
+    );
     let log = dir.path().join("sidecar.log");
     let big = Duration::from_secs(120);
 
@@ -935,6 +1038,11 @@ async fn run(args: &Args) -> bool {
     } else {
         ("fleet", fleet_run(args, &mut fleet, &mut bars).await)
     };
+    let name = if args.tls {
+        format!("{name}-wss")
+    } else {
+        name.to_string()
+    };
 
     if !args.hold.is_zero() {
         eprintln!(
@@ -1000,11 +1108,12 @@ async fn run(args: &Args) -> bool {
     }
     if args.ci && !bars.ci_failed.is_empty() {
         eprintln!(
-            "fleet: CI bars failed: {} (memory: at most {BAR_KIB_PER_TENANT} KiB a tenant above \
-             a {} MiB base; gateway-restart storm: 0 backend calls; slow disk: p99 <= {} ms, \
-             every link pinged within {} s, the injected delay seen; storms: 0 calls when \
-             healed, one outage call per tenant within {} s of the hold's end when not)",
+            "fleet: CI bars failed: {} (memory: at most {} KiB a tenant above a {} MiB base; \
+             gateway-restart storm: 0 backend calls; slow disk: p99 <= {} ms, every link pinged \
+             within {} s, the injected delay seen; storms: 0 calls when healed, one outage call \
+             per tenant within {} s of the hold's end when not)",
             bars.ci_failed.join(", "),
+            memory_bars(args).1,
             BASE_KIB / 1024,
             BAR_P99.as_millis(),
             (PING_INTERVAL + PING_SLACK).as_secs(),
@@ -1124,11 +1233,12 @@ async fn fleet_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
     let p50 = percentile(&latencies, 50.0);
     let p99 = percentile(&latencies, 99.0);
     let max = latencies.last().copied().unwrap_or_default();
+    let (bar_rss, bar_kib_per_tenant) = memory_bars(args);
     bars.check_ci(back.is_none(), "run");
-    bars.check(rss > BAR_RSS_KIB, "rss");
+    bars.check(rss > bar_rss, "rss");
     // The fleet's other steady state: every tenant reported disconnected, with its reason.
-    bars.check(rss_logged_out > BAR_RSS_KIB, "rss_logged_out");
-    bars.check_ci(kib_above_base > BAR_KIB_PER_TENANT, "kib_per_tenant");
+    bars.check(rss_logged_out > bar_rss, "rss_logged_out");
+    bars.check_ci(kib_above_base > bar_kib_per_tenant, "kib_per_tenant");
     bars.check(idle_cpu_pct > BAR_IDLE_CPU_PCT || idle_calls > 0, "idle");
     let p99_broken = delivered.is_none() || latencies.len() < m || p99 > BAR_P99;
     if slow_disk {
@@ -1273,7 +1383,10 @@ async fn storm_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
         "lasting_storm",
     );
     // Steady states all three: before the storms, and while each holds.
-    bars.check(rss.max(healed_rss).max(lasting_rss) > BAR_RSS_KIB, "rss");
+    bars.check(
+        rss.max(healed_rss).max(lasting_rss) > memory_bars(args).0,
+        "rss",
+    );
     format!(
         "dropped={k} storm_hold_s={hold} back_after_s={back} disconnect_grace_s={grace} \
          rss_mib={rss_mib:.1} drop_cpu_s={drop_cpu:.2}/2s healed_storm_active={healed_active} \
