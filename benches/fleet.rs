@@ -1109,13 +1109,12 @@ async fn run(args: &Args) -> bool {
     if args.ci && !bars.ci_failed.is_empty() {
         eprintln!(
             "fleet: CI bars failed: {} (memory: at most {} KiB a tenant above a {} MiB base; \
-             gateway-restart storm: 0 backend calls; slow disk: p99 <= {} ms, every link pinged \
-             within {} s, the injected delay seen; storms: 0 calls when healed, one outage call \
-             per tenant within {} s of the hold's end when not)",
+             gateway-restart storm: 0 backend calls; slow disk: p99 under half the injected \
+             delay, every link pinged within {} s, the injected delay seen; storms: 0 calls when \
+             healed, one outage call per tenant within {} s of the hold's end when not)",
             bars.ci_failed.join(", "),
             memory_bars(args).1,
             BASE_KIB / 1024,
-            BAR_P99.as_millis(),
             (PING_INTERVAL + PING_SLACK).as_secs(),
             BAR_STORM_RELEASE.as_secs(),
         );
@@ -1241,11 +1240,15 @@ async fn fleet_run(args: &Args, fleet: &mut Fleet, bars: &mut Bars) -> String {
     bars.check_ci(kib_above_base > bar_kib_per_tenant, "kib_per_tenant");
     bars.check(idle_cpu_pct > BAR_IDLE_CPU_PCT || idle_calls > 0, "idle");
     let p99_broken = delivered.is_none() || latencies.len() < m || p99 > BAR_P99;
+    bars.check(p99_broken, "p99");
     if slow_disk {
-        // The slow disk's question is exactly this one: does an fsync reach a webhook call?
-        bars.check_ci(p99_broken, "p99");
-    } else {
-        bars.check(p99_broken, "p99");
+        // The slow disk's question: does an fsync reach a webhook call? About 6 % of the closes
+        // overlap an injected sleep, so if it did, their p99 would be near the delay. The CI bar
+        // at half the delay answers that without failing on a busy machine's scheduling noise;
+        // the 10 ms bar above still applies outside CI.
+        let delay = args.fsync_delay.unwrap_or_default();
+        let reached = delivered.is_none() || latencies.len() < m || p99 * 2 >= delay;
+        bars.check_ci(reached, "p99_disk");
     }
     bars.check_ci(reconnected.is_none() || storm1_calls > 0, "restart_storm");
     bars.check(logout.is_none_or(|d| d > BAR_LOGOUT_STORM), "logout_storm");

@@ -452,6 +452,13 @@ impl Sidecar {
         tracing::info!("stopped");
     }
 
+    /// Whether a decided transition waits for its journal line: a test under tokio's paused clock
+    /// then settles the writer ([`Sidecar::settle_state`]) before it moves the clock on.
+    #[cfg(feature = "testing")]
+    pub fn awaits_journal(&self) -> bool {
+        self.engine.deliveries.awaits_journal()
+    }
+
     /// Waits until the journal writer has written everything decided so far (and finished a
     /// compaction it started), so a test can look at the files or the readiness it leads to.
     pub async fn settle_state(&self) {

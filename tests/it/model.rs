@@ -883,7 +883,8 @@ async fn run_case(case: &Case) -> Result<(), TestCaseError> {
         }
         // A step's frames are read, and what it decides is sent, before the next step: a few
         // milliseconds of clock, far from any grace (those end half-way between seconds).
-        tick(wait + Duration::from_millis(10), &mut world.model).await;
+        let running = sidecar.as_ref().expect("running");
+        tick(wait + Duration::from_millis(10), running, &mut world.model).await;
         if !relinked.is_empty() {
             let now = Instant::now();
             world.linked_up(now, &relinked);
@@ -895,8 +896,8 @@ async fn run_case(case: &Case) -> Result<(), TestCaseError> {
     world.model.advance(now);
     world.backend.set_default(Reply::ok());
     world.modes.push((now, Backend::Ok));
-    tick(Duration::from_secs(400), &mut world.model).await;
     let sidecar = sidecar.take().unwrap();
+    tick(Duration::from_secs(400), &sidecar, &mut world.model).await;
     let views = sidecar.tenants();
     sidecar.shutdown().await;
     let calls = world.calls.lock().unwrap().clone();
@@ -960,9 +961,19 @@ fn mode_at(world: &World, at: Instant) -> Backend {
 /// Moves the paused clock by `total` in steps of at most 250 ms. A paused clock jumps to the next
 /// timer whenever the runtime looks idle, and it can look idle for an instant while a blocking
 /// task hands its result back; short steps keep such a jump short.
-async fn tick(total: Duration, model: &mut Model) {
+/// Moves the paused clock `total` forward in steps of at most 250 ms, the model with it.
+///
+/// Before each step, a transition waiting for its journal line (durable before sent) has it
+/// written. The writer is a thread of its own, running in real time: the paused clock would
+/// otherwise race ahead, seconds at a step, while it takes a few real milliseconds on a busy
+/// machine, and the transition would reach the backend seconds of paused clock after its
+/// decision. In a real process the clock and the writer both run in real time.
+async fn tick(total: Duration, sidecar: &Sidecar, model: &mut Model) {
     let end = Instant::now() + total;
     while Instant::now() < end {
+        if sidecar.awaits_journal() {
+            sidecar.settle_state().await;
+        }
         let step = (end - Instant::now()).min(Duration::from_millis(250));
         tokio::time::sleep(step).await;
         model.advance(Instant::now());
