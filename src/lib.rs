@@ -452,11 +452,12 @@ impl Sidecar {
         tracing::info!("stopped");
     }
 
-    /// Whether a decided transition waits for its journal line: a test under tokio's paused clock
-    /// then settles the writer ([`Sidecar::settle_state`]) before it moves the clock on.
+    /// Whether a delivery is owed (waiting for its journal line, in flight or due): a test under
+    /// tokio's paused clock then lets the real-time parts (the journal writer, the sockets) catch
+    /// up ([`Sidecar::settle_state`]) before it moves the clock on.
     #[cfg(feature = "testing")]
-    pub fn awaits_journal(&self) -> bool {
-        self.engine.deliveries.awaits_journal()
+    pub fn delivering(&self) -> bool {
+        self.engine.deliveries.owed() > 0 || self.engine.deliveries.awaits_journal()
     }
 
     /// Waits until the journal writer has written everything decided so far (and finished a

@@ -963,15 +963,16 @@ fn mode_at(world: &World, at: Instant) -> Backend {
 /// task hands its result back; short steps keep such a jump short.
 /// Moves the paused clock `total` forward in steps of at most 250 ms, the model with it.
 ///
-/// Before each step, a transition waiting for its journal line (durable before sent) has it
-/// written. The writer is a thread of its own, running in real time: the paused clock would
-/// otherwise race ahead, seconds at a step, while it takes a few real milliseconds on a busy
-/// machine, and the transition would reach the backend seconds of paused clock after its
-/// decision. In a real process the clock and the writer both run in real time.
+/// While a delivery is owed, each step first lets the journal writer write everything handed to
+/// it (a blocking wait, which holds the paused clock). The writer is a thread of its own and the
+/// backend is a real socket, both running in real time: the paused clock would otherwise race
+/// ahead, seconds at a step, while they take a few real milliseconds on a busy machine, and a
+/// transition (durable before sent) would reach the backend seconds of paused clock after its
+/// decision (about one run in ten under load). In a real process everything runs in real time.
 async fn tick(total: Duration, sidecar: &Sidecar, model: &mut Model) {
     let end = Instant::now() + total;
     while Instant::now() < end {
-        if sidecar.awaits_journal() {
+        if sidecar.delivering() {
             sidecar.settle_state().await;
         }
         let step = (end - Instant::now()).min(Duration::from_millis(250));
