@@ -24,7 +24,7 @@
 //! - in the end, with the backend healthy, the backend has every configured tenant's last decided
 //!   state (nothing decided is lost across a kill -9), and nothing is owed.
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 300, well under a minute in a debug build).
+//! `PROPTEST_CASES` sets the number of cases (default 300, about a minute in a debug build).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
