@@ -72,6 +72,9 @@
 //! Run under `cargo test` (no `--bench` argument) it only says how to run it: it measures nothing
 //! useful in a debug build.
 
+#[path = "../tests/it/pki.rs"]
+mod pki;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -774,38 +777,11 @@ fn find_thread(pid: u32, name: &str) -> Option<PathBuf> {
 
 // ---------------------------------------------------------------------------------------------
 
-/// A private CA and a server certificate it signed for 127.0.0.1 and localhost (as in
-/// tests/it/private_ca.rs): the gateway's acceptor, and the CA in PEM for `gateway.ca_file`.
+/// The private CA of the tests (tests/it/pki.rs): the gateway's acceptor, and the CA in PEM for
+/// `gateway.ca_file`.
 fn private_ca() -> (TlsAcceptor, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "wa-status-sidecar fleet bench CA");
-    let ca_key = KeyPair::generate().expect("a CA key");
-    let ca_cert = ca.self_signed(&ca_key).expect("the CA certificate");
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("server parameters");
-    let leaf_key = KeyPair::generate().expect("a server key");
-    let leaf_cert = leaf
-        .signed_by(&leaf_key, &issuer)
-        .expect("the server certificate");
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let chain = vec![
-        CertificateDer::from(leaf_cert.der().to_vec()),
-        CertificateDer::from(ca_cert.der().to_vec()),
-    ];
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("the server certificate and key");
-    (TlsAcceptor::from(Arc::new(server)), ca_cert.pem())
+    let pki = pki::pki();
+    (TlsAcceptor::from(pki.server), pki.ca_pem)
 }
 
 fn free_port() -> SocketAddr {

@@ -736,20 +736,22 @@ fn lock_dir(dir: &Path, wait: Duration) -> Result<File, StoreError> {
         .open(&path)
         .map_err(StoreError::io("open lock file", &path))?;
     let mut waited = Duration::ZERO;
-    loop {
+    let locked = loop {
         // SAFETY: flock on a valid, owned descriptor has no memory effects.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        let busy = rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
+        let result = if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        let busy = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK));
         if !busy || waited >= wait {
-            break;
+            break result;
         }
         std::thread::sleep(LOCK_POLL);
         waited += LOCK_POLL;
-    }
-    // SAFETY: as above; a second flock on a held lock is a no-op.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
+    };
+    if let Err(err) = locked {
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let mut text = String::new();
             let pid = file

@@ -124,39 +124,12 @@ impl HostileGateway {
     }
 }
 
-/// A process config against `gateway_url`; `extra` goes at the end.
+/// A process config against `gateway_url` (pings every 20 s, idle timeout 60 s); `extra` goes at
+/// the end.
 fn write_config(rig: &Rig, gateway_url: &str, tenants: &[String], extra: &str) {
-    let ids: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
-    let text = format!(
-        r#"
-[gateway]
-url = "{gateway_url}"
-ping_interval = "20s"
-idle_timeout = "60s"
-
-[backend]
-url = "{backend}"
-secret_file = "secret"
-timeout = "2s"
-
-[debounce]
-disconnect_grace = "2s"
-connect_grace = "300ms"
-
-[tenants]
-ids = [{ids}]
-
-[state]
-dir = "state"
-
-[admin]
-listen = "127.0.0.1:{port}"
-{extra}"#,
-        backend = rig.backend.url(),
-        ids = ids.join(", "),
-        port = rig.admin_port,
-    );
-    std::fs::write(rig.config_path(), text).unwrap();
+    let gateway =
+        format!("url = \"{gateway_url}\"\nping_interval = \"20s\"\nidle_timeout = \"60s\"");
+    rig.write_config_for(&gateway, tenants, extra);
 }
 
 /// `VmRSS` and `VmHWM` (peak) of a process, in KiB.

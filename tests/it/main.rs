@@ -8,7 +8,8 @@
 //! - `process`, `systemd`, `hostile`: the real binary as a child process (kill -9, SIGTERM,
 //!   SIGHUP, sd_notify; a hostile gateway's flood, log injection, a low open-files limit); real
 //!   time, short graces, every wait bounded.
-//! - `common`: the one rig both kinds share.
+//! - `common`: the one rig both kinds share; `pki`: the private CA (the fleet benchmark's
+//!   `--tls` run includes it too).
 //!
 //! The property tests (`tests/fuzz.rs`) are a separate crate so a long run can be asked of them
 //! alone: `PROPTEST_CASES=200000 cargo test --release --test fuzz`.
@@ -22,6 +23,7 @@ mod compat;
 mod faults;
 mod hostile;
 mod model;
+mod pki;
 mod private_ca;
 mod process;
 mod storm;

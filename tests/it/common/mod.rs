@@ -209,13 +209,20 @@ impl Rig {
     /// [`Rig::write_config`] with extra lines at the end (after `[admin]`: start them with a
     /// section header).
     pub fn write_config_with(&self, tenants: &[String], extra: &str) {
+        let gateway = format!(
+            "url = \"{}\"\nping_interval = \"1s\"\nidle_timeout = \"5s\"",
+            self.gateway.url_template()
+        );
+        self.write_config_for(&gateway, tenants, extra);
+    }
+
+    /// [`Rig::write_config_with`] with `gateway` as the body of the `[gateway]` section.
+    pub fn write_config_for(&self, gateway: &str, tenants: &[String], extra: &str) {
         let ids: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
         let text = format!(
             r#"
 [gateway]
-url = "{gateway}"
-ping_interval = "1s"
-idle_timeout = "5s"
+{gateway}
 
 [backend]
 url = "{backend}"
@@ -235,7 +242,6 @@ dir = "state"
 [admin]
 listen = "127.0.0.1:{port}"
 {extra}"#,
-            gateway = self.gateway.url_template(),
             backend = self.backend.url(),
             ids = ids.join(", "),
             port = self.admin_port,
