@@ -110,6 +110,20 @@ impl fmt::Write for Escaping<'_, '_> {
     }
 }
 
+/// `text` escaped as the text log escapes it, for text from a peer shown to a person elsewhere
+/// (the `status` table).
+pub(crate) fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')

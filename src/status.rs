@@ -100,14 +100,19 @@ pub fn table(rows: &[TenantView]) -> String {
             Some(o) => o.status.as_str().to_string(),
             None => "-".to_string(),
         };
-        lines.push([
-            row.tenant.clone(),
-            state,
-            since,
-            row.link.clone(),
-            owed,
-            shorten(reason.as_deref().unwrap_or("-"), REASON_WIDTH),
-        ]);
+        // Every cell is what the admin API answered: escaped, so whatever answers on that
+        // address cannot move the cursor or recolour the operator's terminal.
+        lines.push(
+            [
+                row.tenant.clone(),
+                state,
+                since,
+                row.link.clone(),
+                owed,
+                shorten(reason.as_deref().unwrap_or("-"), REASON_WIDTH),
+            ]
+            .map(|cell| crate::logging::escaped(&cell)),
+        );
     }
     let mut widths = [0usize; 6];
     for line in &lines {
@@ -175,6 +180,23 @@ mod tests {
         // Columns line up: every row's STATE column starts at the same offset.
         let col = lines[0].find("STATE").unwrap();
         assert_eq!(&lines[1][col..col + 9], "connected");
+    }
+
+    #[test]
+    fn what_the_admin_api_answers_cannot_drive_the_terminal() {
+        let rows: Vec<TenantView> = serde_json::from_str(
+            r#"[{"tenant":"b1\u001b]0;owned\u0007","link":"up\r\nfake line","stable":"disconnected",
+                "reported":{"status":"disconnected","reason":"\u001b[2Jgone \u202eevil","at":"t"}}]"#,
+        )
+        .unwrap();
+        let table = table(&rows);
+        assert!(!table
+            .chars()
+            .any(|c| c == '\u{1b}' || c == '\u{7}' || c == '\r'));
+        assert!(!table.contains('\u{202e}'));
+        assert_eq!(table.lines().count(), 3, "no forged line: {table}");
+        assert!(table.contains(r"b1\u{1b}]0;owned\u{7}"), "{table}");
+        assert!(table.contains(r"\u{1b}[2Jgone \u{202e}evil"), "{table}");
     }
 
     #[test]

@@ -524,7 +524,7 @@ pub struct Problem {
 
 impl Problem {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
-        let (path, message) = (path.into(), escape_controls(&message.into(), ""));
+        let (path, message) = (path.into(), crate::logging::escaped(&message.into()));
         Problem { path, message }
     }
 }
@@ -650,7 +650,12 @@ impl Config {
             }
         }
         // Ids and paths are the operator's, but a control character must not reach a terminal.
-        escape_controls(&out, "\n")
+        out.split_inclusive('\n')
+            .map(|line| match line.strip_suffix('\n') {
+                Some(text) => crate::logging::escaped(text) + "\n",
+                None => crate::logging::escaped(line),
+            })
+            .collect()
     }
 }
 
@@ -725,16 +730,6 @@ fn read_file(path: &Path) -> std::io::Result<String> {
     }
     String::from_utf8(bytes)
         .map_err(|_| Error::new(ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
-}
-
-/// `text` with every control character but those in `keep` escaped (`\u{1b}`), so that text
-/// from a file or the environment cannot move the cursor, recolour or retitle a terminal.
-fn escape_controls(text: &str, keep: &str) -> String {
-    let escape = |c: char| match c.is_control() && !keep.contains(c) {
-        true => c.escape_debug().to_string(),
-        false => c.to_string(),
-    };
-    text.chars().map(escape).collect()
 }
 
 fn human(duration: Duration) -> String {
