@@ -726,10 +726,8 @@ const SHARED_LABEL: &str = "(shared link)";
 /// Text from the gateway (a tenant id from a frame) made safe for a log line: control
 /// characters escaped, cut at 128 characters.
 fn escape(text: &str) -> String {
-    text.chars()
-        .take(128)
-        .flat_map(char::escape_debug)
-        .collect()
+    let cut: String = text.chars().take(128).collect();
+    crate::logging::escaped(&cut)
 }
 
 /// The debouncer's starting point from a stored record: the state the backend has (or is owed),
