@@ -79,14 +79,6 @@ impl Deliveries {
     }
 
     /// Reads the outbox without changing it.
-    /// A decided transition waits for its journal line, not yet written: for the tests, whose
-    /// paused clock must not run ahead of the writer thread.
-    #[cfg(any(test, feature = "testing"))]
-    pub fn awaits_journal(&self) -> bool {
-        self.read(Outbox::awaiting_journal)
-            .is_some_and(|seq| self.store.written() < seq)
-    }
-
     fn read<R>(&self, f: impl FnOnce(&Outbox) -> R) -> R {
         f(&self.outbox.lock().unwrap())
     }

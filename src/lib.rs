@@ -452,12 +452,12 @@ impl Sidecar {
         tracing::info!("stopped");
     }
 
-    /// Whether a delivery is owed (waiting for its journal line, in flight or due): a test under
-    /// tokio's paused clock then lets the real-time parts (the journal writer, the sockets) catch
-    /// up ([`Sidecar::settle_state`]) before it moves the clock on.
+    /// Whether a delivery is owed (waiting for its journal line, in flight or due: each of those
+    /// is owed): a test under tokio's paused clock then lets the real-time parts (the journal
+    /// writer, the sockets) catch up ([`Sidecar::settle_state`]) before it moves the clock on.
     #[cfg(feature = "testing")]
     pub fn delivering(&self) -> bool {
-        self.engine.deliveries.owed() > 0 || self.engine.deliveries.awaits_journal()
+        self.engine.deliveries.owed() > 0
     }
 
     /// Waits until the journal writer has written everything decided so far (and finished a
