@@ -39,6 +39,7 @@ pub(crate) mod metrics;
 pub mod observe;
 pub(crate) mod outbox;
 pub mod registry;
+pub(crate) mod secret;
 pub mod sim;
 pub mod status;
 pub(crate) mod store;
@@ -69,6 +70,33 @@ use crate::webhook::Webhook;
 
 /// A tenant id, shared between the map, the timer wheel and the outbox without copying.
 pub type TenantId = Arc<str>;
+
+/// Longest tenant id accepted: real ids are short, and the bound keeps log lines and state small.
+pub(crate) const MAX_TENANT_ID_LEN: usize = 128;
+
+/// Checks a tenant id (SPEC section 3 [rev 12]): 1 to [`MAX_TENANT_ID_LEN`] bytes, no whitespace
+/// or control characters, no `/`, not `.` or `..`. The error says what is wrong and names the id,
+/// escaped so that it cannot corrupt a terminal or a log line.
+pub(crate) fn validate_tenant_id(id: &str) -> Result<(), String> {
+    const RULE: &str =
+        "a tenant id is non-empty, at most 128 bytes, with no whitespace or control characters";
+    const PATH_RULE: &str = "a tenant id is 1 to 128 bytes, with no whitespace, control characters or `/`, and not `.` or `..` (it names a URL path segment and a record in the state dir)";
+    let start: String = id.chars().take(16).flat_map(char::escape_debug).collect();
+    let len = id.len();
+    let problem = match id {
+        "" => format!("empty tenant id; {RULE}"),
+        _ if len > MAX_TENANT_ID_LEN => {
+            format!("tenant id `{start}...` is {len} bytes long; {RULE}")
+        }
+        _ if id.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+            format!("tenant id {id:?} contains whitespace or a control character; {RULE}")
+        }
+        _ if id.contains('/') => format!("tenant id {id:?} contains `/`; {PATH_RULE}"),
+        "." | ".." => format!("tenant id {id:?} is not allowed; {PATH_RULE}"),
+        _ => return Ok(()),
+    };
+    Err(problem)
+}
 
 /// A point in time on both clocks: monotonic for deadlines, wall-clock for what is persisted or
 /// sent. Drivers read it once per event and pass it down.

@@ -40,7 +40,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Config, GatewayConfig};
+use crate::config::{Config, GatewayConfig};
+use crate::logging::redact_url;
 use crate::observe::Ignored;
 use crate::registry::Registry;
 use crate::webhook::full_jitter;

@@ -14,7 +14,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TENANT_PLACEHOLDER};
 
 /// Installs the global subscriber: `RUST_LOG` if set, else `default_filter`; colour only for a
 /// person at a terminal, never into journald or a file.
@@ -127,6 +127,35 @@ pub(crate) fn escaped(text: &str) -> String {
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A URL fit for a log line, a reason or a summary: the password of `user:password@` and every
+/// query value (`?api_key=...`) replaced by `<redacted>`. Works on text that does not parse as a
+/// URL too, since that is exactly what error messages echo.
+pub(crate) fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (head, rest) = url.split_at(start);
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:<redacted>@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let (before_fragment, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+    let Some((path, query)) = before_fragment.split_once('?') else {
+        return format!("{head}{authority}{tail}");
+    };
+    let pairs: Vec<String> = (query.split('&'))
+        .map(|pair| match pair.split_once('=') {
+            Some((key, TENANT_PLACEHOLDER)) => format!("{key}={TENANT_PLACEHOLDER}"),
+            Some((key, _)) => format!("{key}=<redacted>"),
+            None if pair.is_empty() || pair == TENANT_PLACEHOLDER => pair.to_string(),
+            None => "<redacted>".to_string(),
+        })
+        .collect();
+    format!("{head}{authority}{path}?{}{fragment}", pairs.join("&"))
 }
 
 #[cfg(test)]

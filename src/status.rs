@@ -16,7 +16,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// on that address cannot send this command elsewhere or fill its memory.
 pub async fn fetch(admin: &str) -> Result<Vec<TenantView>, String> {
     let url = format!("{}/tenants", admin.trim_end_matches('/'));
-    let shown = crate::config::redact_url(&url);
+    let shown = crate::logging::redact_url(&url);
     let tls =
         crate::tls::client_config(None, url.starts_with("https:")).map_err(|e| e.to_string())?;
     let client = reqwest::Client::builder()

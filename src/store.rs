@@ -643,7 +643,7 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
 fn validate(restored: &mut Restored) {
     let mut rejected = Vec::new();
     restored.records.retain(|id, _| {
-        let ok = crate::config::validate_tenant_id(id).is_ok();
+        let ok = crate::validate_tenant_id(id).is_ok();
         if !ok {
             rejected.push(format!("{:?}", truncate(id, 64)));
         }
@@ -660,7 +660,7 @@ fn validate(restored: &mut Restored) {
         storm.last_reason = clean_text(&storm.last_reason).unwrap_or_default();
         storm
             .held
-            .retain(|id| crate::config::validate_tenant_id(id).is_ok());
+            .retain(|id| crate::validate_tenant_id(id).is_ok());
     }
 }
 

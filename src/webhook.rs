@@ -48,8 +48,9 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::config::{Config, Secret, SigningSecret};
+use crate::config::Config;
 use crate::debounce::Status;
+use crate::secret::{Secret, SigningSecret};
 
 /// First retry delay bound after a transient failure (SPEC 2: base 1 s).
 pub const RETRY_BASE: Duration = Duration::from_secs(1);

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
 
+use base64::Engine as _;
 use http::header::HeaderName;
 use humantime::format_duration as human;
 use serde::Deserialize;

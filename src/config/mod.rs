@@ -40,13 +40,15 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use url::Url;
 
 use crate::debounce::Policy;
+use crate::logging::redact_url;
+use crate::secret::{Secret, SigningSecret};
 use crate::storm::StormPolicy;
+use crate::validate_tenant_id;
 
 mod check;
 mod raw;
@@ -104,8 +106,6 @@ pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
 /// Text reads best on a terminal and in journald; JSON is opt-in for log shippers.
 pub(crate) const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
-/// Longest tenant id accepted: real ids are short, and the bound keeps log lines and state small.
-pub(crate) const MAX_TENANT_ID_LEN: usize = 128;
 /// Largest file read for the config (the config itself, tenants, secrets, CAs): a mistaken
 /// `/dev/zero` or a log file must give a problem, not exhaust memory.
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -114,7 +114,7 @@ const SUMMARY_TENANTS_SHOWN: usize = 10;
 /// How the summary shows a setting that is not set.
 const NONE: &str = "(none)";
 /// What a template's `{tenant}` is replaced by.
-const TENANT_PLACEHOLDER: &str = "{tenant}";
+pub(crate) const TENANT_PLACEHOLDER: &str = "{tenant}";
 /// RFC 3986 unreserved characters stay; everything else in a tenant id is percent-encoded, so the
 /// result is safe in a path segment, a query value or a host label alike.
 const TENANT_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -429,59 +429,6 @@ pub(crate) struct AdminConfig {
     pub(crate) listen: SocketAddr,
 }
 
-/// A secret string (the backend's shared secret, a gateway token). Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-/// One Standard Webhooks signing secret: the HMAC-SHA256 key, i.e. the base64-decoded bytes after
-/// `whsec_`. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct SigningSecret(Vec<u8>);
-
-impl SigningSecret {
-    /// Parses a secret as Standard Webhooks writes it: `whsec_` then base64. The error never
-    /// echoes the text.
-    pub(crate) fn parse(text: &str) -> Result<SigningSecret, String> {
-        const WRITE: &str = "write `whsec_` followed by the base64 key, as Standard Webhooks does";
-        let base64 = base64::engine::general_purpose::STANDARD;
-        match text.strip_prefix("whsec_").map(|key| base64.decode(key)) {
-            None => Err(format!(
-                "not a Standard Webhooks secret (no `whsec_` prefix); {WRITE}"
-            )),
-            Some(Ok(key)) if !key.is_empty() => Ok(SigningSecret(key)),
-            Some(_) => Err(format!(
-                "the key after `whsec_` is not valid non-empty base64; {WRITE}"
-            )),
-        }
-    }
-
-    /// The HMAC key bytes.
-    pub(crate) fn key(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// `Debug` that names the type and shows nothing of the value.
-macro_rules! debug_redacted {
-    ($($T:ident),*) => {$(
-        impl fmt::Debug for $T {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(concat!(stringify!($T), "(<redacted>)"))
-            }
-        }
-    )*};
-}
-debug_redacted!(Secret, SigningSecret);
-
 /// Environment lookups are injected so tests do not touch the process environment.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
@@ -657,59 +604,6 @@ impl Config {
             })
             .collect()
     }
-}
-
-/// Checks a tenant id (SPEC section 3 [rev 12]): 1 to [`MAX_TENANT_ID_LEN`] bytes, no whitespace
-/// or control characters, no `/`, not `.` or `..`. The error says what is wrong and names the id,
-/// escaped so that it cannot corrupt a terminal or a log line.
-pub(crate) fn validate_tenant_id(id: &str) -> Result<(), String> {
-    const RULE: &str =
-        "a tenant id is non-empty, at most 128 bytes, with no whitespace or control characters";
-    const PATH_RULE: &str = "a tenant id is 1 to 128 bytes, with no whitespace, control characters or `/`, and not `.` or `..` (it names a URL path segment and a record in the state dir)";
-    let start: String = id.chars().take(16).flat_map(char::escape_debug).collect();
-    let len = id.len();
-    let problem = match id {
-        "" => format!("empty tenant id; {RULE}"),
-        _ if len > MAX_TENANT_ID_LEN => {
-            format!("tenant id `{start}...` is {len} bytes long; {RULE}")
-        }
-        _ if id.contains(|c: char| c.is_whitespace() || c.is_control()) => {
-            format!("tenant id {id:?} contains whitespace or a control character; {RULE}")
-        }
-        _ if id.contains('/') => format!("tenant id {id:?} contains `/`; {PATH_RULE}"),
-        "." | ".." => format!("tenant id {id:?} is not allowed; {PATH_RULE}"),
-        _ => return Ok(()),
-    };
-    Err(problem)
-}
-
-/// A URL fit for a log line, a reason or a summary: the password of `user:password@` and every
-/// query value (`?api_key=...`) replaced by `<redacted>`. Works on text that does not parse as a
-/// URL too, since that is exactly what error messages echo.
-pub(crate) fn redact_url(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let (head, rest) = url.split_at(start);
-    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:<redacted>@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_string(),
-    };
-    let (before_fragment, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
-    let Some((path, query)) = before_fragment.split_once('?') else {
-        return format!("{head}{authority}{tail}");
-    };
-    let pairs: Vec<String> = (query.split('&'))
-        .map(|pair| match pair.split_once('=') {
-            Some((key, TENANT_PLACEHOLDER)) => format!("{key}={TENANT_PLACEHOLDER}"),
-            Some((key, _)) => format!("{key}=<redacted>"),
-            None if pair.is_empty() || pair == TENANT_PLACEHOLDER => pair.to_string(),
-            None => "<redacted>".to_string(),
-        })
-        .collect();
-    format!("{head}{authority}{path}?{}{fragment}", pairs.join("&"))
 }
 
 /// Replaces every `{tenant}` in `template` with the percent-encoded tenant id.

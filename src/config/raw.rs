@@ -171,21 +171,6 @@ pub(super) fn describe(value: &Value) -> String {
     }
 }
 
-/// Levenshtein distance, for "did you mean" hints.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = prev[j] + usize::from(ca != *cb);
-            cur.push(substitute.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The candidate closest to `name`, if it is close enough to be a plausible typo.
 fn closest<'k>(name: &str, candidates: &[&'k str]) -> Option<&'k str> {
     // A key far longer than any candidate is no typo of one (and would cost a long comparison).
@@ -194,7 +179,7 @@ fn closest<'k>(name: &str, candidates: &[&'k str]) -> Option<&'k str> {
     }
     let name = name.to_ascii_lowercase();
     (candidates.iter())
-        .map(|candidate| (edit_distance(&name, candidate), *candidate))
+        .map(|candidate| (strsim::levenshtein(&name, candidate), *candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len().max(name.len()) / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
