@@ -44,6 +44,7 @@ pub mod sim;
 pub mod status;
 pub(crate) mod store;
 pub mod storm;
+pub(crate) mod summary;
 pub mod system;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

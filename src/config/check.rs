@@ -647,15 +647,13 @@ fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
 fn check_url(url: &str, schemes: &[&str], bare: bool) -> Result<Url, String> {
     let shown = redact_url(url);
     let wanted: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
-    let parsed = Url::parse(url.trim()).map_err(|err| {
-        format!(
-            "`{shown}` is not a valid URL ({err}); write e.g. \"{}host:port/...\"",
-            wanted[0]
-        )
-    })?;
-    let scheme = parsed.scheme();
-    let problem = match () {
-        _ if !schemes.contains(&scheme) => format!(
+    let example = &wanted[0];
+    let invalid = |err| {
+        format!("`{shown}` is not a valid URL ({err}); write e.g. \"{example}host:port/...\"")
+    };
+    let parsed = Url::parse(url.trim()).map_err(invalid)?;
+    let problem = match parsed.scheme() {
+        scheme if !schemes.contains(&scheme) => format!(
             "has scheme `{scheme}`; it must start with {}",
             wanted.join(" or ")
         ),
@@ -691,12 +689,8 @@ fn check_template(template: &str, schemes: &[&str]) -> Result<String, String> {
             "`{shown}` has an unknown placeholder; the only one is `{{tenant}}`"
         ));
     }
-    check_url(
-        &template.replace(TENANT_PLACEHOLDER, "tenant"),
-        schemes,
-        false,
-    )?;
-    Ok(template.to_string())
+    let filled = template.replace(TENANT_PLACEHOLDER, "tenant");
+    check_url(&filled, schemes, false).map(|_| template.to_string())
 }
 
 /// Checks the gateway URL template against the mode and the tenants' overrides.
@@ -727,9 +721,9 @@ fn check_gateway_url(
 /// A `[tenants.urls]` entry: a complete ws(s) URL for a configured tenant.
 fn check_override(tenant: &str, value: &Value, seen: &HashSet<String>) -> Result<String, String> {
     let Value::String(url) = value else {
-        let found = describe(value);
         return Err(format!(
-            "expected a ws:// or wss:// URL string, found {found}"
+            "expected a ws:// or wss:// URL string, found {}",
+            describe(value)
         ));
     };
     validate_tenant_id(tenant)?;
@@ -751,53 +745,48 @@ fn add_header(
     from_env: bool,
     has_token: bool,
 ) -> Result<(), String> {
-    let header = HeaderName::from_bytes(name.as_bytes());
-    let reserved = |h: &HeaderName| RESERVED_HEADERS.split_whitespace().any(|r| r == h);
-    let problem = match header {
-        Err(_) => format!(
+    let invalid = |_| {
+        format!(
             "`{name}` is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
-        ),
-        Ok(ref h) if reserved(h) => {
-            format!("`{name}` is set by the WebSocket handshake itself; remove it")
-        }
-        Ok(ref h) if *h == AUTHORIZATION && has_token => {
+        )
+    };
+    let header = HeaderName::from_bytes(name.as_bytes()).map_err(invalid)?;
+    let reserved = RESERVED_HEADERS.split_whitespace().any(|r| r == header);
+    let problem = match header {
+        _ if reserved => format!("`{name}` is set by the WebSocket handshake itself; remove it"),
+        AUTHORIZATION if has_token => {
             "conflicts with gateway.token / token_env, which already send Authorization; keep one"
                 .to_string()
         }
-        Ok(ref h) if headers.map.contains_key(h) => {
+        _ if headers.map.contains_key(&header) => {
             format!("`{name}` is given twice (header names ignore case); keep one")
         }
-        Ok(_) => String::new(),
-    };
-    let (header, var) = match (header, value) {
-        _ if !problem.is_empty() => return Err(problem),
-        (Ok(header), Value::String(var)) if from_env => (header, Some(var.trim())),
-        (Ok(header), Value::String(_)) => (header, None),
-        (_, other) if from_env => {
-            return Err(format!(
+        _ => match (value, from_env) {
+            (Value::String(_), _) => String::new(),
+            (other, true) => format!(
                 "expected the name of an env var (a string), found {}",
                 describe(other)
-            ))
-        }
-        (_, other) => return Err(format!("expected a string value, found {}", article(other))),
+            ),
+            (other, false) => format!("expected a string value, found {}", article(other)),
+        },
     };
-    let text = match (var, value) {
-        (Some(var), _) => env_var(env, var).ok_or_else(|| format!("env var {var} is not set (or is empty); export it with the header's value, or remove this entry"))?,
-        (None, value) => value.as_str().unwrap_or_default().to_string(),
+    let (Value::String(written), true) = (value, problem.is_empty()) else {
+        return Err(problem);
     };
-    let Ok(mut value) = HeaderValue::from_str(&text) else {
+    let var = from_env.then(|| written.trim());
+    let text = match var {
+        Some(var) => env_var(env, var).ok_or_else(|| format!("env var {var} is not set (or is empty); export it with the header's value, or remove this entry"))?,
+        None => written.clone(),
+    };
+    let mut value = HeaderValue::from_str(&text).map_err(|_| {
         let var = var
             .map(|var| format!("env var {var}: "))
             .unwrap_or_default();
-        return Err(format!(
-            "{var}the value must be printable ASCII (no line breaks or control characters)"
-        ));
-    };
+        format!("{var}the value must be printable ASCII (no line breaks or control characters)")
+    })?;
     value.set_sensitive(true);
     headers.map.insert(header, value);
-    headers
-        .sources
-        .push((name.to_string(), var.map(str::to_string)));
+    headers.sources.push((name.into(), var.map(str::to_string)));
     Ok(())
 }
 

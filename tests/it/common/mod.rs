@@ -9,26 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use wa_status_sidecar::config::{Config, Env};
+use wa_status_sidecar::config::Config;
 use wa_status_sidecar::sim::{self, Call, SimBackend, SimGateway};
 use wa_status_sidecar::Sidecar;
 
 pub const SECRET: &str = "test-secret-3f9a";
 
-/// Environment lookups from a map, so tests never touch the process environment.
-pub struct MapEnv(pub HashMap<String, String>);
-
-impl Env for MapEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
-    }
-}
-
-pub fn env() -> MapEnv {
-    MapEnv(HashMap::from([(
-        "INTERNAL_SHARED_SECRET".to_string(),
-        SECRET.to_string(),
-    )]))
+/// The environment the tests load configs with (the library reads a map as one), so tests
+/// never touch the process environment.
+pub fn env() -> HashMap<String, String> {
+    HashMap::from([("INTERNAL_SHARED_SECRET".to_string(), SECRET.to_string())])
 }
 
 /// The debounce settings of SPEC section 4 (the defaults), written out so a test reads them.
