@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML config, validated into typed settings with every problem listed at once.
+//! - [`summary`]: what `check` prints of a valid config, credentials redacted.
+//! - [`secret`]: credential types that never print.
 //! - [`observe`]: gateway frame -> observation (Baileys wrapped/bare, native, WAHA, Evolution).
 //! - [`debounce`]: the pure per-tenant state machine deciding real transitions (no I/O, no clock).
 //! - [`registry`]: the concurrent map of configured tenants where frames, link events and timers
@@ -27,6 +29,10 @@
 //! - [`logging`]: the log subscriber; control characters escaped in the text format.
 //! - [`demo`]: the `demo` command: the real engine against the simulated gateway and receiver.
 //! - [`sim`]: a simulated gateway and webhook receiver (real servers on loopback) for `demo` and tests.
+
+// Most modules are crate-private (so the compiler reports dead code), and these docs are read
+// with `cargo doc --document-private-items`: links to private items are meant.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod config;
