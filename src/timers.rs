@@ -124,27 +124,25 @@ impl Wheel {
 /// Runs the wheel until `stop` fires, calling `due(tenant, now)` for each deadline reached.
 pub async fn run(mut updates: Receiver, due: impl Fn(&TenantId, Now), stop: CancellationToken) {
     let mut wheel = Wheel::default();
+    let fire = |wheel: &mut Wheel| {
+        let now = Now::read();
+        while let Some(tenant) = wheel.pop_due(now.mono) {
+            due(&tenant, now);
+        }
+    };
     loop {
         let next = wheel.next();
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-                                    pending = updates.recv() => {
+            pending = updates.recv() => {
                 for (tenant, at) in pending {
                     wheel.set(tenant, at);
                 }
                 // Updates may never stop coming during a flood; deadlines still fire.
-                let now = Now::read();
-                while let Some(tenant) = wheel.pop_due(now.mono) {
-                    due(&tenant, now);
-                }
+                fire(&mut wheel);
             }
-            _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
-                let now = Now::read();
-                while let Some(tenant) = wheel.pop_due(now.mono) {
-                    due(&tenant, now);
-                }
-            }
+            _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => fire(&mut wheel),
         }
     }
 }
@@ -174,6 +172,72 @@ mod tests {
             Some("b2")
         );
         assert!(wheel.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_channel_keeps_each_tenants_latest_update_and_loses_none() {
+        let (tx, mut rx) = channel();
+        let start = Instant::now();
+        for i in 1..=1000u64 {
+            tx.send(("a".into(), Some(start + Duration::from_secs(i))))
+                .unwrap();
+        }
+        tx.send(("b".into(), Some(start))).unwrap();
+        tx.send(("b".into(), None)).unwrap();
+        let taken = rx.recv().await;
+        assert_eq!(taken.len(), 2);
+        assert_eq!(
+            taken[&TenantId::from("a")],
+            Some(start + Duration::from_secs(1000))
+        );
+        assert_eq!(taken[&TenantId::from("b")], None);
+
+        // A receive abandoned while it waits (the wheel's sleep won the select) loses nothing:
+        // what is sent afterwards is there for the next receive.
+        let abandoned = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await;
+        assert!(abandoned.is_err(), "nothing was pending");
+        tx.send(("c".into(), Some(start))).unwrap();
+        let taken = rx.recv().await;
+        assert_eq!(taken.keys().map(|t| &**t).collect::<Vec<_>>(), ["c"]);
+
+        // A receiver already waiting is woken by a send from another task.
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        tx.send(("d".into(), None)).unwrap();
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        let taken = taken.expect("the send woke the waiting receiver").unwrap();
+        assert_eq!(taken.keys().map(|t| &**t).collect::<Vec<_>>(), ["d"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wheel_fires_each_tenants_latest_deadline_once() {
+        let (tx, rx) = channel();
+        let fired = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let record = fired.clone();
+        let due = move |tenant: &TenantId, now: Now| {
+            record.lock().unwrap().push((tenant.to_string(), now.mono));
+        };
+        let task = tokio::spawn(run(rx, due, stop.clone()));
+        let start = Instant::now();
+        let secs = |n| start + Duration::from_secs(n);
+        tx.send(("a".into(), Some(secs(30)))).unwrap();
+        tx.send(("b".into(), Some(secs(10)))).unwrap();
+        tx.send(("c".into(), Some(secs(20)))).unwrap();
+        tokio::task::yield_now().await;
+        // Rescheduled later, cancelled, and a new one sooner than all.
+        tx.send(("b".into(), Some(secs(40)))).unwrap();
+        tx.send(("c".into(), None)).unwrap();
+        tx.send(("d".into(), Some(secs(5)))).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let fired = fired.lock().unwrap().clone();
+        let names: Vec<&str> = fired.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["d", "a", "b"]);
+        for ((_, at), want) in fired.iter().zip([5, 30, 40]) {
+            assert!(*at >= secs(want) && *at < secs(want + 1), "{fired:?}");
+        }
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[test]
