@@ -266,6 +266,8 @@ impl Dispatcher {
                         after: None,
                         error: "the request was interrupted".into(),
                         status: None,
+                        // It may have been sent before it was cut short.
+                        maybe_applied: true,
                     },
                 )
             }

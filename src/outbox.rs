@@ -15,7 +15,12 @@
 //! - **One request per tenant in flight**, so a tenant's transitions arrive in order.
 //! - **A newer transition supersedes a queued one.** If the newest state equals what the backend
 //!   already has, nothing is sent (checked again just before sending, since the request in flight
-//!   when it was decided may have failed).
+//!   when it was decided may have failed). "Already has" means known to have: once a request
+//!   went unanswered after it may have reached the backend (a timeout, a connection lost
+//!   mid-request), or a transition still owed was restored at start (it may have been delivered
+//!   just before a kill -9, its acknowledgement not yet written), the backend's state is unsure
+//!   until a call is acknowledged, and the newest state is sent even when it equals `reported`
+//!   (the backend is idempotent; a missed call would leave the business with a false bell).
 //! - **Durable before sent.** Every change of a slot's record becomes a [`Persist`] with a sequence
 //!   number; an owed transition is sent only once the journal writer has written (or tried to
 //!   write and reported itself degraded) the line that holds it.
@@ -58,6 +63,10 @@ struct Slot {
     sending: Option<Sending>,
     /// Attempts at the owed transition since it was decided.
     attempts: u32,
+    /// The backend may have a state other than `reported`: a request since the last 2xx may
+    /// have been applied unanswered, or the owed transition restored at start may have been
+    /// delivered before the stop. Supersession back to `reported` then still sends.
+    unsure: bool,
     /// Not before this instant (backoff, Retry-After, configuration-fault pause).
     not_before: Option<Instant>,
     last_error: Option<String>,
@@ -168,6 +177,8 @@ impl Outbox {
         let slot = Slot {
             reported: delivery.reported,
             owed: delivery.owed,
+            // Whether it was sent, even acknowledged, before the stop is not known.
+            unsure: owes,
             configured,
             decided: owes.then_some(now.mono),
             ..Slot::default()
@@ -210,7 +221,7 @@ impl Outbox {
             ..Slot::default()
         });
         let has = slot.reported.as_ref().map(|r| r.status);
-        if slot.sending.is_none() && has == Some(owed.status) {
+        if slot.sending.is_none() && !slot.unsure && has == Some(owed.status) {
             // The newest state is what the backend already has: nothing to send, and any queued
             // opposite transition is void.
             if slot.owed.take().is_some() {
@@ -274,7 +285,7 @@ impl Outbox {
             let Some(owed) = &slot.owed else {
                 continue;
             };
-            if slot.reported.as_ref().map(|r| r.status) == Some(owed.status) {
+            if !slot.unsure && slot.reported.as_ref().map(|r| r.status) == Some(owed.status) {
                 // Superseded back to what the backend has while a request was in flight.
                 slot.owed = None;
                 self.owed -= 1;
@@ -333,6 +344,7 @@ impl Outbox {
                 });
                 slot.attempts = 0;
                 slot.last_error = None;
+                slot.unsure = false;
                 let owed_now = slot.owed.as_ref().map(|o| o.status);
                 if current == Some(true) || owed_now == Some(job.status) {
                     // Delivered, or superseded by a transition back to what was just delivered.
@@ -346,7 +358,9 @@ impl Outbox {
                 after,
                 error,
                 status,
+                maybe_applied,
             } => {
+                slot.unsure |= *maybe_applied;
                 let wait = retry_wait(*after, job.attempt, unit);
                 settled.retry_in = Some(wait);
                 slot.last_error = Some(error.clone());
@@ -697,6 +711,7 @@ mod tests {
             after,
             error: "backend answered 503".into(),
             status: Some(503),
+            maybe_applied: false,
         }
     }
 
@@ -802,6 +817,162 @@ mod tests {
         write(&mut o);
         let job = o.poll_job(clock.now(), 16).unwrap();
         assert_eq!(job.idempotency_key, "k5");
+    }
+
+    /// A request that got no answer after it may have reached the backend.
+    fn unanswered() -> Outcome {
+        Outcome::Retry {
+            after: None,
+            error: "timeout: no complete answer from the backend within 10s".into(),
+            status: None,
+            maybe_applied: true,
+        }
+    }
+
+    /// The keys of the jobs the outbox starts once every backoff has run out.
+    fn sent_later(o: &mut Outbox, clock: &mut Clock) -> Vec<String> {
+        o.on_timeout(clock.advance(600 * SECOND).mono);
+        write(o);
+        let sent = jobs(o, clock.now(), 16);
+        sent.iter().map(|job| job.idempotency_key.clone()).collect()
+    }
+
+    #[test]
+    fn a_return_to_the_reported_state_is_sent_while_the_backends_state_is_unsure() {
+        let mut clock = Clock::new();
+        let mut o = Outbox::new();
+        o.decided(clock.now(), &t("b1"), owed(Status::Connected, "k1"));
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.on_outcome(clock.now(), &job, &ok(), 0.0);
+
+        // The drop times out: the backend may have it. Back up before the retry: the backend
+        // may have disconnected, so connected is still sent.
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Disconnected, "k2"),
+        );
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.on_outcome(clock.now(), &job, &unanswered(), 0.0);
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Connected, "k3"),
+        );
+        assert_eq!(o.owed(), 1);
+        assert_eq!(sent_later(&mut o, &mut clock), ["k3"]);
+        let job = Job {
+            idempotency_key: "k3".into(),
+            ..job
+        };
+        let job = Job {
+            status: Status::Connected,
+            reason: None,
+            ..job
+        };
+        o.on_outcome(clock.now(), &job, &ok(), 0.0);
+        assert_eq!(o.owed(), 0);
+
+        // Acknowledged: the state is known again, and a drop answered 503 then healed is void.
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Disconnected, "k4"),
+        );
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.on_outcome(clock.now(), &job, &retry(None), 0.0);
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Connected, "k5"),
+        );
+        assert_eq!(o.owed(), 0);
+        assert!(sent_later(&mut o, &mut clock).is_empty());
+
+        // A connection never made cannot have delivered anything either.
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Disconnected, "k6"),
+        );
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        let refused = Outcome::Retry {
+            after: None,
+            error: "cannot connect to the backend: connection refused".into(),
+            status: None,
+            maybe_applied: false,
+        };
+        o.on_outcome(clock.now(), &job, &refused, 0.0);
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Connected, "k7"),
+        );
+        assert_eq!(o.owed(), 0);
+        assert!(sent_later(&mut o, &mut clock).is_empty());
+
+        // The same while the request is in flight: it times out, and the return is sent.
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Disconnected, "k8"),
+        );
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.decided(clock.now(), &t("b1"), owed(Status::Connected, "k9"));
+        o.on_outcome(clock.now(), &job, &unanswered(), 0.0);
+        assert_eq!(sent_later(&mut o, &mut clock), ["k9"]);
+    }
+
+    #[test]
+    fn a_transition_owed_at_start_may_have_been_delivered_so_a_return_is_still_sent() {
+        // Killed right after the backend acknowledged connected, before that was written: the
+        // restart finds connected still owed over a reported disconnected.
+        let mut clock = Clock::new();
+        let mut o = Outbox::new();
+        let record = Record {
+            reported: Some(Reported {
+                status: Status::Disconnected,
+                reason: Some("not linked: waiting for QR code scan".into()),
+                at_ms: 1,
+            }),
+            owed: Some(owed(Status::Connected, "k1")),
+            ..Record::default()
+        };
+        o.restore(clock.now(), &t("b1"), record.delivery(), true);
+        // The backend refuses our credentials for now; meanwhile the phone logs out.
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.on_outcome(
+            clock.now(),
+            &job,
+            &Outcome::Credentials { status: 401 },
+            0.0,
+        );
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Disconnected, "k2"),
+        );
+        assert_eq!(o.owed(), 1, "the backend may have connected");
+        let persists = write(&mut o);
+        let stored = persists.last().unwrap().delivery.as_ref().unwrap();
+        assert_eq!(stored.owed.as_ref().unwrap().idempotency_key, "k2");
+        assert_eq!(sent_later(&mut o, &mut clock), ["k2"]);
+
+        // Restored with nothing owed, the reported state is what the backend has.
+        let mut o = Outbox::new();
+        let record = Record {
+            owed: None,
+            ..record
+        };
+        o.restore(clock.now(), &t("b1"), record.delivery(), true);
+        o.decided(clock.now(), &t("b1"), owed(Status::Disconnected, "k3"));
+        assert_eq!(o.owed(), 0);
+        assert!(sent_later(&mut o, &mut clock).is_empty());
     }
 
     #[test]
@@ -972,6 +1143,7 @@ mod tests {
                 after: None,
                 error: "refused".into(),
                 status: None,
+                maybe_applied: false,
             },
             0.0,
         );

@@ -115,6 +115,11 @@ pub enum Outcome {
         after: Option<Duration>,
         error: String,
         status: Option<u16>,
+        /// No answer came, but the request may have reached the backend and been applied (a
+        /// timeout, or a connection lost once the request was on it): the backend's state is
+        /// not known until a later call is acknowledged. False for an answer, and for a
+        /// connection that was never made.
+        maybe_applied: bool,
     },
     /// 401/403: the shared secret is wrong — a configuration fault.
     Credentials { status: u16 },
@@ -314,6 +319,7 @@ impl Webhook {
             Ok(response) => self.classify(response).await,
             Err(e) => Outcome::Retry {
                 after: None,
+                maybe_applied: !e.is_connect(),
                 error: self.describe_failure(e),
                 status: None,
             },
@@ -342,6 +348,7 @@ impl Webhook {
                 after: retry_after,
                 error: answered(status, &body),
                 status: Some(status),
+                maybe_applied: false,
             },
             _ => Outcome::WrongUrl { status },
         }
@@ -764,6 +771,7 @@ mod tests {
                     after: None,
                     error: format!("backend answered {status}: busy"),
                     status: Some(status),
+                    maybe_applied: false,
                 }
             );
         }
@@ -778,6 +786,7 @@ mod tests {
                 after: Some(Duration::from_secs(7)),
                 error: "backend answered 503".into(),
                 status: Some(503),
+                maybe_applied: false,
             }
         );
     }
@@ -790,6 +799,7 @@ mod tests {
             after: Some(after),
             error,
             status: Some(429),
+            maybe_applied: false,
         } = outcome
         else {
             panic!("expected a retry with a delay, got {outcome:?}");
@@ -891,6 +901,7 @@ mod tests {
             after: None,
             error,
             status: None,
+            maybe_applied: false,
         } = outcome
         else {
             panic!("expected a retry, got {outcome:?}");
@@ -922,6 +933,7 @@ mod tests {
             after: None,
             error,
             status: None,
+            maybe_applied: true,
         } = outcome
         else {
             panic!("expected a retry, got {outcome:?}");
@@ -1009,6 +1021,7 @@ mod tests {
                     after: None,
                     error: String::new(),
                     status: None,
+                    maybe_applied: false,
                 },
                 "retry",
             ),

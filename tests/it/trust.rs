@@ -187,3 +187,34 @@ async fn retry_after_zero_negative_or_past_never_retries_faster_than_the_backoff
         sidecar.shutdown().await;
     }
 }
+
+/// Found by the model test: a return to the state the backend last acknowledged was dropped as
+/// "nothing to send" although the backend might no longer have it. Here the backend applies the
+/// drop but answers after the 10 s timeout; the session comes back meanwhile. The old code took
+/// the timeout for "not delivered", voided the return, and the business kept a false bell.
+#[tokio::test(start_paused = true)]
+async fn a_return_after_an_unanswered_call_is_still_sent() {
+    let rig = rig().await;
+    let sidecar = rig.start_connected(&["b1"]).await;
+
+    // Logged out: decided at once; the backend takes the call but answers too late.
+    rig.backend
+        .push_replies([Reply::ok().with_delay(15 * SECOND)]);
+    rig.gateway
+        .send("b1", &sim::baileys_close(401, "Connection Failure"));
+    let drop = expect_call(&rig.backend, MINUTE).await;
+    assert_eq!(drop.status, "disconnected");
+    // Linked again within the request's timeout; connected after the 10 s connect grace.
+    tokio::time::sleep(SECOND).await;
+    rig.gateway.send("b1", &sim::baileys_open());
+
+    let back = expect_call(&rig.backend, MINUTE).await;
+    assert_eq!(
+        (back.status.as_str(), back.answered),
+        ("connected", 200),
+        "the backend may have the drop: the return is sent"
+    );
+    expect_no_call(&rig.backend, 10 * MINUTE).await;
+    assert_eq!(sidecar.metrics().owed.get(), 0);
+    sidecar.shutdown().await;
+}
