@@ -147,9 +147,6 @@ fn main() -> ExitCode {
                 }
             };
             logging::init(loaded.log.format, "info");
-            for warning in &loaded.warnings {
-                tracing::warn!("{warning}");
-            }
             system::limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -178,6 +175,11 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Logged once SIGTERM is handled: whoever reads the log (an operator, a test) and then stops
+    // the sidecar gets a clean exit, not death by the signal's default action.
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let links_needed = config.tenants.ids.len() as u64 + system::NOFILE_OVERHEAD;
     match system::raise_nofile_limit() {
         Ok(limit) if limit < links_needed => tracing::warn!(
