@@ -26,7 +26,8 @@
 //!   the admin port can never take a descriptor a link or a backend call needs.
 //!
 //! When a new connection arrives and the budget is used up, the open connection that has waited
-//! longest for a request (headers still coming, or idle between requests) is closed to make room,
+//! longest for a request (headers still coming, or idle between requests) is closed to make room
+//! (not one that has sent nothing yet within [`FIRST_BYTE_GRACE`] of its connect),
 //! as nginx does with keep-alive connections when it runs out: a health probe is answered at once
 //! whatever a hundred slow clients hold. Only when every connection is in the middle of a
 //! request (a response being written) does a new one wait, in the kernel's accept queue, where
@@ -73,6 +74,11 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (e.g. out of descriptors), so it is not retried in a hot loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// A new connection that has sent nothing yet cannot be closed to make room for this long: a
+/// probe's request may come a moment after its connect, and clients reconnecting as fast as they
+/// can would otherwise cycle it out before its request arrives. One that stays silent can be
+/// closed after this (and times out at [`HEADER_READ_TIMEOUT`] anyway).
+const FIRST_BYTE_GRACE: Duration = Duration::from_millis(250);
 
 /// Binds the admin listener. Kept apart from [`serve`] so a bind error stops start-up with a
 /// clear message before anything else runs.
@@ -246,13 +252,17 @@ impl Connections {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            {
+            let grace_ends = {
                 let open = self.open.lock().unwrap();
                 if open.len() < budget || open.iter().any(|c| c.waiting_since().is_some()) {
                     return;
                 }
+                open.iter().filter_map(|c| c.grace_ends()).min()
+            };
+            tokio::select! {
+                () = changed => {}
+                () = sleep_until(grace_ends.unwrap_or_else(crate::deliver::far_future)), if grace_ends.is_some() => {}
             }
-            changed.await;
         }
     }
 
@@ -285,6 +295,10 @@ struct Conn {
     /// A probe's head arrives with the connection and makes it busy at its first read; without
     /// this, clients reconnecting as fast as they can evicted it before its task first ran.
     fresh: AtomicBool,
+    /// When it was accepted, and whether a byte has been read from it since: a connection that
+    /// has sent nothing is not closed to make room within [`FIRST_BYTE_GRACE`] of its accept.
+    accepted: Instant,
+    heard: AtomicBool,
     state: Mutex<ConnState>,
     /// The deadline moved earlier (a new request began): the watcher recomputes it.
     wake: Notify,
@@ -319,6 +333,8 @@ impl Conn {
         let now = Instant::now();
         Conn {
             fresh: AtomicBool::new(true),
+            accepted: now,
+            heard: AtomicBool::new(false),
             state: Mutex::new(ConnState {
                 phase: Phase::Head(now),
                 last_io: now,
@@ -348,7 +364,7 @@ impl Conn {
     /// Since when the connection has been waiting for a request; None while one is answered
     /// or before its first read.
     fn waiting_since(&self) -> Option<Instant> {
-        if self.fresh.load(Ordering::Acquire) {
+        if self.fresh.load(Ordering::Acquire) || self.grace_ends().is_some() {
             return None;
         }
         let state = self.state.lock().unwrap();
@@ -357,6 +373,13 @@ impl Conn {
             Phase::Idle => Some(state.last_io),
             Phase::Busy => None,
         }
+    }
+
+    /// When its first-byte grace ends, while it runs: silent since its accept, and accepted
+    /// less than [`FIRST_BYTE_GRACE`] ago.
+    fn grace_ends(&self) -> Option<Instant> {
+        let ends = self.accepted + FIRST_BYTE_GRACE;
+        (!self.heard.load(Ordering::Acquire) && Instant::now() < ends).then_some(ends)
     }
 
     fn phase_name(&self) -> &'static str {
@@ -376,6 +399,7 @@ impl Conn {
     }
 
     fn read(&self) {
+        self.heard.store(true, Ordering::Release);
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
         state.last_io = now;

@@ -168,3 +168,48 @@ async fn a_trickled_head_is_cut_at_5s_and_a_keep_alive_lives_30s_after_its_last_
     );
     sidecar.shutdown().await;
 }
+
+/// A probe whose request comes a moment after its connect, while 100 clients holding half a
+/// head reconnect as fast as the server closes them: it is not closed to make room before its
+/// request arrives (CI once saw `/livez` cut off this way in `hostile`), and it is answered.
+#[tokio::test(start_paused = true)]
+async fn a_probe_slow_to_send_its_request_is_not_cycled_out_by_reconnecting_clients() {
+    let rig = rig().await;
+    let sidecar = rig.start(&["business_1"]).await;
+    let addr = sidecar.admin_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut reconnects = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let _ = stream.write_all(b"GET /tenants HTTP/1.1\r\nHost: a").await;
+                let mut buf = [0u8; 64];
+                // Until the server closes it, or the test ends; then again 10 ms later (the
+                // paused clock only moves when every task waits).
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+                reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            reconnects
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut probe = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    probe.write_all(LIVEZ).await.unwrap();
+    let answer = read_livez(&mut probe).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut reconnects = 0;
+    for client in clients {
+        reconnects += client.await.unwrap();
+    }
+    // The clients really were cycled through while the probe waited.
+    assert!(reconnects > 100, "only {reconnects} connections made");
+    sidecar.shutdown().await;
+}
