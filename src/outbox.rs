@@ -829,11 +829,15 @@ mod tests {
         }
     }
 
-    /// The keys of the jobs the outbox starts once every backoff has run out.
+    /// The keys of the jobs the outbox starts once every backoff has run out; each is then
+    /// acknowledged.
     fn sent_later(o: &mut Outbox, clock: &mut Clock) -> Vec<String> {
         o.on_timeout(clock.advance(600 * SECOND).mono);
         write(o);
         let sent = jobs(o, clock.now(), 16);
+        for job in &sent {
+            o.on_outcome(clock.now(), job, &ok(), 0.0);
+        }
         sent.iter().map(|job| job.idempotency_key.clone()).collect()
     }
 
@@ -842,90 +846,50 @@ mod tests {
         let mut clock = Clock::new();
         let mut o = Outbox::new();
         o.decided(clock.now(), &t("b1"), owed(Status::Connected, "k1"));
-        write(&mut o);
-        let job = o.poll_job(clock.now(), 16).unwrap();
-        o.on_outcome(clock.now(), &job, &ok(), 0.0);
-
-        // The drop times out: the backend may have it. Back up before the retry: the backend
-        // may have disconnected, so connected is still sent.
-        o.decided(
-            clock.advance(SECOND),
-            &t("b1"),
-            owed(Status::Disconnected, "k2"),
-        );
-        write(&mut o);
-        let job = o.poll_job(clock.now(), 16).unwrap();
-        o.on_outcome(clock.now(), &job, &unanswered(), 0.0);
-        o.decided(
-            clock.advance(SECOND),
-            &t("b1"),
-            owed(Status::Connected, "k3"),
-        );
-        assert_eq!(o.owed(), 1);
-        assert_eq!(sent_later(&mut o, &mut clock), ["k3"]);
-        let job = Job {
-            idempotency_key: "k3".into(),
-            ..job
-        };
-        let job = Job {
-            status: Status::Connected,
-            reason: None,
-            ..job
-        };
-        o.on_outcome(clock.now(), &job, &ok(), 0.0);
-        assert_eq!(o.owed(), 0);
-
-        // Acknowledged: the state is known again, and a drop answered 503 then healed is void.
-        o.decided(
-            clock.advance(SECOND),
-            &t("b1"),
-            owed(Status::Disconnected, "k4"),
-        );
-        write(&mut o);
-        let job = o.poll_job(clock.now(), 16).unwrap();
-        o.on_outcome(clock.now(), &job, &retry(None), 0.0);
-        o.decided(
-            clock.advance(SECOND),
-            &t("b1"),
-            owed(Status::Connected, "k5"),
-        );
-        assert_eq!(o.owed(), 0);
-        assert!(sent_later(&mut o, &mut clock).is_empty());
-
-        // A connection never made cannot have delivered anything either.
-        o.decided(
-            clock.advance(SECOND),
-            &t("b1"),
-            owed(Status::Disconnected, "k6"),
-        );
-        write(&mut o);
-        let job = o.poll_job(clock.now(), 16).unwrap();
+        assert_eq!(sent_later(&mut o, &mut clock), ["k1"]);
         let refused = Outcome::Retry {
             after: None,
             error: "cannot connect to the backend: connection refused".into(),
             status: None,
             maybe_applied: false,
         };
-        o.on_outcome(clock.now(), &job, &refused, 0.0);
-        o.decided(
-            clock.advance(SECOND),
-            &t("b1"),
-            owed(Status::Connected, "k7"),
-        );
-        assert_eq!(o.owed(), 0);
-        assert!(sent_later(&mut o, &mut clock).is_empty());
-
-        // The same while the request is in flight: it times out, and the return is sent.
-        o.decided(
-            clock.advance(SECOND),
-            &t("b1"),
-            owed(Status::Disconnected, "k8"),
-        );
-        write(&mut o);
-        let job = o.poll_job(clock.now(), 16).unwrap();
-        o.decided(clock.now(), &t("b1"), owed(Status::Connected, "k9"));
-        o.on_outcome(clock.now(), &job, &unanswered(), 0.0);
-        assert_eq!(sent_later(&mut o, &mut clock), ["k9"]);
+        // A connected tenant drops, the call gets this outcome, and the tenant is back before
+        // the retry (or, `in_flight`, while the call is still out): is the return sent?
+        let cases = [
+            ("unanswered", unanswered(), false, true),
+            ("unanswered, back while in flight", unanswered(), true, true),
+            (
+                "answered 503: the backend kept connected",
+                retry(None),
+                false,
+                false,
+            ),
+            ("never connected", refused, false, false),
+        ];
+        for (n, (case, outcome, in_flight, sent)) in cases.into_iter().enumerate() {
+            let (down, up) = (format!("down{n}"), format!("up{n}"));
+            o.decided(
+                clock.advance(SECOND),
+                &t("b1"),
+                owed(Status::Disconnected, &down),
+            );
+            write(&mut o);
+            let job = o.poll_job(clock.now(), 16).unwrap();
+            if !in_flight {
+                o.on_outcome(clock.now(), &job, &outcome, 0.0);
+            }
+            o.decided(
+                clock.advance(SECOND),
+                &t("b1"),
+                owed(Status::Connected, &up),
+            );
+            if in_flight {
+                o.on_outcome(clock.now(), &job, &outcome, 0.0);
+            }
+            let want = if sent { vec![up] } else { vec![] };
+            assert_eq!(sent_later(&mut o, &mut clock), want, "{case}");
+            assert_eq!(o.owed(), 0, "{case}");
+        }
     }
 
     #[test]
