@@ -93,9 +93,9 @@ impl Visit for Visitor<'_> {
 /// Writes through, escaping what could break the line or drive a terminal: C0 and C1 control
 /// characters (newline, carriage return, escape), the Unicode line and paragraph separators, and
 /// the bidirectional overrides and isolates that reorder how a line reads.
-struct Escaping<'a, 'writer>(&'a mut Writer<'writer>);
+struct Escaping<W>(W);
 
-impl fmt::Write for Escaping<'_, '_> {
+impl<W: fmt::Write> fmt::Write for Escaping<W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let mut rest = text;
         while let Some(at) = rest.find(needs_escape) {
@@ -111,16 +111,11 @@ impl fmt::Write for Escaping<'_, '_> {
 }
 
 /// `text` escaped as the text log escapes it, for text from a peer shown to a person elsewhere
-/// (the `status` table).
+/// (the `status` table, config messages, the registry's log fields).
 pub(crate) fn escaped(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if needs_escape(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
+    // Writing to a String cannot fail.
+    let _ = fmt::Write::write_str(&mut Escaping(&mut out), text);
     out
 }
 
