@@ -361,8 +361,8 @@ impl Conn {
         self.state.lock().unwrap().cutoff = Some(cutoff);
     }
 
-    /// Since when the connection has been waiting for a request; None while one is answered
-    /// or before its first read.
+    /// Since when the connection has been waiting for a request; None while one is answered,
+    /// before its first read, or while silent within [`FIRST_BYTE_GRACE`] of its accept.
     fn waiting_since(&self) -> Option<Instant> {
         if self.fresh.load(Ordering::Acquire) || self.grace_ends().is_some() {
             return None;

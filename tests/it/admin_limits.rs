@@ -213,3 +213,44 @@ async fn a_probe_slow_to_send_its_request_is_not_cycled_out_by_reconnecting_clie
     assert!(reconnects > 100, "only {reconnects} connections made");
     sidecar.shutdown().await;
 }
+
+/// The cost of that grace: 100 clients that connect and send nothing, reconnecting as soon as
+/// they are closed, keep every slot inside its grace for a while; a probe that sends its request
+/// at once waits in the kernel's queue until a grace runs out, then is answered.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_silent_connections_delays_a_probe_by_a_grace_at_most() {
+    let rig = rig().await;
+    let sidecar = rig.start(&["business_1"]).await;
+    let addr = sidecar.admin_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let asked = Instant::now();
+    let mut probe = TcpStream::connect(addr).await.unwrap();
+    probe.write_all(LIVEZ).await.unwrap();
+    let answer = read_livez(&mut probe).await;
+    let waited = asked.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    eprintln!("a probe behind 100 silent reconnecting clients: answered after {waited:?}");
+    assert!(
+        waited <= 2 * Duration::from_millis(250) + Duration::from_millis(50),
+        "answered after {waited:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    sidecar.shutdown().await;
+}
