@@ -1085,10 +1085,10 @@ async fn run(args: &Args) -> bool {
     if args.ci && !bars.ci_failed.is_empty() {
         eprintln!(
             "fleet: CI bars failed: {} (memory: at most {} KiB a tenant above a {} MiB base; \
-                          gateway-restart storm: 0 backend calls; slow disk: the closes sent during an \
+             gateway-restart storm: 0 backend calls; slow disk: the closes sent during an \
              injected fsync sleep (5 at least) with a median under a quarter of the delay, every \
-             link pinged within {} s, the injected delay seen; storms: 0 calls when \
-             healed, one outage call per tenant within {} s of the hold's end when not)",
+             link pinged within {} s, the injected delay seen; storms: 0 calls when healed, one \
+             outage call per tenant within {} s of the hold's end when not)",
             bars.ci_failed.join(", "),
             memory_bars(args).1,
             BASE_KIB / 1024,

@@ -958,10 +958,9 @@ fn mode_at(world: &World, at: Instant) -> Backend {
         .map_or(Backend::Ok, |(_, m)| *m)
 }
 
-/// Moves the paused clock by `total` in steps of at most 250 ms. A paused clock jumps to the next
-/// timer whenever the runtime looks idle, and it can look idle for an instant while a blocking
-/// task hands its result back; short steps keep such a jump short.
-/// Moves the paused clock `total` forward in steps of at most 250 ms, the model with it.
+/// Moves the paused clock `total` forward in steps of at most 250 ms, the model with it. A
+/// paused clock jumps to the next timer whenever the runtime looks idle, and it can look idle for
+/// an instant while a blocking task hands its result back; short steps keep such a jump short.
 ///
 /// While a delivery is owed, each step first lets the journal writer write everything handed to
 /// it (a blocking wait, which holds the paused clock). The writer is a thread of its own and the
