@@ -80,6 +80,14 @@ struct Slot {
     flush_try: bool,
 }
 
+impl Slot {
+    /// The backend is known to have `status`: it acknowledged it last, and nothing sent since
+    /// may have changed that.
+    fn backend_has(&self, status: Status) -> bool {
+        !self.unsure && self.reported.as_ref().map(|r| r.status) == Some(status)
+    }
+}
+
 #[derive(Debug)]
 struct Sending {
     key: Box<str>,
@@ -220,8 +228,7 @@ impl Outbox {
             configured: true,
             ..Slot::default()
         });
-        let has = slot.reported.as_ref().map(|r| r.status);
-        if slot.sending.is_none() && !slot.unsure && has == Some(owed.status) {
+        if slot.sending.is_none() && slot.backend_has(owed.status) {
             // The newest state is what the backend already has: nothing to send, and any queued
             // opposite transition is void.
             if slot.owed.take().is_some() {
@@ -285,7 +292,7 @@ impl Outbox {
             let Some(owed) = &slot.owed else {
                 continue;
             };
-            if !slot.unsure && slot.reported.as_ref().map(|r| r.status) == Some(owed.status) {
+            if slot.backend_has(owed.status) {
                 // Superseded back to what the backend has while a request was in flight.
                 slot.owed = None;
                 self.owed -= 1;
@@ -890,6 +897,40 @@ mod tests {
             assert_eq!(sent_later(&mut o, &mut clock), want, "{case}");
             assert_eq!(o.owed(), 0, "{case}");
         }
+    }
+
+    #[test]
+    fn an_unsure_tenant_removed_while_it_owes_the_return_delivers_it_then_goes() {
+        let mut clock = Clock::new();
+        let mut o = Outbox::new();
+        o.decided(clock.now(), &t("b1"), owed(Status::Connected, "k1"));
+        assert_eq!(sent_later(&mut o, &mut clock), ["k1"]);
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Disconnected, "k2"),
+        );
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.on_outcome(clock.now(), &job, &unanswered(), 0.0);
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Connected, "k3"),
+        );
+        // Removed by a reload: the return it owes was true, so it still goes, then the record.
+        o.removed(&t("b1"));
+        assert_eq!(sent_later(&mut o, &mut clock), ["k3"]);
+        assert_eq!(o.view("b1"), None);
+        assert_eq!(write(&mut o).last().unwrap().delivery, None);
+        // Added again: first-seen, nothing reported, so its first decision is sent.
+        o.added(&t("b1"));
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Connected, "k4"),
+        );
+        assert_eq!(sent_later(&mut o, &mut clock), ["k4"]);
     }
 
     #[test]
