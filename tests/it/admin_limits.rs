@@ -169,6 +169,31 @@ async fn a_trickled_head_is_cut_at_5s_and_a_keep_alive_lives_30s_after_its_last_
     sidecar.shutdown().await;
 }
 
+/// 100 clients that connect, send `first` (maybe nothing), and wait until the server closes the
+/// connection (or 1 s), then connect again 10 ms later (the paused clock only moves when every
+/// task waits), until `stop`. Each returns how many connections it made.
+fn flood(
+    addr: std::net::SocketAddr,
+    first: &'static [u8],
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<JoinHandle<u32>> {
+    let spawn = |stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        tokio::spawn(async move {
+            let mut connections = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let _ = stream.write_all(first).await;
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+                connections += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            connections
+        })
+    };
+    (0..100).map(|_| spawn(stop.clone())).collect()
+}
+
 /// A probe whose request comes a moment after its connect, while 100 clients holding half a
 /// head reconnect as fast as the server closes them: it is not closed to make room before its
 /// request arrives (CI once saw `/livez` cut off this way in `hostile`), and it is answered.
@@ -178,24 +203,7 @@ async fn a_probe_slow_to_send_its_request_is_not_cycled_out_by_reconnecting_clie
     let sidecar = rig.start(&["business_1"]).await;
     let addr = sidecar.admin_addr();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..100 {
-        let stop = stop.clone();
-        clients.push(tokio::spawn(async move {
-            let mut reconnects = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let mut stream = TcpStream::connect(addr).await.unwrap();
-                let _ = stream.write_all(b"GET /tenants HTTP/1.1\r\nHost: a").await;
-                let mut buf = [0u8; 64];
-                // Until the server closes it, or the test ends; then again 10 ms later (the
-                // paused clock only moves when every task waits).
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
-                reconnects += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            reconnects
-        }));
-    }
+    let clients = flood(addr, b"GET /tenants HTTP/1.1\r\nHost: a", &stop);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut probe = TcpStream::connect(addr).await.unwrap();
@@ -223,18 +231,7 @@ async fn a_flood_of_silent_connections_delays_a_probe_by_a_grace_at_most() {
     let sidecar = rig.start(&["business_1"]).await;
     let addr = sidecar.admin_addr();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..100 {
-        let stop = stop.clone();
-        clients.push(tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let mut stream = TcpStream::connect(addr).await.unwrap();
-                let mut buf = [0u8; 64];
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }));
-    }
+    let clients = flood(addr, b"", &stop);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let asked = Instant::now();
