@@ -52,12 +52,7 @@ pub fn client_config(ca_file: Option<&Path>, needed: bool) -> Result<Arc<ClientC
         );
     }
     if let Some(path) = ca_file {
-        for cert in read_ca_file(path)? {
-            roots.add(cert).map_err(|e| TlsError::Invalid {
-                path: path.display().to_string(),
-                error: e.to_string(),
-            })?;
-        }
+        roots.roots.extend(ca_roots(path)?.roots);
     }
     if roots.is_empty() && needed {
         tracing::warn!(
@@ -74,9 +69,10 @@ pub fn client_config(ca_file: Option<&Path>, needed: bool) -> Result<Arc<ClientC
     Ok(Arc::new(config))
 }
 
-/// The certificates of a PEM file, read capped. A file with a broken block is refused as a
-/// whole rather than half used.
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The trust anchors of a PEM CA file, read capped. A file with a broken block, or with a
+/// certificate that cannot be a trust anchor, is refused as a whole rather than half used.
+/// The config's check calls this too, so `check` refuses what a start would.
+pub(crate) fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let shown = || path.display().to_string();
     let mut text = Vec::new();
     std::fs::File::open(path)
@@ -88,7 +84,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     if text.len() as u64 > CA_FILE_LIMIT {
         return Err(TlsError::TooLarge { path: shown() });
     }
-    let certs = CertificateDer::pem_slice_iter(&text)
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Invalid {
             path: shown(),
@@ -97,7 +93,14 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     if certs.is_empty() {
         return Err(TlsError::Empty { path: shown() });
     }
-    Ok(certs)
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| TlsError::Invalid {
+            path: shown(),
+            error: e.to_string(),
+        })?;
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
 
-use base64::Engine as _;
 use http::header::HeaderName;
 use humantime::format_duration as human;
 use serde::Deserialize;
@@ -19,6 +18,7 @@ use url::Host;
 use super::raw::*;
 use super::*;
 use crate::storm;
+use crate::tls::TlsError;
 
 /// Header names the WebSocket handshake sets itself; overriding them would break it.
 const RESERVED_HEADERS: &str = "host connection upgrade content-length transfer-encoding \
@@ -378,14 +378,16 @@ impl Check<'_> {
         headers
     }
 
-    /// A PEM CA file: readable, with at least one certificate.
+    /// A PEM CA file that the TLS clients will load: readable, every certificate in it a
+    /// usable trust anchor, at least one.
     fn ca_file(&mut self, key: Key<String>) -> Option<PathBuf> {
         let path = self.file(key, "the CA certificate(s)")?;
         let shown = path.display();
-        let problem = match read_file(&path) {
-            Ok(text) if pem_certificates(&text) > 0 => return Some(path),
-            Ok(_) => format!("{shown} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); give the CA certificate(s) in PEM form"),
-            Err(err) => format!("cannot read {shown}: {err}"),
+        let problem = match crate::tls::ca_roots(&path) {
+            Ok(_) => return Some(path),
+            Err(TlsError::Read { error, .. }) => format!("cannot read {shown}: {error}"),
+            Err(TlsError::Empty { .. }) => format!("{shown} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); give the CA certificate(s) in PEM form"),
+            Err(other) => format!("{other}; give the CA certificate(s) in PEM form"),
         };
         self.bad(key.0, problem)
     }
@@ -788,14 +790,4 @@ fn add_header(
     headers.map.insert(header, value);
     headers.sources.push((name.into(), var.map(str::to_string)));
     Ok(())
-}
-
-/// How many PEM `CERTIFICATE` blocks in `text` hold base64 that decodes to a DER sequence.
-fn pem_certificates(text: &str) -> usize {
-    let base64 = base64::engine::general_purpose::STANDARD;
-    let blocks = text.split("-----BEGIN CERTIFICATE-----").skip(1);
-    let bodies = blocks.filter_map(|block| block.split_once("-----END CERTIFICATE-----"));
-    let der = bodies.map(|(body, _)| base64.decode(body.split_whitespace().collect::<String>()));
-    der.filter(|der| der.as_ref().is_ok_and(|der| der.first() == Some(&0x30)))
-        .count()
 }

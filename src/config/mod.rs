@@ -195,7 +195,7 @@ pub(crate) struct GatewayConfig {
     /// at load; every value is marked sensitive. The token is not among them.
     pub(crate) headers: Headers,
     /// A PEM file with the private CA(s) trusted for `wss://` and an `https://` state_url, on top
-    /// of the system roots. Checked at load to hold a certificate; the clients load it.
+    /// of the system roots. Checked at load as the clients load it (`tls::ca_roots`).
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) ping_interval: Duration,
     /// No frame of any kind for this long means the link is dead (half-open). Exceeds `ping_interval`.
@@ -249,7 +249,7 @@ pub(crate) struct BackendConfig {
     /// Where `signing_secrets` came from; `None` when there are none.
     pub(crate) signing_source: Option<SigningSource>,
     /// A PEM file with the private CA(s) trusted for an `https://` backend, on top of the
-    /// system roots. Checked at load to hold a certificate; the webhook client loads it.
+    /// system roots. Checked at load as the webhook client loads it (`tls::ca_roots`).
     pub(crate) ca_file: Option<PathBuf>,
     /// `backend.allow_plain_http`: an `http://` URL to a host that is not loopback was allowed
     /// explicitly (a warning says so). Otherwise such a URL is refused.

@@ -1061,13 +1061,23 @@ fn credentials_in_urls_never_reach_a_message_the_summary_or_debug() {
     }
 }
 
-/// A PEM block around a minimal DER SEQUENCE: what the check looks for in a CA file.
-const PEM: &str = "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
+/// A PEM block around a minimal DER SEQUENCE: base64 that decodes, but no certificate.
+const NOT_A_CERTIFICATE: &str =
+    "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
 
+/// `check` refuses every CA file the TLS clients would refuse at start or reload.
 #[test]
 fn ca_files_must_hold_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), format!("# private CA\n{PEM}")).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca".to_string()]).unwrap();
+    let ca = ca.cert.pem();
+    std::fs::write(dir.path().join("ca.pem"), format!("# private CA\n{ca}")).unwrap();
+    std::fs::write(dir.path().join("fake.pem"), NOT_A_CERTIFICATE).unwrap();
+    std::fs::write(
+        dir.path().join("mixed.pem"),
+        format!("{ca}{NOT_A_CERTIFICATE}"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("key.pem"),
         "-----BEGIN PRIVATE KEY-----\nMAMCAQE=\n-----END PRIVATE KEY-----\n",
@@ -1101,10 +1111,18 @@ fn ca_files_must_hold_a_certificate() {
         .summary()
         .contains("ca_file                 (system roots only)"));
 
-    for file in ["key.pem", "junk.pem"] {
+    let err = parse(&text.replace("/abs/ca.pem", "key.pem")).unwrap_err();
+    assert!(
+        message(&err, "backend.ca_file").contains("holds no PEM certificate"),
+        "{err}"
+    );
+    // A block that is not base64, a block that is no certificate, and one of those after a good
+    // certificate: each is refused naming its file, as the TLS client would refuse it.
+    for file in ["junk.pem", "fake.pem", "mixed.pem"] {
         let err = parse(&text.replace("/abs/ca.pem", file)).unwrap_err();
+        let message = message(&err, "backend.ca_file");
         assert!(
-            message(&err, "backend.ca_file").contains("holds no PEM certificate"),
+            message.contains(file) && message.contains("cannot be used as a trust anchor"),
             "{err}"
         );
     }

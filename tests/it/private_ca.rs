@@ -301,28 +301,30 @@ async fn a_reload_naming_a_bad_ca_file_is_refused_and_the_old_config_kept() {
     })
     .await;
 
-    // A block that `check` counts as a certificate (base64 of a DER SEQUENCE) but that is none.
-    let bad = dir.path().join("bad-ca.pem");
-    std::fs::write(
-        &bad,
-        "-----BEGIN CERTIFICATE-----\nMAMBAgM=\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
-    let error = sidecar
-        .reload(config(dir.path(), &gateway_lines, &backend_lines(&bad)))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("backend.ca_file") && error.contains("bad-ca.pem"),
-        "{error}"
-    );
+    // The configs are loaded while the file holds the CA, and the file goes bad before the
+    // reload: a block of base64 that decodes to a DER SEQUENCE, but no certificate.
+    std::fs::create_dir(dir.path().join("bad")).unwrap();
+    let bad = write_ca(&dir.path().join("bad"), &pki.ca_pem);
     let bad_gateway = format!("{gateway_lines}\nca_file = \"{}\"", bad.display());
-    let error = sidecar
-        .reload(config(dir.path(), &bad_gateway, &backend_lines(&ca)))
-        .unwrap_err()
-        .to_string();
+    let bad_backend = config(dir.path(), &gateway_lines, &backend_lines(&bad));
+    let bad_gateway = config(dir.path(), &bad_gateway, &backend_lines(&ca));
+    let not_a_certificate = "-----BEGIN CERTIFICATE-----\nMAMBAgM=\n-----END CERTIFICATE-----\n";
+    std::fs::write(&bad, not_a_certificate).unwrap();
+    for (config, key) in [
+        (bad_backend, "backend.ca_file"),
+        (bad_gateway, "gateway.ca_file"),
+    ] {
+        let error = sidecar.reload(config).unwrap_err().to_string();
+        assert!(
+            error.contains(key) && error.contains(&bad.display().to_string()),
+            "{error}"
+        );
+    }
+    // Loaded now, the config itself is refused: `check` and SIGHUP say so before any reload.
+    let text = format!("[backend]\nca_file = \"{}\"", bad.display());
+    let error = Config::from_toml_str(&text, dir.path(), &env()).unwrap_err();
     assert!(
-        error.contains("gateway.ca_file") && error.contains("bad-ca.pem"),
+        error.problems.iter().any(|p| p.path == "backend.ca_file"),
         "{error}"
     );
 

@@ -344,10 +344,7 @@ fn check_summarises_the_credentials_without_showing_any() {
         "signing",
         "# current\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
     );
-    private(
-        "ca.pem",
-        "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
-    );
+    private("ca.pem", &crate::pki::pki().ca_pem);
     let path = dir.path().join("sidecar.toml");
     std::fs::write(
         &path,
