@@ -540,6 +540,13 @@ fn log_restored(restored: &store::Restored, config: &Config) {
             "state records with an invalid tenant id were dropped"
         );
     }
+    if !restored.salvaged.is_empty() {
+        tracing::warn!(
+            count = restored.salvaged.len(),
+            fields = %restored.salvaged.join("; "),
+            "state records with fields that do not parse were kept without them (those fields took their defaults; a lost owed transition is not sent)"
+        );
+    }
     if restored.repaired > 0 {
         tracing::warn!(
             count = restored.repaired,

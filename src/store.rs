@@ -216,6 +216,9 @@ pub struct Restored {
     pub rejected: Vec<String>,
     /// Records whose times, reasons, penalty or key were out of range and were repaired.
     pub repaired: usize,
+    /// Records read with fields that did not parse, which took their defaults: each as
+    /// `"<tenant>": <fields>`, the tenant escaped for the log.
+    pub salvaged: Vec<String>,
     /// Things the operator should know about the directory (e.g. loose permissions).
     pub warnings: Vec<String>,
 }
@@ -308,7 +311,11 @@ impl Store {
             Ok(None) => {}
             Ok(Some(data)) => match parse_snapshot(&data) {
                 Ok(snap) => {
-                    restored.records = snap.tenants;
+                    for (tenant, readable) in snap.tenants {
+                        if let Some(record) = readable.take(&tenant, &mut restored) {
+                            restored.records.insert(tenant, record);
+                        }
+                    }
                     restored.storms = snap.storms;
                     min_line_gen = snap.generation;
                     generation = snap.generation;
@@ -459,9 +466,11 @@ enum Unusable {
 /// Reads a state file without following a symlink and without reading more than
 /// [`MAX_FILE_BYTES`]; None when it does not exist.
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, Unusable> {
+    // O_NONBLOCK: opening a FIFO (or a device) put in the directory must not wait for ever
+    // for a writer; the type check below then refuses it. A regular file ignores the flag.
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(file) => file,
@@ -540,7 +549,7 @@ struct JournalLine {
     #[serde(default)]
     tenant: Option<String>,
     #[serde(default)]
-    record: Option<Record>,
+    record: Option<Readable>,
     #[serde(default)]
     deleted: bool,
     #[serde(default)]
@@ -555,9 +564,85 @@ struct Snapshot {
     /// Absent in a hand-written snapshot: then every journal line applies.
     #[serde(default)]
     generation: u64,
-    tenants: HashMap<String, Record>,
-    #[serde(default)]
+    tenants: HashMap<String, Readable>,
+    #[serde(default, deserialize_with = "readable_storms")]
     storms: Vec<StoredStorm>,
+}
+
+/// A stored record as read. One field that does not parse (a wrong type, a negative time, an
+/// unknown status) costs that field, which takes its default, and not the tenant's record, let
+/// alone the whole snapshot with every other tenant's owed transition in it.
+struct Readable {
+    record: Option<Record>,
+    /// The fields that took their defaults; empty when the record parsed whole.
+    dropped: Vec<&'static str>,
+}
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        if let Ok(record) = Record::deserialize(&value) {
+            let dropped = Vec::new();
+            return Ok(Readable {
+                record: Some(record),
+                dropped,
+            });
+        }
+        let serde_json::Value::Object(fields) = value else {
+            let (record, dropped) = (None, vec!["the whole record (not a JSON object)"]);
+            return Ok(Readable { record, dropped });
+        };
+        let mut fields = Salvage(fields, Vec::new());
+        let record = Record {
+            reported: fields.take("reported"),
+            owed: fields.take("owed"),
+            penalty: fields
+                .take("penalty")
+                .filter(|p: &f64| p.is_finite())
+                .unwrap_or(0.0),
+            penalty_at_ms: fields.take("penalty_at_ms").unwrap_or(0),
+            flapping: fields.take("flapping").unwrap_or(false),
+            stable: fields.take("stable"),
+        };
+        Ok(Readable {
+            record: Some(record),
+            dropped: fields.1,
+        })
+    }
+}
+
+/// The fields of a record that did not parse whole, and the names of those dropped so far.
+struct Salvage(
+    serde_json::Map<String, serde_json::Value>,
+    Vec<&'static str>,
+);
+
+impl Salvage {
+    /// The field's value when it parses on its own; else None, its name noted as dropped. An
+    /// absent or null field is None, not dropped.
+    fn take<T: serde::de::DeserializeOwned>(&mut self, name: &'static str) -> Option<T> {
+        let value = self.0.remove(name).unwrap_or_default();
+        let parsed = serde_json::from_value::<Option<T>>(value);
+        parsed.map_err(|_| self.1.push(name)).ok().flatten()
+    }
+}
+
+impl Readable {
+    /// The record, noting in `restored` what of it was lost.
+    fn take(self, tenant: &str, restored: &mut Restored) -> Option<Record> {
+        if !self.dropped.is_empty() {
+            let tenant = truncate(tenant, 64);
+            (restored.salvaged).push(format!("{tenant:?}: {}", self.dropped.join(", ")));
+        }
+        self.record
+    }
+}
+
+/// The stored holds, each that does not parse left out (its tenants are then not held).
+fn readable_storms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StoredStorm>, D::Error> {
+    let storms = Vec::<serde_json::Value>::deserialize(d)?;
+    let storms = storms.into_iter().map(StoredStorm::deserialize);
+    Ok(storms.filter_map(Result::ok).collect())
 }
 
 fn parse_snapshot(data: &[u8]) -> Result<Snapshot, String> {
@@ -614,8 +699,11 @@ fn replay(data: &[u8], min_gen: u64, restored: &mut Restored) -> u64 {
                     (Some(tenant), true, _, _) => {
                         restored.records.remove(&tenant);
                     }
-                    (Some(tenant), false, Some(record), _) => {
-                        restored.records.insert(tenant, record);
+                    (Some(tenant), false, Some(readable), _) => {
+                        match readable.take(&tenant, restored) {
+                            Some(record) => restored.records.insert(tenant, record),
+                            None => restored.records.remove(&tenant),
+                        };
                     }
                     (None, _, _, Some(storms)) => restored.storms = storms,
                     (None, _, _, None) if entry.storm_held.is_some() => {
@@ -1090,6 +1178,81 @@ mod tests {
             let (_store, again) = open(tmp.path());
             assert!(again.set_aside.is_empty());
             assert_eq!(again.records["a"], rec(1));
+        }
+    }
+
+    /// A field that does not parse costs that field, not the record, the snapshot or any
+    /// other tenant's owed transition; the same for a journal line and a stored hold.
+    #[test]
+    fn a_bad_field_costs_that_field_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = serde_json::to_string(&rec(2)).unwrap();
+        let mut negative: serde_json::Value = serde_json::to_value(rec(3)).unwrap();
+        negative["penalty_at_ms"] = (-1).into();
+        let mut bogus: serde_json::Value = serde_json::to_value(rec(4)).unwrap();
+        bogus["owed"]["status"] = "bogus".into();
+        let snapshot = format!(
+            "{{\"version\":1,\"generation\":0,\"tenants\":{{\"good\":{good},\"negative\":{negative},\
+             \"bogus\":{bogus},\"string\":\"x\"}},\"storms\":[{{\"id\":\"x\"}},{{\"id\":7,\"held\":[\"good\"]}}]}}"
+        );
+        fs::write(tmp.path().join(SNAPSHOT_FILE), snapshot).unwrap();
+        let mut late: serde_json::Value = serde_json::to_value(rec(5)).unwrap();
+        late["flapping"] = "yes".into();
+        let line = serde_json::json!({"gen": 0, "tenant": "late", "record": late});
+        fs::write(journal_path(tmp.path(), 0), format!("{line}\n")).unwrap();
+
+        let (_store, restored) = open(tmp.path());
+        assert!(restored.set_aside.is_empty(), "{:?}", restored.set_aside);
+        assert_eq!(restored.records["good"], rec(2));
+        let negative = &restored.records["negative"];
+        assert_eq!(
+            (&negative.reported, &negative.owed),
+            (&rec(3).reported, &rec(3).owed)
+        );
+        assert_eq!(negative.penalty_at_ms, 0);
+        assert_eq!(restored.records["bogus"].owed, None);
+        assert_eq!(restored.records["bogus"].reported, rec(4).reported);
+        assert!(!restored.records.contains_key("string"));
+        assert_eq!(restored.records["late"].owed, rec(5).owed);
+        assert_eq!(restored.journal_lines, 1);
+        assert_eq!(restored.storms.len(), 1);
+        assert_eq!(restored.storms[0].id, 7);
+        let mut salvaged = restored.salvaged.clone();
+        salvaged.sort();
+        assert_eq!(
+            salvaged,
+            [
+                "\"bogus\": owed",
+                "\"late\": flapping",
+                "\"negative\": penalty_at_ms",
+                "\"string\": the whole record (not a JSON object)",
+            ]
+        );
+    }
+
+    /// A FIFO (or any file that is not a regular one) where a state file belongs is refused
+    /// at once, naming the fix; opening it must not wait for a writer that never comes.
+    #[test]
+    fn a_fifo_in_place_of_a_state_file_is_refused_without_waiting() {
+        for name in [SNAPSHOT_FILE, "journal-7.jsonl"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let fifo = std::ffi::CString::new(tmp.path().join(name).to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path; mkfifo has no memory effects.
+            assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let dir = tmp.path().to_path_buf();
+            std::thread::spawn(move || {
+                let result = Store::open_with(&dir, Arc::new(Notify::new()), Options::default());
+                let _ = tx.send(result.map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let result = rx.recv_timeout(Duration::from_secs(10));
+            let error = result
+                .expect("open returns")
+                .expect_err("a FIFO is refused");
+            assert!(
+                error.contains(name) && error.contains("not a regular file"),
+                "{error}"
+            );
         }
     }
 
