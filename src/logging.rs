@@ -9,15 +9,19 @@
 use std::fmt;
 
 use tracing::field::{Field, Visit};
+use tracing::Level;
 use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TENANT_PLACEHOLDER};
 
 /// Installs the global subscriber: `RUST_LOG` if set, else `default_filter`; colour only for a
-/// person at a terminal, never into journald or a file.
+/// person at a terminal, never into journald or a file. Whatever `RUST_LOG` says, no other
+/// crate's TRACE line is written ([`own_trace_only`]).
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -25,10 +29,20 @@ pub fn init(format: LogFormat, default_filter: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let own_trace_only = filter_fn(|meta| own_trace_only(meta.level(), meta.target()));
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
+        LogFormat::Json => builder.json().finish().with(own_trace_only).init(),
+        LogFormat::Text => (builder.fmt_fields(EscapedFields).finish())
+            .with(own_trace_only)
+            .init(),
     }
+}
+
+/// Whether an event may be written: any but another crate's TRACE. Those carry the bytes of
+/// requests: tungstenite's prints the whole WebSocket handshake, the gateway token and the
+/// `[gateway.headers]` values in it, which no log line may show (SPEC section 3).
+fn own_trace_only(level: &Level, target: &str) -> bool {
+    *level < Level::TRACE || target.starts_with(env!("CARGO_CRATE_NAME"))
 }
 
 /// The text format's field formatter: tracing-subscriber's layout (the message, then
@@ -158,6 +172,20 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn only_the_sidecars_own_trace_lines_are_written() {
+        assert!(own_trace_only(&Level::TRACE, "wa_status_sidecar::link"));
+        assert!(own_trace_only(
+            &Level::DEBUG,
+            "tungstenite::handshake::client"
+        ));
+        assert!(!own_trace_only(
+            &Level::TRACE,
+            "tungstenite::handshake::client"
+        ));
+        assert!(!own_trace_only(&Level::TRACE, "hyper_util::client"));
+    }
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);

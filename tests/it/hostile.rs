@@ -320,6 +320,46 @@ async fn control_characters_from_the_gateway_and_the_backend_are_escaped_in_the_
     );
 }
 
+/// `RUST_LOG=trace` does not put a credential in the log, in either format: tungstenite's TRACE
+/// line prints the whole handshake, the token and the header values with it, and no other
+/// crate's TRACE line is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_stay_out_of_the_log_even_at_trace() {
+    const TOKEN: &str = "gateway-token-3f9a";
+    const HEADER: &str = "header-value-7c2e";
+    let rig = rig().await;
+    rig.gateway.set_snapshot("business_1", sim::baileys_open());
+    let gateway = format!(
+        "url = \"{}\"\ntoken = \"{TOKEN}\"\n[gateway.headers]\nX-Api-Key = \"{HEADER}\"",
+        rig.gateway.url_template()
+    );
+    for (n, format) in [(1, "text"), (2, "json")] {
+        let log_section = format!("[log]\nformat = \"{format}\"\n");
+        rig.write_config_for(&gateway, &["business_1".to_string()], &log_section);
+        let mut command = rig.command(n);
+        command.env("RUST_LOG", "trace");
+        let mut child = rig.spawn_command(n, command);
+        if n == 1 {
+            let call = expect_call(&rig.backend, 20 * SECOND).await;
+            assert_eq!(call.status, "connected");
+        }
+        // Logged once the handshake, whose request tungstenite traces, is done.
+        until(20 * SECOND, "the link up", &child, || {
+            let log = child.log();
+            async move { log.contains("gateway link up") }
+        })
+        .await;
+        child.terminate().await;
+        let log = rig.log(n);
+        for credential in [TOKEN, HEADER, crate::common::SECRET] {
+            assert!(
+                !log.contains(credential),
+                "{credential} in the {format} log:\n{log}"
+            );
+        }
+    }
+}
+
 /// `backend.allow_plain_http` is a risk the operator took: it is said at every start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_plain_http_is_warned_at_start() {
