@@ -644,8 +644,9 @@ fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
     lines.filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
-/// Parses `url` and checks its scheme is one of `schemes` and it has a host, and, `bare`, that it
-/// has no query or fragment. Messages show the URL redacted.
+/// Parses `url` and checks its scheme is one of `schemes` and it has a host, and, `bare` (the
+/// backend's base URL), that it has no query, fragment, user or password. Messages show the URL
+/// redacted.
 fn check_url(url: &str, schemes: &[&str], bare: bool) -> Result<Url, String> {
     let shown = redact_url(url);
     let wanted: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
@@ -662,6 +663,10 @@ fn check_url(url: &str, schemes: &[&str], bare: bool) -> Result<Url, String> {
         _ if parsed.host_str().is_none_or(str::is_empty) => "has no host".to_string(),
         _ if bare && (parsed.query().is_some() || parsed.fragment().is_some()) => {
             "has a query or fragment; give only the base URL (backend.path is appended to it)"
+                .to_string()
+        }
+        _ if bare && (!parsed.username().is_empty() || parsed.password().is_some()) => {
+            "carries a user or password; remove them (the shared secret goes in X-INTERNAL-SECRET)"
                 .to_string()
         }
         _ => return Ok(parsed),

@@ -348,9 +348,9 @@ fn check_summarises_the_credentials_without_showing_any() {
     let path = dir.path().join("sidecar.toml");
     std::fs::write(
         &path,
-        "[gateway]\nurl = \"wss://127.0.0.1:1/ws/{tenant}?apikey=query-key-62\"\n\
+        "[gateway]\nurl = \"wss://user:url-pass-63@127.0.0.1:1/ws/{tenant}?apikey=query-key-62\"\n\
          token_file = \"token\"\nca_file = \"ca.pem\"\n[gateway.headers_env]\nX-Api-Key = \"API_KEY\"\n\
-         [backend]\nurl = \"https://user:url-pass-63@127.0.0.1:2\"\nsigning_secret_file = \"signing\"\n\
+         [backend]\nurl = \"https://127.0.0.1:2\"\nsigning_secret_file = \"signing\"\n\
          [debounce]\nstorm_fraction = 0.3\n[tenants]\nids = [\"b1\"]\n",
     )
     .unwrap();
@@ -370,7 +370,7 @@ fn check_summarises_the_credentials_without_showing_any() {
         "headers                 X-Api-Key: <redacted> (from env API_KEY)",
         "signing_secrets         1 secret(s) <redacted> (from backend.signing_secret_file",
         "apikey=<redacted>",
-        "https://user:<redacted>@127.0.0.1:2/",
+        "wss://user:<redacted>@127.0.0.1:1/ws/",
         "ca_file                 /",
         "storm_fraction          0.3",
     ] {
