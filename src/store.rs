@@ -269,6 +269,15 @@ fn io_hint(err: &io::Error, path: &Path) -> String {
             "check the state.dir setting: every parent must be an existing directory".to_string()
         }
         Some(libc::EIO) => format!("the disk holding {} reports I/O errors", dir.display()),
+        // `create_dir_all` on a path that is a file.
+        Some(libc::EEXIST) if !path.is_dir() => format!(
+            "{} is not a directory; point state.dir at a directory, or move the file away",
+            path.display()
+        ),
+        Some(libc::ELOOP) => format!(
+            "{} is a symlink, and no file in the state dir is opened through one; remove it",
+            path.display()
+        ),
         _ => format!("check state.dir ({}) and its disk", dir.display()),
     }
 }
@@ -1280,6 +1289,34 @@ mod tests {
         let (_store, restored) = open(&dir);
         assert_eq!(restored.records["a"], rec(1));
         assert!(!dir.join(SNAPSHOT_FILE).is_symlink());
+    }
+
+    /// A state dir that is a file, or a `lock` that is a symlink, stops the start with the fix
+    /// named, not "check state.dir and its disk".
+    #[test]
+    fn a_state_dir_that_is_a_file_or_a_symlinked_lock_names_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("state");
+        fs::write(&file, b"").unwrap();
+        let open = |dir: &Path| Store::open_with(dir, Arc::new(Notify::new()), Options::default());
+        let error = open(&file).expect_err("a file is no state dir").to_string();
+        let fix = format!(
+            "{} is not a directory; point state.dir at a directory",
+            file.display()
+        );
+        assert!(error.contains(&fix), "{error}");
+
+        let dir = tmp.path().join("dir");
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join(LOCK_FILE)).unwrap();
+        let error = open(&dir)
+            .expect_err("a symlinked lock is refused")
+            .to_string();
+        assert!(
+            error.contains("lock is a symlink") && error.contains("remove it"),
+            "{error}"
+        );
+        assert!(!tmp.path().join("elsewhere").exists());
     }
 
     #[test]

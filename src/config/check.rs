@@ -178,7 +178,7 @@ impl Check<'_> {
     fn duration(&mut self, key: Key<Span>, default: Duration, grace: bool) -> Duration {
         let expected = "a duration string such as \"60s\" or \"5m\"";
         self.leaf(key, default, expected, &|span| match span {
-            Span::Bare(n) => Err(format!("a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"60s\"")),
+            Span::Bare(n) => Err(format!("a bare number has no unit; write a duration string, e.g. \"{n}s\" or \"{n}ms\"")),
             Span::Text(s) => match humantime::parse_duration(s.trim()) {
                 Err(err) => Err(format!("`{s}` is not a duration ({err}); write e.g. \"60s\", \"5m\", \"1h 30m\" or \"500ms\"")),
                 Ok(d) if d > MAX_DURATION => Err(format!("{} is too long; every duration is at most 30 days (\"30d\")", human(d))),
@@ -254,7 +254,8 @@ impl Check<'_> {
                     ids.extend(self.take("tenants.file", id));
                 }
             }
-            Some((path, Err(err))) => self.problem("tenants.file", format!("cannot read {path}: {err}; create it (one tenant id a line; it may be empty) or remove the key")),
+            Some((path, Err(err))) if err.kind() == std::io::ErrorKind::NotFound => self.problem("tenants.file", format!("cannot read {path}: {err}; create it (one tenant id a line; it may be empty) or remove the key")),
+            Some((path, Err(err))) => self.problem("tenants.file", format!("cannot read {path}: {err}")),
             None => {}
         }
         let mut seen = HashSet::new();

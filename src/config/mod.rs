@@ -386,7 +386,21 @@ impl Config {
     /// the file's directory.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
         let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
-        let config = read_file(path).map_err(|err| vec![Problem::new("", format!("cannot read the config file: {err}; pass an existing file with --config or WA_SIDECAR_CONFIG"))]);
+        let config = read_file(path).map_err(|err| {
+            let fix = match err.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "; pass an existing file with --config or WA_SIDECAR_CONFIG"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "; make it readable by the user the sidecar runs as"
+                }
+                _ => "",
+            };
+            vec![Problem::new(
+                "",
+                format!("cannot read the config file: {err}{fix}"),
+            )]
+        });
         let config =
             config.and_then(|text| check::parse(&text, base_dir.unwrap_or(Path::new(".")), env));
         config.map_err(|problems| ConfigError {

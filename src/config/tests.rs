@@ -414,7 +414,7 @@ fn durations_are_humane_strings() {
     );
     let err = fail(&text);
     assert!(
-        message(&err, "debounce.disconnect_grace").contains("\"60s\""),
+        message(&err, "debounce.disconnect_grace").contains("e.g. \"60s\" or \"60ms\""),
         "{err}"
     );
     assert!(
@@ -496,7 +496,8 @@ fn tenants_file_is_merged_after_ids() {
     )
     .unwrap_err();
     assert!(
-        message(&err, "tenants.file").contains("missing.txt"),
+        message(&err, "tenants.file").contains("missing.txt")
+            && message(&err, "tenants.file").contains("create it"),
         "{err}"
     );
 
@@ -824,6 +825,11 @@ fn deeply_nested_or_huge_values_are_problems_not_crashes() {
     let err = fail(&MINIMAL.replace("ids = [\"t1\"]", "ids = [\"t1\"]\nfile = \"/dev/zero\""));
     assert!(
         message(&err, "tenants.file").contains("larger than 16777216 bytes"),
+        "{err}"
+    );
+    // Only a file that is not there is to be created.
+    assert!(
+        !message(&err, "tenants.file").contains("create it"),
         "{err}"
     );
 }
@@ -1442,4 +1448,22 @@ proptest::proptest! {
         }
         loads_without_panic(&lines.join("\n"));
     }
+}
+
+/// A config file that cannot be read says why, and names a fix only where there is one.
+#[test]
+fn an_unreadable_config_file_names_the_fix_that_applies() {
+    let missing = Config::load(Path::new("/nonexistent/sidecar.toml"), &ENV).unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("pass an existing file with --config"),
+        "{missing}"
+    );
+    let endless = Config::load(Path::new("/dev/zero"), &ENV).unwrap_err();
+    let said = endless.to_string();
+    assert!(
+        said.contains("larger than") && !said.contains("pass an existing file"),
+        "{said}"
+    );
 }
