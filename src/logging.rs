@@ -105,8 +105,10 @@ impl Visit for Visitor<'_> {
 }
 
 /// Writes through, escaping what could break the line or drive a terminal: C0 and C1 control
-/// characters (newline, carriage return, escape), the Unicode line and paragraph separators, and
-/// the bidirectional overrides and isolates that reorder how a line reads.
+/// characters (newline, carriage return, escape), the Unicode line and paragraph separators, the
+/// bidirectional overrides, isolates and marks that reorder how a line reads, and the invisible
+/// characters (zero-width space and joiners, word joiner, byte-order mark) that make two
+/// different ids look the same.
 struct Escaping<W>(W);
 
 impl<W: fmt::Write> fmt::Write for Escaping<W> {
@@ -135,7 +137,8 @@ pub(crate) fn escaped(text: &str) -> String {
 
 fn needs_escape(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}')
+        || matches!(c, '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 /// A URL fit for a log line, a reason or a summary: the password of `user:password@` and every
@@ -238,6 +241,24 @@ mod tests {
         );
         assert!(log.contains(r#"body="bye\nINFO"#), "{log}");
         assert!(log.contains(" code=428"), "{log}");
+    }
+
+    /// Two ids that differ only by an invisible character, or by a mark that reorders the text,
+    /// read differently once escaped.
+    #[test]
+    fn invisible_and_reordering_characters_are_escaped() {
+        for c in [
+            '\u{200b}', '\u{200d}', '\u{200f}', '\u{061c}', '\u{2060}', '\u{feff}',
+        ] {
+            let id = format!("business{c}_1");
+            let shown = escaped(&id);
+            assert!(
+                !shown.contains(c) && shown != "business_1",
+                "{c:?}: {shown}"
+            );
+            assert_eq!(shown, format!("business{}_1", c.escape_debug()));
+        }
+        assert_eq!(escaped("החיבור נותק"), "החיבור נותק");
     }
 
     #[test]
