@@ -37,6 +37,7 @@
 //! a `HeaderValue` marked sensitive, and errors are built from `reqwest` errors stripped of
 //! their URL.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -177,7 +178,17 @@ impl fmt::Debug for Webhook {
 struct Body<'a> {
     tenant_id: &'a str,
     status: Status,
-    reason: Option<&'a str>,
+    reason: Option<Cow<'a, str>>,
+}
+
+/// The text with every control character a space. Reasons are built without them; this makes
+/// sure of it on the wire, since a backend may refuse one (the Flask kit answers 400, and a 400
+/// drops the delivery: a lost bell).
+fn without_controls(text: &str) -> Cow<'_, str> {
+    match text.contains(char::is_control) {
+        false => Cow::Borrowed(text),
+        true => Cow::Owned(text.replace(char::is_control, " ")),
+    }
 }
 
 impl Webhook {
@@ -271,7 +282,7 @@ impl Webhook {
             status: d.status,
             reason: match d.status {
                 Status::Connected => None,
-                Status::Disconnected => d.reason,
+                Status::Disconnected => d.reason.map(without_controls),
             },
         };
         // Serializing a struct of strings cannot fail; `expect` documents that rather than
@@ -633,6 +644,22 @@ mod tests {
         assert_eq!(object["tenant_id"], "business_1");
         assert_eq!(object["status"], "disconnected");
         assert_eq!(object["reason"], reason);
+    }
+
+    /// A control character never reaches the wire, whatever the reason holds: a backend may
+    /// refuse it with a 400, which would drop the delivery.
+    #[tokio::test]
+    async fn a_reason_never_carries_a_control_character() {
+        let (url, mut rx) = recording().await;
+        let hook = webhook(&url, Duration::from_secs(5));
+        let reason = "line one\nline two\u{0}\u{1b}[31m\u{85}end";
+        let outcome = hook
+            .send(&delivery(Status::Disconnected, Some(reason)))
+            .await;
+        assert_eq!(outcome, Outcome::Delivered { status: 200 });
+        let (_, body) = rx.recv().await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["reason"], "line one line two  [31m end");
     }
 
     /// The published test vector of Standard Webhooks (standard-webhooks/standard-webhooks,
