@@ -31,9 +31,9 @@ from .models import (
     utcnow,
 )
 from .payload import MAX_BODY_BYTES, PayloadError, StatusChange, parse_body, parse_rfc3339, validate_payload
-from .signatures import SignatureError, parse_secrets, verify
+from .signatures import TOLERANCE_SECONDS, SignatureError, parse_secrets, verify
 
-__all__ = ["WEBHOOK_PATH", "NOTIFICATIONS_PATH", "WaStatus", "init_app"]
+__all__ = ["WEBHOOK_PATH", "NOTIFICATIONS_PATH", "MIN_IDEMPOTENCY_TTL", "WaStatus", "init_app"]
 
 log = logging.getLogger("wa_status_backend")
 
@@ -43,6 +43,11 @@ MAX_IDEMPOTENCY_KEY_LEN = 255
 # The bell shows a handful; a business never has more than one open disconnect reminder from
 # the kit, so this only bounds what a table filled by other means could make us send.
 MAX_NOTIFICATIONS = 50
+# A signed call is accepted while its timestamp is within TOLERANCE_SECONDS of our clock, either
+# way: one sent with a clock that runs ahead is first accepted up to 5 minutes before its
+# timestamp and replayable until 5 minutes after it. Its idempotency key must outlive all of that,
+# or a captured call replayed after the purge is applied again (a closed bell opens again).
+MIN_IDEMPOTENCY_TTL = timedelta(seconds=2 * TOLERANCE_SECONDS)
 
 SecretSource = Union[str, bytes, Callable[[], Optional[Union[str, bytes]]], None]
 SigningSource = Union[str, Sequence[str], Callable[[], Union[str, Sequence[str], None]], None]
@@ -447,6 +452,9 @@ def init_app(
                       list, or a callable read per call; default ``app.config["WEBHOOK_SIGNING_SECRET"]``.
                       When any is configured, every call must carry a valid signature.
     notifications_path: None leaves the bell's list out.
+    idempotency_ttl:  how long an Idempotency-Key (a signed call's webhook-id) is kept; at least
+                      :data:`MIN_IDEMPOTENCY_TTL` (10 minutes: the signatures' replay window), None
+                      keeps keys forever.
     """
     if not callable(session):
         raise TypeError("session must be a session factory (db.session, a scoped_session or a sessionmaker)")
@@ -459,6 +467,15 @@ def init_app(
     if texts is None:
         texts = app.config.get("WA_STATUS_TEXTS")
     catalogue = Catalogue(texts, default_locale=locale if isinstance(locale, str) else DEFAULT_LOCALE)
+    if idempotency_ttl is not None:
+        if not isinstance(idempotency_ttl, timedelta):
+            raise TypeError("idempotency_ttl must be a datetime.timedelta, or None to keep keys forever")
+        if idempotency_ttl < MIN_IDEMPOTENCY_TTL:
+            raise ValueError(
+                f"idempotency_ttl={idempotency_ttl} is shorter than the {MIN_IDEMPOTENCY_TTL} a signed call can "
+                f"be replayed in (its timestamp is accepted {TOLERANCE_SECONDS // 60} minutes either way): a "
+                f"replay after its key was purged would be applied again; set idempotency_ttl to at least "
+                f"timedelta(minutes={MIN_IDEMPOTENCY_TTL.seconds // 60}) (default 7 days)")
     if signing_secrets is None:
         signing_secrets = app.config.get("WEBHOOK_SIGNING_SECRET")
     if not callable(signing_secrets):
