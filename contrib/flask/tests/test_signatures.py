@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from sqlalchemy.orm import sessionmaker
 
-from conftest import down, signed_headers, whsec
+from conftest import down, signed_headers, up, whsec
 import wa_status_backend.extension
 import wa_status_backend.signatures
 from wa_status_backend import MIN_IDEMPOTENCY_TTL, SignatureError, init_app, parse_secret, parse_secrets, sign, verify
@@ -274,14 +274,13 @@ def test_with_the_shortest_ttl_a_signed_call_cannot_be_replayed_after_its_key_is
         return signed_post(kit, body, [SECRET_A], msg_id=msg_id,
                            timestamp=int(clock.t) + ahead if stamp is None else stamp)
 
-    up = {"tenant_id": "business_1", "status": "connected", "reason": None}
     assert send(down(), "evt_down", t0 + ahead).status_code == 200  # captured by an attacker
     clock.t += 1
-    assert send(up, "evt_up").status_code == 200
+    assert send(up(), "evt_up").status_code == 200
     assert kit.open_reminders("b1") == []
 
     clock.t = t0 + 2 * ahead - 1  # the captured call's timestamp is 299 s old: it still verifies
-    assert send(up, "evt_other").status_code == 200  # a genuine call runs the purge
+    assert send(up(), "evt_other").status_code == 200  # a genuine call runs the purge
     r = send(down(), "evt_down", t0 + ahead)
     assert r.status_code == 200 and r.headers["Idempotent-Replayed"] == "true"
     assert kit.open_reminders("b1") == []  # not applied again
@@ -289,6 +288,42 @@ def test_with_the_shortest_ttl_a_signed_call_cannot_be_replayed_after_its_key_is
     clock.t = t0 + 2 * ahead + 1  # 301 s old: the signature refuses it ...
     r = send(down(), "evt_down", t0 + ahead)
     assert r.status_code == 401 and "tolerance" in r.get_json()["message"]
-    assert send(up, "evt_late").status_code == 200  # ... and now its key may go
+    assert send(up(), "evt_late").status_code == 200  # ... and now its key may go
     assert kit.key_count() == 3  # evt_down purged (stored at t0), evt_up, evt_other, evt_late kept
     assert kit.open_reminders("b1") == []
+
+
+# ------------------------------------------------------------------ require_signatures
+
+
+def test_require_signatures_without_a_signing_secret_stops_init_app():
+    for empty in (None, "", "  \n", []):
+        with pytest.raises(ValueError, match=r"require_signatures=True.*signing_secrets.*whsec_"):
+            bare_init_app(signing_secrets=empty, require_signatures=True)
+    with pytest.raises(TypeError, match="require_signatures"):
+        bare_init_app(signing_secrets=SECRET_A, require_signatures="yes")
+
+
+def test_require_signatures_fails_closed_when_the_secrets_source_goes_empty(make_kit, caplog):
+    live = {"secrets": SECRET_A}
+    kit = make_kit(signing_secrets=lambda: live["secrets"], require_signatures=True)
+    assert signed_post(kit, down(), [SECRET_A], msg_id="m1").status_code == 200
+    for empty in ("", None, []):
+        live["secrets"] = empty  # a secrets file emptied, a vault that answers nothing
+        for r in (kit.post(up(), key="m2"), signed_post(kit, up(), [SECRET_A], msg_id="m2")):
+            assert r.status_code == 401, r.get_data(as_text=True)
+            assert "requires signed calls" in r.get_json()["message"]
+    assert "require_signatures is set but no signing secret" in caplog.text
+    assert len(kit.open_reminders("b1")) == 1 and kit.key_count() == 1  # nothing applied meanwhile
+    live["secrets"] = SECRET_A
+    assert signed_post(kit, up(), [SECRET_A], msg_id="m2").status_code == 200
+    assert kit.open_reminders("b1") == []
+
+
+def test_without_require_signatures_an_empty_source_falls_back_to_the_shared_secret(make_kit):
+    # SPEC section 2: signatures are optional; this is the default the setting above closes.
+    live = {"secrets": SECRET_A}
+    kit = make_kit(signing_secrets=lambda: live["secrets"])
+    assert kit.post(down(), key="m1").status_code == 401
+    live["secrets"] = ""
+    assert kit.post(down(), key="m1").status_code == 200
