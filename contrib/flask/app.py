@@ -6,7 +6,9 @@
         --db /tmp/wa-demo.db --port 8000 --seed business_1,business_2:42:en
 
 It is a demo: anyone who reaches it can log in as any seeded business. So it starts only with the
-explicit ``--demo`` flag and only on a loopback address. A real app calls
+explicit ``--demo`` flag and only on a loopback address, and it answers only requests whose
+``Host`` is a loopback name (localhost, 127.x.y.z, [::1] or the ``--host`` name; 403 otherwise),
+so a web page cannot reach it through DNS rebinding. A real app calls
 ``wa_status_backend.init_app`` with its own login instead (see README.md).
 
 ``--seed`` takes ``tenant[:owner_id[:locale]]`` items: the gateway's tenant id is the business id
@@ -32,6 +34,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -107,11 +110,42 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def is_loopback_host_header(value: str, names=()) -> bool:
+    """True when a request's ``Host`` names loopback literally: ``localhost``, a 127.x.y.z address,
+    ``[::1]`` or one of ``names`` (the bind host), with or without a port.
+
+    No DNS lookup, on purpose: in a DNS rebinding attack the attacker's name *does* resolve to
+    127.0.0.1, and the browser then sends that name as the Host."""
+    if value.startswith("["):  # an IPv6 address, bracketed
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:]))):
+            return False
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+    host, sep, port = value.partition(":")
+    if sep and not _PORT.fullmatch(port):
+        return False  # "localhost:80@evil.example", a bare IPv6 address, an empty port
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]  # "localhost." is the same name
+    if host == "localhost" or host in names:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _iso(value):
     return None if value is None else value.isoformat() + "Z"
 
 
-def create_app(db_path: str, secret: str, signing_secrets: str = "") -> Flask:
+def create_app(db_path: str, secret: str, signing_secrets: str = "", bind_host: str = "127.0.0.1") -> Flask:
     engine = sqlite_begin_immediate(create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30}))
 
     @event.listens_for(engine, "connect")
@@ -154,6 +188,25 @@ def create_app(db_path: str, secret: str, signing_secrets: str = "") -> Flask:
     def reply(body, status=200):
         return Response(json.dumps(body, ensure_ascii=False), status=status,
                         content_type="application/json; charset=utf-8")
+
+    # The bind host was checked to be loopback by main(); a name such as ip6-localhost is then
+    # fine as a Host too (it resolves through the machine's own hosts file).
+    host_names = tuple({bind_host.strip("[]").lower().rstrip(".")} - {""})
+
+    @app.before_request
+    def loopback_host_only():
+        # Binding loopback keeps other machines out, not a web page in the user's own browser:
+        # with DNS rebinding, evil.example resolves to 127.0.0.1 and its scripts could read
+        # /demo/state and log in. Such requests still say Host: evil.example, so they stop here.
+        # A browser always sends a Host; a local HTTP/1.0 client without one is let through.
+        if "HTTP_HOST" not in request.environ or is_loopback_host_header(request.host, host_names):
+            return None
+        logging.getLogger("wa_status_demo").warning(
+            "refused a request for Host %r from %s: the demo answers loopback names only",
+            request.host[:100], request.remote_addr)
+        return reply({"ok": False, "error": "untrusted_host",
+                      "message": "the open demo answers only requests addressed to localhost, 127.0.0.1 or "
+                                 "[::1] (with any port): open it as http://127.0.0.1:<port>/"}, 403)
 
     @app.get("/healthz")
     def healthz():
@@ -252,7 +305,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         return fail(str(e))
 
-    app = create_app(args.db, secret, signing)
+    app = create_app(args.db, secret, signing, bind_host=args.host)
     seed(app, items)
     server = make_server(args.host, args.port, app, threaded=True)
 

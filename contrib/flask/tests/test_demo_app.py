@@ -224,3 +224,88 @@ def test_hostile_bodies_over_the_wire_are_400_and_the_server_stays_up(demo):
     assert chunked(ok, size=7) == (200, {"ok": True})  # split into tiny chunks: read whole
     assert webhook(d, {"tenant_id": "business_1", "status": "connected", "reason": None}, "z")[0] == 200
     assert d.call("/healthz")[0] == 200
+
+
+# ------------------------------------------------------------------ DNS rebinding
+
+# Names a web page can make a browser send to 127.0.0.1 (DNS rebinding), and malformed ones.
+NOT_LOOPBACK = ["evil.example:{port}", "evil.example", "localhost.evil.example:{port}", "127.0.0.1.nip.io:{port}",
+                "localhost:80@evil.example", "localhost:", "::1", "[::1]evil.example", "[localhost]:{port}",
+                "0.0.0.0:{port}", "192.0.2.10:{port}", ""]
+LOOPBACK = ["localhost:{port}", "LocalHost:{port}", "localhost.:{port}", "localhost", "127.0.0.1:{port}",
+            "127.0.0.1", "127.3.2.1:{port}", "[::1]:{port}", "[::1]"]
+
+
+def call_with_host(d, method, path, host, body=None, headers=None):
+    """One request to the demo's socket with ``host`` as the Host header, whatever it says."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(d.base).port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        data = b"" if body is None else json.dumps(body).encode()
+        for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                            **(headers or {})}.items():
+            conn.putheader(name, value)
+        conn.endheaders(data)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Set-Cookie"), resp.read()
+    finally:
+        conn.close()
+
+
+def test_the_demo_answers_only_requests_addressed_to_a_loopback_name(demo):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 reaches the
+    demo's socket, but its requests say Host: evil.example. None of them is answered: no state
+    read, no login, no webhook applied."""
+    d = demo()
+    port = int(d.base.rsplit(":", 1)[1])
+    down = {"tenant_id": "business_1", "status": "disconnected", "reason": "logged out"}
+    for template in NOT_LOOPBACK:
+        host = template.format(port=port)
+        for method, path, body, headers in [
+            ("GET", "/demo/state", None, None),
+            ("POST", "/demo/login", {"tenant_id": "business_2"}, None),
+            ("GET", "/api/notifications", None, None),
+            ("GET", "/healthz", None, None),
+            ("GET", "/no-such-page", None, None),
+            ("POST", WEBHOOK_PATH, down, {"X-INTERNAL-SECRET": SECRET, "Idempotency-Key": "k-" + host}),
+        ]:
+            status, cookie, raw = call_with_host(d, method, path, host, body, headers)
+            assert status == 403, (host, path, status, raw)
+            answer = json.loads(raw)
+            assert answer["error"] == "untrusted_host" and "127.0.0.1" in answer["message"], answer
+            assert cookie is None and b"business_" not in raw
+    assert "refused a request for Host '' from 127.0.0.1" in d.log_text()  # the last one, logged
+
+    state = json.loads(d.call("/demo/state")[1])  # through 127.0.0.1: nothing happened
+    assert state["statuses"] == [] and state["reminders"] == [] and state["idempotency_keys"] == 0
+
+    for template in LOOPBACK:
+        host = template.format(port=port)
+        assert call_with_host(d, "GET", "/healthz", host)[0] == 200, host
+    status, cookie, _ = call_with_host(d, "POST", "/demo/login", f"[::1]:{port}", {"tenant_id": "business_1"})
+    assert status == 200 and cookie and cookie.startswith("wa_demo_session=")
+    assert call_with_host(d, "POST", WEBHOOK_PATH, f"localhost:{port}", down,
+                          {"X-INTERNAL-SECRET": SECRET, "Idempotency-Key": "k-ok"})[0] == 200
+
+
+def test_the_bind_hosts_own_name_is_a_trusted_host(tmp_path):
+    """``--host`` may be a loopback name of the machine's own (ip6-localhost, an /etc/hosts alias):
+    that name is answered too, and still nothing else."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wa_status_demo_app", APP_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # SQLAlchemy resolves the models' annotations through it
+    try:
+        spec.loader.exec_module(module)
+        app = module.create_app(str(tmp_path / "d.db"), SECRET, bind_host="My-Loopback-Alias")
+        assert app.test_client().get("/healthz", base_url="http://my-loopback-alias:8000").status_code == 200
+        assert app.test_client().get("/healthz", base_url="http://localhost:8000").status_code == 200
+        r = app.test_client().get("/healthz", base_url="http://my-loopback-alias.evil.example:8000")
+        assert r.status_code == 403 and r.get_json()["error"] == "untrusted_host"
+    finally:
+        del sys.modules[spec.name]

@@ -7,11 +7,17 @@ import base64
 import json
 import os
 import time
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
+from flask import Flask
+from sqlalchemy.orm import sessionmaker
 
-from conftest import down, signed_headers, whsec
-from wa_status_backend import SignatureError, parse_secret, parse_secrets, sign, verify
+from conftest import down, signed_headers, up, whsec
+import wa_status_backend.extension
+import wa_status_backend.signatures
+from wa_status_backend import MIN_IDEMPOTENCY_TTL, SignatureError, init_app, parse_secret, parse_secrets, sign, verify
 
 # The Standard Webhooks specification's published test vector, as its reference libraries test
 # it: github.com/standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py,
@@ -212,3 +218,112 @@ def test_signing_secrets_from_app_config_and_a_callable(make_kit):
 def test_a_bad_configured_secret_stops_init_app(make_kit):
     with pytest.raises(ValueError, match="whsec_"):
         make_kit(signing_secrets="s3cret-but-not-standard")
+
+
+# ------------------------------------------------------------------ replays and idempotency_ttl
+
+
+def bare_init_app(**options):
+    """init_app on a fresh app (settings are checked before any database is touched)."""
+    return init_app(Flask("ttl_check"), session=sessionmaker(), find_business=lambda t: None,
+                    current_business=lambda: None, secret="s", **options)
+
+
+@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(seconds=1), timedelta(minutes=5),
+                                 MIN_IDEMPOTENCY_TTL - timedelta(seconds=1)],
+                         ids=["zero", "1s", "5min", "just-under"])
+def test_an_idempotency_ttl_shorter_than_the_replay_window_stops_init_app(ttl):
+    # A key purged while its signed call can still be replayed lets the replay apply again.
+    with pytest.raises(ValueError, match=r"idempotency_ttl.*at least timedelta\(minutes=10\)"):
+        bare_init_app(signing_secrets=SECRET_A, idempotency_ttl=ttl)
+    with pytest.raises(ValueError, match="idempotency_ttl"):  # signing secrets may come later: refused anyway
+        bare_init_app(idempotency_ttl=ttl)
+
+
+def test_idempotency_ttl_must_be_a_timedelta_or_none():
+    with pytest.raises(TypeError, match="timedelta"):
+        bare_init_app(idempotency_ttl=3600)
+    assert bare_init_app(idempotency_ttl=None).idempotency_ttl is None  # keys kept forever
+    assert bare_init_app(idempotency_ttl=MIN_IDEMPOTENCY_TTL).idempotency_ttl == MIN_IDEMPOTENCY_TTL
+    assert MIN_IDEMPOTENCY_TTL == timedelta(minutes=10)
+
+
+class Clock:
+    """One hand-moved clock for both the signature check and the rows' timestamps."""
+
+    def __init__(self, start: float):
+        self.t = start
+
+    def utcnow(self):
+        return datetime.fromtimestamp(self.t, timezone.utc).replace(tzinfo=None)
+
+
+def test_with_the_shortest_ttl_a_signed_call_cannot_be_replayed_after_its_key_is_gone(make_kit, monkeypatch):
+    """The worst case: the sender's clock runs 5 minutes ahead, so its call is accepted 5 minutes
+    before its timestamp and may be replayed until 5 minutes after it. With the shortest
+    idempotency_ttl allowed, the key outlives the signature: the replay is a stored answer while
+    it verifies, and refused (401) once its key can be purged."""
+    clock = Clock(1_900_000_000.0)
+    monkeypatch.setattr(wa_status_backend.signatures, "time", SimpleNamespace(time=lambda: clock.t))
+    monkeypatch.setattr(wa_status_backend.extension, "utcnow", clock.utcnow)
+    kit = make_kit(signing_secrets=SECRET_A, idempotency_ttl=MIN_IDEMPOTENCY_TTL)
+    t0 = int(clock.t)
+    ahead = 300  # the sender's clock, as far ahead as is accepted
+
+    def send(body, msg_id, stamp=None):
+        return signed_post(kit, body, [SECRET_A], msg_id=msg_id,
+                           timestamp=int(clock.t) + ahead if stamp is None else stamp)
+
+    assert send(down(), "evt_down", t0 + ahead).status_code == 200  # captured by an attacker
+    clock.t += 1
+    assert send(up(), "evt_up").status_code == 200
+    assert kit.open_reminders("b1") == []
+
+    clock.t = t0 + 2 * ahead - 1  # the captured call's timestamp is 299 s old: it still verifies
+    assert send(up(), "evt_other").status_code == 200  # a genuine call runs the purge
+    r = send(down(), "evt_down", t0 + ahead)
+    assert r.status_code == 200 and r.headers["Idempotent-Replayed"] == "true"
+    assert kit.open_reminders("b1") == []  # not applied again
+
+    clock.t = t0 + 2 * ahead + 1  # 301 s old: the signature refuses it ...
+    r = send(down(), "evt_down", t0 + ahead)
+    assert r.status_code == 401 and "tolerance" in r.get_json()["message"]
+    assert send(up(), "evt_late").status_code == 200  # ... and now its key may go
+    assert kit.key_count() == 3  # evt_down purged (stored at t0), evt_up, evt_other, evt_late kept
+    assert kit.open_reminders("b1") == []
+
+
+# ------------------------------------------------------------------ require_signatures
+
+
+def test_require_signatures_without_a_signing_secret_stops_init_app():
+    for empty in (None, "", "  \n", []):
+        with pytest.raises(ValueError, match=r"require_signatures=True.*signing_secrets.*whsec_"):
+            bare_init_app(signing_secrets=empty, require_signatures=True)
+    with pytest.raises(TypeError, match="require_signatures"):
+        bare_init_app(signing_secrets=SECRET_A, require_signatures="yes")
+
+
+def test_require_signatures_fails_closed_when_the_secrets_source_goes_empty(make_kit, caplog):
+    live = {"secrets": SECRET_A}
+    kit = make_kit(signing_secrets=lambda: live["secrets"], require_signatures=True)
+    assert signed_post(kit, down(), [SECRET_A], msg_id="m1").status_code == 200
+    for empty in ("", None, []):
+        live["secrets"] = empty  # a secrets file emptied, a vault that answers nothing
+        for r in (kit.post(up(), key="m2"), signed_post(kit, up(), [SECRET_A], msg_id="m2")):
+            assert r.status_code == 401, r.get_data(as_text=True)
+            assert "requires signed calls" in r.get_json()["message"]
+    assert "require_signatures is set but no signing secret" in caplog.text
+    assert len(kit.open_reminders("b1")) == 1 and kit.key_count() == 1  # nothing applied meanwhile
+    live["secrets"] = SECRET_A
+    assert signed_post(kit, up(), [SECRET_A], msg_id="m2").status_code == 200
+    assert kit.open_reminders("b1") == []
+
+
+def test_without_require_signatures_an_empty_source_falls_back_to_the_shared_secret(make_kit):
+    # SPEC section 2: signatures are optional; this is the default the setting above closes.
+    live = {"secrets": SECRET_A}
+    kit = make_kit(signing_secrets=lambda: live["secrets"])
+    assert kit.post(down(), key="m1").status_code == 401
+    live["secrets"] = ""
+    assert kit.post(down(), key="m1").status_code == 200

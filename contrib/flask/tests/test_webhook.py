@@ -134,6 +134,28 @@ def test_reason_may_be_missing_or_null_and_is_cut_at_2000(kit):
     assert len(r2["reason"]) == 2000 and r2["reason"].endswith("...")
 
 
+@pytest.mark.parametrize("ctrl", ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\x9f"],
+                         ids=["nul", "lf", "cr", "tab", "esc", "del", "c1-nel", "c1-last"])
+def test_a_reason_with_a_control_character_is_400_naming_the_field(kit, ctrl):
+    # A NUL would fail PostgreSQL's insert (a 500 the sidecar retries forever); any control
+    # character is refused the same way, on every database, before anything is stored.
+    r = kit.post(down(reason=f"Connection Closed{ctrl}(code 428)"), key="k-ctrl")
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.get_json()["error"] == "invalid_payload"
+    assert "reason" in r.get_json()["message"] and "control" in r.get_json()["message"]
+    assert kit.reminders() == [] and kit.statuses() == {} and kit.key_count() == 0
+    # the same transition with spaces in their place (what the sidecar sends) is taken, same key
+    assert kit.post(down(reason="Connection Closed (code 428)"), key="k-ctrl").status_code == 200
+    assert kit.open_reminders("b1")[0]["reason"] == "Connection Closed (code 428)"
+
+
+def test_a_reason_keeps_hebrew_marks_and_unicode_spaces(kit):
+    # Format characters (RLM, LRM, ZWJ) and non-ASCII spaces are text, not control characters.
+    reason = "\u200fהחיבור נותק\u200e (code 428)\u00a0\u2028x\u200d"
+    assert kit.post(down(reason=reason)).status_code == 200
+    assert kit.open_reminders("b1")[0]["reason"] == reason
+
+
 # ------------------------------------------------------------------ reminders
 
 

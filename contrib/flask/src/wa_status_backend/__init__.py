@@ -19,7 +19,7 @@ Webhooks), :mod:`.catalogue` (the bell's texts).
 from __future__ import annotations
 
 from .catalogue import DEFAULT_LOCALE, Catalogue, Texts, load_catalogue
-from .extension import NOTIFICATIONS_PATH, WEBHOOK_PATH, WaStatus, init_app
+from .extension import MIN_IDEMPOTENCY_TTL, NOTIFICATIONS_PATH, WEBHOOK_PATH, WaStatus, init_app
 from .models import (
     REMINDER_PRIORITY,
     REMINDER_TYPE,
@@ -58,6 +58,7 @@ __all__ = [
     "REMINDER_PRIORITY",
     "WEBHOOK_PATH",
     "NOTIFICATIONS_PATH",
+    "MIN_IDEMPOTENCY_TTL",
     "MAX_BODY_BYTES",
     "PayloadError",
     "StatusChange",

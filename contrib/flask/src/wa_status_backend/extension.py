@@ -31,9 +31,9 @@ from .models import (
     utcnow,
 )
 from .payload import MAX_BODY_BYTES, PayloadError, StatusChange, parse_body, parse_rfc3339, validate_payload
-from .signatures import SignatureError, parse_secrets, verify
+from .signatures import TOLERANCE_SECONDS, SignatureError, parse_secrets, verify
 
-__all__ = ["WEBHOOK_PATH", "NOTIFICATIONS_PATH", "WaStatus", "init_app"]
+__all__ = ["WEBHOOK_PATH", "NOTIFICATIONS_PATH", "MIN_IDEMPOTENCY_TTL", "WaStatus", "init_app"]
 
 log = logging.getLogger("wa_status_backend")
 
@@ -43,6 +43,11 @@ MAX_IDEMPOTENCY_KEY_LEN = 255
 # The bell shows a handful; a business never has more than one open disconnect reminder from
 # the kit, so this only bounds what a table filled by other means could make us send.
 MAX_NOTIFICATIONS = 50
+# A signed call is accepted while its timestamp is within TOLERANCE_SECONDS of our clock, either
+# way: one sent with a clock that runs ahead is first accepted up to 5 minutes before its
+# timestamp and replayable until 5 minutes after it. Its idempotency key must outlive all of that,
+# or a captured call replayed after the purge is applied again (a closed bell opens again).
+MIN_IDEMPOTENCY_TTL = timedelta(seconds=2 * TOLERANCE_SECONDS)
 
 SecretSource = Union[str, bytes, Callable[[], Optional[Union[str, bytes]]], None]
 SigningSource = Union[str, Sequence[str], Callable[[], Union[str, Sequence[str], None]], None]
@@ -106,6 +111,7 @@ class WaStatus:
         secret: SecretSource,
         signing_secrets: SigningSource,
         idempotency_ttl: Optional[timedelta],
+        require_signatures: bool = False,
     ) -> None:
         self.session_factory = session
         self.find_business = find_business
@@ -116,6 +122,7 @@ class WaStatus:
         self.secret = secret
         self.signing_secrets = signing_secrets
         self.idempotency_ttl = idempotency_ttl
+        self.require_signatures = require_signatures
 
     # -- configuration read per call (rotation without a restart) ---------------------
 
@@ -187,6 +194,12 @@ class WaStatus:
         except ValueError as e:
             log.error("status webhook: the signing secrets are misconfigured (%s); refusing the call", e)
             return _error(401, "unauthorized", "the backend's signing secrets are misconfigured")
+        if not keys and self.require_signatures:
+            # Fail closed: a secrets source that went empty must not fall back to the shared
+            # secret alone.
+            log.error("status webhook: require_signatures is set but no signing secret is configured; "
+                      "refusing the call (configure signing_secrets)")
+            return _error(401, "unauthorized", "the backend requires signed calls but has no signing secret")
         if keys:
             try:
                 webhook_id = verify(keys, request.headers, raw)
@@ -424,6 +437,7 @@ def init_app(
     webhook_path: str = WEBHOOK_PATH,
     notifications_path: Optional[str] = NOTIFICATIONS_PATH,
     idempotency_ttl: Optional[timedelta] = timedelta(days=7),
+    require_signatures: bool = False,
     name: str = "wa_status",
 ) -> WaStatus:
     """Registers the webhook and the bell's list on ``app``; returns the extension's state.
@@ -446,7 +460,13 @@ def init_app(
     signing_secrets:  Standard Webhooks secrets (``whsec_...``): a whitespace-separated string, a
                       list, or a callable read per call; default ``app.config["WEBHOOK_SIGNING_SECRET"]``.
                       When any is configured, every call must carry a valid signature.
+    require_signatures: True refuses every call (401) while no signing secret is configured, e.g.
+                      when a callable source returns nothing, instead of accepting calls with the
+                      shared secret alone; init_app raises when a fixed source is empty.
     notifications_path: None leaves the bell's list out.
+    idempotency_ttl:  how long an Idempotency-Key (a signed call's webhook-id) is kept; at least
+                      :data:`MIN_IDEMPOTENCY_TTL` (10 minutes: the signatures' replay window), None
+                      keeps keys forever.
     """
     if not callable(session):
         raise TypeError("session must be a session factory (db.session, a scoped_session or a sessionmaker)")
@@ -459,10 +479,24 @@ def init_app(
     if texts is None:
         texts = app.config.get("WA_STATUS_TEXTS")
     catalogue = Catalogue(texts, default_locale=locale if isinstance(locale, str) else DEFAULT_LOCALE)
+    if idempotency_ttl is not None:
+        if not isinstance(idempotency_ttl, timedelta):
+            raise TypeError("idempotency_ttl must be a datetime.timedelta, or None to keep keys forever")
+        if idempotency_ttl < MIN_IDEMPOTENCY_TTL:
+            raise ValueError(
+                f"idempotency_ttl={idempotency_ttl} is shorter than the {MIN_IDEMPOTENCY_TTL} a signed call can "
+                f"be replayed in (its timestamp is accepted {TOLERANCE_SECONDS // 60} minutes either way): a "
+                f"replay after its key was purged would be applied again; set idempotency_ttl to at least "
+                f"timedelta(minutes={MIN_IDEMPOTENCY_TTL.seconds // 60}) (default 7 days)")
     if signing_secrets is None:
         signing_secrets = app.config.get("WEBHOOK_SIGNING_SECRET")
+    if not isinstance(require_signatures, bool):
+        raise TypeError("require_signatures must be True or False")
     if not callable(signing_secrets):
-        parse_secrets(signing_secrets)  # a bad secret stops the app now, naming the problem
+        keys = parse_secrets(signing_secrets)  # a bad secret stops the app now, naming the problem
+        if require_signatures and not keys:
+            raise ValueError("require_signatures=True but no signing secret is configured: set signing_secrets "
+                             '(or app.config["WEBHOOK_SIGNING_SECRET"]) to one or more whsec_... secrets')
 
     state = WaStatus(
         session=session,
@@ -474,6 +508,7 @@ def init_app(
         secret=secret,
         signing_secrets=signing_secrets,
         idempotency_ttl=idempotency_ttl,
+        require_signatures=require_signatures,
     )
     bp = Blueprint(name, __name__)
     bp.add_url_rule(webhook_path, "status_webhook", state.handle_webhook, methods=["POST"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Optional
 
@@ -28,6 +29,11 @@ MAX_DEPTH = 16
 MAX_TENANT_ID_LEN = 255
 MAX_REASON_LEN = 2000
 STATUSES = ("connected", "disconnected")
+# Unicode's control characters (category Cc): C0, DEL and C1. A NUL cannot be stored in a
+# PostgreSQL text column (the insert fails, the call would be a 500 retried forever) and a line
+# break or an escape has no place in a one-line, human-readable reason; the sidecar turns them into
+# spaces before it sends. Format characters (a right-to-left mark in a Hebrew reason) are kept.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class PayloadError(ValueError):
@@ -118,6 +124,9 @@ def validate_payload(data: Any) -> StatusChange:
         raise PayloadError("reason must be a string or null")
     if reason is not None and not _storable(reason):
         raise PayloadError("reason must be valid Unicode")
+    if reason is not None and _CONTROL.search(reason):
+        raise PayloadError("reason must not hold control characters (NUL, line breaks, tabs, escapes): "
+                           "send one line of text, with spaces in their place")
     canonical = json.dumps([tenant_id, status, reason], ensure_ascii=False, separators=(",", ":"))
     fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     if reason is not None and len(reason) > MAX_REASON_LEN:
