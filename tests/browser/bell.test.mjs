@@ -25,6 +25,7 @@ import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { request as httpRequest } from 'node:http'
 import { chromium } from 'playwright-core'
 import { decodePng } from './png.mjs'
 import { Proc, eventually, json, run } from './procs.mjs'
@@ -169,6 +170,20 @@ describe('the bell, end to end in headless Chromium, in Hebrew (RTL) and English
     await Promise.all(procs.map((p) => p.stop()))
     if (tmp) await rm(tmp, { recursive: true, force: true })
   })
+
+  it('refuses, through the page server too, a request addressed to another name (DNS rebinding)', () => step(async () => {
+    const status = (host) => new Promise((resolveStatus, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/demo/state', headers: { host } }, (res) => {
+        res.resume()
+        resolveStatus(res.statusCode)
+      })
+      req.setTimeout(5000, () => req.destroy(new Error('timeout')))
+      req.on('error', reject)
+      req.end()
+    })
+    assert.equal(await status(`evil.example:${server.port}`), 403)
+    assert.equal(await status(`127.0.0.1:${server.port}`), 200)
+  }))
 
   it('keeps the gateway closed to a caller without its token', () => step(async () => {
     const res = await fetch(`${gateway.url}/control/${RUNS[0].tenant}`, { signal: AbortSignal.timeout(5000) })

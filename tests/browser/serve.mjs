@@ -60,7 +60,10 @@ export function startServer ({ dir, api, port = 0, host = '127.0.0.1' }) {
       port: apiUrl.port || 80,
       method: req.method,
       path: req.url,
-      headers: { ...req.headers, host: apiUrl.host }
+      // The browser's own Host goes through unchanged: the Flask demo answers loopback names
+      // only, and a page that reached this port by DNS rebinding (Host: evil.example) must be
+      // refused there, not vouched for by a Host rewritten to 127.0.0.1.
+      headers: { ...req.headers }
     }, (up) => {
       res.writeHead(up.statusCode ?? 502, up.headers)
       up.pipe(res)
