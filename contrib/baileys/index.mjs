@@ -575,9 +575,14 @@ export function createStatusServer (options = {}) {
         }))
       }
     }
-    if (!external && server.listening) {
-      waits.push(new Promise((resolve) => server.close(() => resolve())))
-      server.closeAllConnections?.()
+    if (!external) {
+      // Still binding: stop once it listens (a failed bind leaves nothing to stop).
+      waits.push(listening.then(() => {
+        if (!server.listening) return
+        const stopped = new Promise((resolve) => server.close(() => resolve()))
+        server.closeAllConnections?.()
+        return stopped
+      }, () => {}))
     }
     await Promise.all(waits)
   }
