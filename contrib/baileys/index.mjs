@@ -137,6 +137,34 @@ function frame (data) {
   return `{"event":"${EVENT}","data":${JSON.stringify(data)}}`
 }
 
+/** The longest `Authorization` header read: a token is far shorter; a longer header is a 401 unread. */
+const MAX_AUTHORIZATION_LENGTH = 1024
+/** The longest token that fits: `Bearer <token>` within MAX_AUTHORIZATION_LENGTH. */
+const MAX_TOKEN_LENGTH = MAX_AUTHORIZATION_LENGTH - 'Bearer '.length
+const VISIBLE_ASCII = /^[\x21-\x7e]+$/
+
+function isBlank (c) {
+  return c === ' ' || c === '\t'
+}
+
+/**
+ * The token of an `Authorization: Bearer <token>` header (scheme in any case, then spaces or
+ * tabs), or null. It runs before the token is checked, for whoever reaches the port, so it takes
+ * time linear in a header of at most MAX_AUTHORIZATION_LENGTH characters: no backtracking regex
+ * (`/^Bearer[ \t]+(.+?)[ \t]*$/i` took ~100 ms of the gateway's event loop on a 16 KB header of
+ * spaces).
+ */
+function bearerToken (header) {
+  if (typeof header !== 'string' || header.length > MAX_AUTHORIZATION_LENGTH) return null
+  if (header.slice(0, 6).toLowerCase() !== 'bearer' || !isBlank(header[6])) return null
+  let start = 7
+  while (start < header.length && isBlank(header[start])) start++
+  let end = header.length
+  while (end > start && isBlank(header[end - 1])) end--
+  const token = header.slice(start, end)
+  return VISIBLE_ASCII.test(token) ? token : null
+}
+
 function sha256 (s) {
   return createHash('sha256').update(s, 'utf8').digest()
 }
@@ -202,6 +230,9 @@ export function createStatusServer (options = {}) {
     if (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
       throw new TypeError('token must be a string of visible ASCII characters (no spaces), as sent in "Authorization: Bearer <token>"')
     }
+    if (token.length > MAX_TOKEN_LENGTH) {
+      throw new TypeError(`token must be at most ${MAX_TOKEN_LENGTH} characters (an Authorization header longer than ${MAX_AUTHORIZATION_LENGTH} is refused unread)`)
+    }
   } else if (insecureNoToken !== true) {
     throw new TypeError('createStatusServer: a token is required: pass token (e.g. process.env.GATEWAY_TOKEN, the token the sidecar sends from gateway.token_env); ' +
       'for development on loopback only, pass insecureNoToken: true instead')
@@ -245,9 +276,8 @@ export function createStatusServer (options = {}) {
   }
 
   function tokenMatches (req) {
-    const m = /^Bearer[ \t]+(.+?)[ \t]*$/i.exec(req.headers.authorization ?? '')
-    if (!m) return false
-    return timingSafeEqual(sha256(m[1]), expectedToken)
+    const presented = bearerToken(req.headers.authorization)
+    return presented !== null && timingSafeEqual(sha256(presented), expectedToken)
   }
 
   /**
