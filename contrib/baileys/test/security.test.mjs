@@ -309,3 +309,102 @@ test('own server: a client that never finishes its headers is dropped', T, async
   await withTimeout(new Promise((resolve) => sock.once('close', resolve)), 5000, 'the server to drop a slow client')
   assert.match(answer, /^HTTP\/1\.1 408 /)
 })
+
+/** `n` TCP connections to the port that never send a byte; resolves once each is connected (or closed). */
+async function silentSockets (t, port, n) {
+  const socks = []
+  t.after(() => { for (const s of socks) s.destroy() })
+  await Promise.all(Array.from({ length: n }, () => new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    s.closedByServer = false
+    s.on('error', () => {})
+    s.once('close', () => { s.closedByServer = true; resolve() })
+    s.once('connect', resolve)
+    socks.push(s)
+  })))
+  return socks
+}
+
+test('own server: silent connections cannot lock the token out: beyond maxPendingConnections the oldest unauthenticated ones are closed', T, async (t) => {
+  const logger = recordingLogger()
+  let slowStarted = false
+  const { k, port, ws } = await kit(t, {
+    maxConnections: 2,
+    maxPendingConnections: 4,
+    headersTimeoutMs: 30_000, // the flood is trimmed by the pool rule, not by a timeout
+    logger,
+    onRequest (req, res) { slowStarted = true; setTimeout(() => res.end('done'), 400) }
+  })
+  k.setState('b', { connection: 'open' })
+  const first = await ws('b')
+  t.after(() => first.close())
+  assert.deepEqual((await first.next()).data, { connection: 'open' })
+  // An authorized request being answered (a gateway route behind onRequest) is not closed for the flood.
+  const slow = http(port, 'GET', '/slow', { headers: AUTH })
+  await eventually(() => slowStarted, 3000, 'the slow request to start')
+
+  const flood = await silentSockets(t, port, 40)
+  // The pool: the busy request + at most 3 of the flood (maxPendingConnections 4).
+  await eventually(() => flood.filter((s) => !s.closedByServer).length <= 3, 5000, 'the flood to be trimmed to maxPendingConnections')
+  assert.ok(logger.warnings.some((w) => /maxPendingConnections \(4\) reached/.test(w)), 'the operator is told')
+
+  // The token still gets a WebSocket, at once; the one already held is untouched.
+  const second = await ws('b')
+  t.after(() => second.close())
+  assert.deepEqual((await second.next()).data, { connection: 'open' })
+  assert.equal(k.connections(), 2)
+  k.setState('b', { isOnline: true })
+  assert.deepEqual((await first.next()).data, { isOnline: true })
+  assert.deepEqual((await second.next()).data, { isOnline: true })
+  const answered = await slow
+  assert.equal(answered.status, 200)
+  assert.equal(answered.text, 'done')
+  // Authenticated WebSockets are still capped at maxConnections.
+  await assert.rejects(ws('b'), (e) => e.status === 503)
+  for (const bad of [{ maxPendingConnections: 0 }, { maxPendingConnections: 2.5 }]) {
+    assert.throws(() => createStatusServer({ port: 0, token: TOKEN, ...bad }), /maxPendingConnections must be a positive integer/)
+  }
+})
+
+test('own server: clients reconnecting as fast as they can, without a token, do not keep the token out', T, async (t) => {
+  const { k, port, ws } = await kit(t, { maxConnections: 4, maxPendingConnections: 8 })
+  k.setState('b', { connection: 'open' })
+  // 100 silent clients (more than the WebSockets and the pool together), each reconnecting as soon
+  // as the server closes it: bounded to 5000 connects.
+  const MAX_CONNECTS = 5000
+  let stop = false
+  let connects = 0
+  let closedByServer = 0
+  const live = new Set()
+  const open = () => {
+    if (stop || connects >= MAX_CONNECTS) return
+    connects++
+    const s = net.connect(port, '127.0.0.1')
+    live.add(s)
+    s.on('error', () => {})
+    s.once('close', () => {
+      live.delete(s)
+      if (stop) return
+      closedByServer++
+      setImmediate(open)
+    })
+  }
+  const halt = () => { stop = true; for (const s of live) s.destroy() }
+  t.after(halt)
+  for (let i = 0; i < 100; i++) open()
+  await eventually(() => connects >= 300, 10_000, 'the flood to be running')
+
+  let c = null
+  let attempts = 0
+  let lastError
+  while (c === null && attempts < 10) {
+    attempts++
+    c = await ws('b').catch((e) => { lastError = e; return null })
+  }
+  const during = connects
+  halt()
+  assert.ok(c !== null, `no WebSocket in ${attempts} attempts during the flood: ${lastError}`)
+  t.after(() => c.close())
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  assert.ok(during > 200 && closedByServer > 200, `the flood ran (${during} connects, ${closedByServer} closed by the server)`)
+})
