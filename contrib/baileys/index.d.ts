@@ -86,7 +86,8 @@ export interface StatusServerOptions {
   port?: number
   /**
    * Required at start (a TypeError otherwise) unless `insecureNoToken`: every request needs
-   * `Authorization: Bearer <token>`. Visible ASCII, no spaces.
+   * `Authorization: Bearer <token>`. Visible ASCII, no spaces, at most 1017 characters (an
+   * `Authorization` header over 1 KiB is a 401 unread).
    */
   token?: string
   /** Loopback development only: no token; refused for a non-loopback `host`; warns once. */
@@ -97,7 +98,13 @@ export interface StatusServerOptions {
   maxConnections?: number
   /** WebSocket connections per tenant; more is a 503 before the upgrade. Default 64. */
   maxConnectionsPerTenant?: number
-  /** Own server: time allowed to send a request's headers. Default 10000. */
+  /**
+   * Own server: connections that are not (yet) an authenticated WebSocket; beyond this the oldest
+   * of them are closed (never a WebSocket, never an authorized request being answered), so
+   * clients without the token cannot lock out the sidecar. Default 64.
+   */
+  maxPendingConnections?: number
+  /** Own server: time allowed to send a request's headers. Default 5000. */
   headersTimeoutMs?: number
   /** WebSocket at `{path}/<tenant>`. Default `'/ws'`. */
   path?: string
@@ -135,7 +142,7 @@ export interface StatusServer {
   state(tenantId: string): WireState | undefined
   /** Resolves once the own server listens (or the attached one does); rejects if it cannot bind. */
   readonly listening: Promise<{ port: number, host: string }>
-  /** Unsubscribe everything, close clients with 1001, stop the own server. */
+  /** Unsubscribe everything, close clients with 1001, stop the own server (once it listens, if called before). */
   close(): Promise<void>
   /** Serves the state endpoint; `true` if the request was ours and has been answered. */
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean

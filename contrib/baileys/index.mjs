@@ -7,7 +7,8 @@
 //   GET /sessions/<tenant>/status    JSON of the merged state (the sidecar's gateway.state_url)
 // Locked down by default (SPEC section 7): loopback bind, `Authorization: Bearer <token>` required
 // (waived only by an explicit `insecureNoToken` on loopback), requests from web pages refused, a
-// cap on WebSocket connections, and the QR pairing payload never served (only that one is pending).
+// cap on WebSocket connections, connections without the token unable to crowd out the ones with it,
+// and the QR pairing payload never served (only that one is pending).
 
 import http from 'node:http'
 import net from 'node:net'
@@ -29,9 +30,15 @@ const DEFAULT_MAX_BUFFERED_BYTES = 1024 * 1024
 const DEFAULT_HEARTBEAT_MS = 30_000
 const DEFAULT_MAX_CONNECTIONS = 1024
 const DEFAULT_MAX_CONNECTIONS_PER_TENANT = 64
-const DEFAULT_HEADERS_TIMEOUT_MS = 10_000
-/** Own server: TCP connections allowed beyond `maxConnections`, so that refusals get an answer. */
-const HTTP_HEADROOM = 64
+const DEFAULT_HEADERS_TIMEOUT_MS = 5_000
+/** Own server: connections that are not an authenticated WebSocket (yet), at most. */
+const DEFAULT_MAX_PENDING_CONNECTIONS = 64
+/**
+ * Own server: a new connection that has sent nothing yet is not closed to make room for this
+ * long while another one can be, so a client whose request comes a moment after its connect is
+ * not cycled out by a flood of connects. (The sidecar's admin server uses the same 250 ms.)
+ */
+const FIRST_BYTE_GRACE_MS = 250
 const CLOSE_GRACE_MS = 1_000
 const WARN_INTERVAL_MS = 60_000
 
@@ -137,6 +144,34 @@ function frame (data) {
   return `{"event":"${EVENT}","data":${JSON.stringify(data)}}`
 }
 
+/** The longest `Authorization` header read: a token is far shorter; a longer header is a 401 unread. */
+const MAX_AUTHORIZATION_LENGTH = 1024
+/** The longest token that fits: `Bearer <token>` within MAX_AUTHORIZATION_LENGTH. */
+const MAX_TOKEN_LENGTH = MAX_AUTHORIZATION_LENGTH - 'Bearer '.length
+const VISIBLE_ASCII = /^[\x21-\x7e]+$/
+
+function isBlank (c) {
+  return c === ' ' || c === '\t'
+}
+
+/**
+ * The token of an `Authorization: Bearer <token>` header (scheme in any case, then spaces or
+ * tabs), or null. It runs before the token is checked, for whoever reaches the port, so it takes
+ * time linear in a header of at most MAX_AUTHORIZATION_LENGTH characters: no backtracking regex
+ * (`/^Bearer[ \t]+(.+?)[ \t]*$/i` took ~100 ms of the gateway's event loop on a 16 KB header of
+ * spaces).
+ */
+function bearerToken (header) {
+  if (typeof header !== 'string' || header.length > MAX_AUTHORIZATION_LENGTH) return null
+  if (header.slice(0, 6).toLowerCase() !== 'bearer' || !isBlank(header[6])) return null
+  let start = 7
+  while (start < header.length && isBlank(header[start])) start++
+  let end = header.length
+  while (end > start && isBlank(header[end - 1])) end--
+  const token = header.slice(start, end)
+  return VISIBLE_ASCII.test(token) ? token : null
+}
+
 function sha256 (s) {
   return createHash('sha256').update(s, 'utf8').digest()
 }
@@ -153,7 +188,9 @@ function sha256 (s) {
  *                                            `Sec-Fetch-Site: cross-site|same-site`) is a 403
  * @param {number} [options.maxConnections=1024]        WebSocket connections in all; more is a 503
  * @param {number} [options.maxConnectionsPerTenant=64] WebSocket connections per tenant; more is a 503
- * @param {number} [options.headersTimeoutMs=10000]     own server: time to send a request's headers
+ * @param {number} [options.maxPendingConnections=64]  own server: connections not (yet) an authenticated
+ *                                            WebSocket; one more closes the oldest of them
+ * @param {number} [options.headersTimeoutMs=5000]      own server: time to send a request's headers
  * @param {string} [options.path='/ws']       WebSocket prefix: `{path}/<tenant>`
  * @param {string} [options.statePath='/sessions']  state endpoint: `{statePath}/<tenant>/status`
  * @param {http.Server} [options.server]      attach to an existing HTTP server instead of listening
@@ -176,6 +213,7 @@ export function createStatusServer (options = {}) {
     allowOrigins = [],
     maxConnections = DEFAULT_MAX_CONNECTIONS,
     maxConnectionsPerTenant = DEFAULT_MAX_CONNECTIONS_PER_TENANT,
+    maxPendingConnections = DEFAULT_MAX_PENDING_CONNECTIONS,
     headersTimeoutMs = DEFAULT_HEADERS_TIMEOUT_MS,
     server: external,
     onRequest,
@@ -188,7 +226,7 @@ export function createStatusServer (options = {}) {
   const wsPrefix = String(options.path ?? '/ws').replace(/\/+$/, '') + '/'
   const statePrefix = String(options.statePath ?? '/sessions').replace(/\/+$/, '') + '/'
   if (unknownTenant !== 'wait' && unknownTenant !== 'reject') throw new TypeError("unknownTenant must be 'wait' or 'reject'")
-  for (const [name, value] of Object.entries({ maxConnections, maxConnectionsPerTenant, headersTimeoutMs })) {
+  for (const [name, value] of Object.entries({ maxConnections, maxConnectionsPerTenant, maxPendingConnections, headersTimeoutMs })) {
     if (!Number.isSafeInteger(value) || value < 1) throw new TypeError(`${name} must be a positive integer`)
   }
   if (!Array.isArray(allowOrigins) || !allowOrigins.every((o) => typeof o === 'string' && o !== '')) {
@@ -201,6 +239,9 @@ export function createStatusServer (options = {}) {
   if (token !== undefined && token !== null && token !== '') {
     if (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
       throw new TypeError('token must be a string of visible ASCII characters (no spaces), as sent in "Authorization: Bearer <token>"')
+    }
+    if (token.length > MAX_TOKEN_LENGTH) {
+      throw new TypeError(`token must be at most ${MAX_TOKEN_LENGTH} characters (an Authorization header longer than ${MAX_AUTHORIZATION_LENGTH} is refused unread)`)
     }
   } else if (insecureNoToken !== true) {
     throw new TypeError('createStatusServer: a token is required: pass token (e.g. process.env.GATEWAY_TOKEN, the token the sidecar sends from gateway.token_env); ' +
@@ -245,9 +286,8 @@ export function createStatusServer (options = {}) {
   }
 
   function tokenMatches (req) {
-    const m = /^Bearer[ \t]+(.+?)[ \t]*$/i.exec(req.headers.authorization ?? '')
-    if (!m) return false
-    return timingSafeEqual(sha256(m[1]), expectedToken)
+    const presented = bearerToken(req.headers.authorization)
+    return presented !== null && timingSafeEqual(sha256(presented), expectedToken)
   }
 
   /**
@@ -496,6 +536,7 @@ export function createStatusServer (options = {}) {
 
   /** Counts a connection against the caps until its TCP socket closes (however it ends). */
   function hold (socket, tenantId) {
+    pending.delete(socket) // an authenticated WebSocket now: out of reach of trimPending
     held++
     heldPerTenant.set(tenantId, (heldPerTenant.get(tenantId) ?? 0) + 1)
     socket.once('close', () => {
@@ -506,11 +547,66 @@ export function createStatusServer (options = {}) {
     })
   }
 
+  /**
+   * Own server: the accepted connections that are not an authenticated WebSocket (yet), in
+   * accept order: socket -> { accepted: ms, round: the trim that first sees it, busy: authorized
+   * requests being answered }.
+   * Whoever reaches the port can open connections without the token; they must never keep out
+   * the one that has it. So there are at most maxPendingConnections of them, plus those accepted
+   * in one loop iteration until they have been read (trimPending closes the oldest); an
+   * authenticated WebSocket leaves this pool (hold) and counts against maxConnections instead.
+   */
+  const pending = new Map()
+  /** The trim to come (setImmediate), and its number: connections accepted since the last trim carry it. */
+  let trimming = null
+  let trimRound = 0
+
+  /**
+   * Closes pending connections until at most maxPendingConnections are left, among those that
+   * have had a chance to be read: the ones a trim already saw. libuv reads a socket on the loop
+   * iteration after its accept, so a client whose request came with its connect is read (and
+   * upgraded, leaving the pool) before it can be closed, however many others connect at once.
+   * Runs from setImmediate, after the poll phase; again after the next one while connections not
+   * yet read keep the pool over the cap. Order: the oldest first, sparing one silent since its
+   * accept less than FIRST_BYTE_GRACE_MS ago while there is another; never one answering an
+   * authorized request.
+   */
+  function trimPending () {
+    trimming = null
+    const unread = trimRound++
+    const excess = pending.size - maxPendingConnections
+    if (excess <= 0) return
+    const now = performance.now()
+    const due = []
+    const spared = []
+    let unreadLeft = false
+    for (const [socket, conn] of pending) {
+      if (conn.round === unread) unreadLeft = true
+      else if (conn.busy === 0) (socket.bytesRead > 0 || now - conn.accepted >= FIRST_BYTE_GRACE_MS ? due : spared).push(socket)
+    }
+    const victims = due.concat(spared).slice(0, excess)
+    for (const socket of victims) {
+      pending.delete(socket)
+      socket.destroy()
+    }
+    if (pending.size > maxPendingConnections && unreadLeft) trimming = setImmediate(trimPending)
+    if (victims.length > 0) {
+      warnThrottled('pending', { maxPendingConnections },
+        `wa-status: maxPendingConnections (${maxPendingConnections}) reached: closed the oldest connections without an authenticated WebSocket (many idle or slow clients on the port?)`)
+    }
+  }
+
   const server = external ?? http.createServer({
     headersTimeout: headersTimeoutMs,
     requestTimeout: headersTimeoutMs + 5_000,
     connectionsCheckingInterval: Math.min(1_000, headersTimeoutMs)
   }, (req, res) => {
+    // A connection answering an authorized request is not closed to make room; a refused one is.
+    const conn = pending.get(req.socket)
+    if (conn && authorized(req)) {
+      conn.busy++
+      res.once('close', () => { conn.busy-- })
+    }
     if (handleRequest(req, res)) return
     if (onRequest) return onRequest(req, res)
     sendJson(res, 404, { error: 'not found' })
@@ -522,8 +618,17 @@ export function createStatusServer (options = {}) {
     }
   }
   server.on('upgrade', onUpgrade)
-  // Own server: a bound on TCP connections too (WebSockets in all, plus room to answer refusals).
-  if (!external) server.maxConnections = maxConnections + HTTP_HEADROOM
+  // Own server: every connection starts pending. No server.maxConnections: Node would refuse a
+  // newcomer before the kit could choose whom to close, which is the lock-out this prevents.
+  // Connections in all: maxConnections WebSockets + maxPendingConnections, plus authorized
+  // requests being answered and one accept burst until it has been read.
+  if (!external) {
+    server.on('connection', (socket) => {
+      pending.set(socket, { accepted: performance.now(), round: trimRound, busy: 0 })
+      socket.once('close', () => pending.delete(socket))
+      if (pending.size > maxPendingConnections) trimming ??= setImmediate(trimPending)
+    })
+  }
 
   const address = () => {
     const a = server.address()
@@ -562,6 +667,7 @@ export function createStatusServer (options = {}) {
     if (closed) return
     closed = true
     if (heartbeat) clearInterval(heartbeat)
+    if (trimming) clearImmediate(trimming)
     for (const s of sessions.values()) detach(s)
     server.off('upgrade', onUpgrade)
     const waits = []
@@ -575,9 +681,14 @@ export function createStatusServer (options = {}) {
         }))
       }
     }
-    if (!external && server.listening) {
-      waits.push(new Promise((resolve) => server.close(() => resolve())))
-      server.closeAllConnections?.()
+    if (!external) {
+      // Still binding: stop once it listens (a failed bind leaves nothing to stop).
+      waits.push(listening.then(() => {
+        if (!server.listening) return
+        const stopped = new Promise((resolve) => server.close(() => resolve()))
+        server.closeAllConnections?.()
+        return stopped
+      }, () => {}))
     }
     await Promise.all(waits)
   }

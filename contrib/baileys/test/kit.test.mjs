@@ -1,8 +1,9 @@
 // The kit driven by Baileys' real event buffer and real Boom errors, read by a real ws client.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import net from 'node:net'
 import { QR_PENDING, createStatusServer, mergeState, wireUpdate } from '../index.mjs'
-import { AUTH, Boom, TOKEN, connect, fakeSocket, fixtureFrames, http, withoutDate } from '../test-support/helpers.mjs'
+import { AUTH, Boom, TOKEN, connect, fakeSocket, fixtureFrames, http, withTimeout, withoutDate } from '../test-support/helpers.mjs'
 
 const T = { timeout: 15_000 }
 
@@ -292,6 +293,23 @@ test('listening rejects when the port is taken', T, async (t) => {
   const k2 = createStatusServer({ host: '127.0.0.1', port, token: TOKEN })
   await assert.rejects(k2.listening, /EADDRINUSE/)
   await k2.close()
+})
+
+test('close() before the server listens still stops it: the port is free afterwards', T, async (t) => {
+  const k = createStatusServer({ host: '127.0.0.1', port: 0, token: TOKEN })
+  // If close() ever leaks the server again, this test fails instead of keeping the run alive.
+  t.after(() => { if (k.server.listening) k.server.close() })
+  assert.equal(k.server.listening, false, 'called while the bind is still under way')
+  const closing = [k.close(), k.close()]
+  await withTimeout(Promise.all(closing), 5000, 'close() before listening')
+  assert.equal(k.server.listening, false)
+  const { port } = await k.listening
+  const refused = await new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    s.once('connect', () => { s.destroy(); resolve(null) })
+    s.once('error', (e) => resolve(e.code))
+  })
+  assert.equal(refused, 'ECONNREFUSED', 'nothing listens on the port any more')
 })
 
 // Both Baileys lines of the peer range: 7.x (`baileys`) and 6.x (`baileys-6`, an npm alias).

@@ -41,6 +41,66 @@ test('a token is required: no token, an empty one or one that cannot be sent is 
   }
 })
 
+test('a hostile Authorization header costs no event-loop time: no backtracking parse, over 1 KiB a 401 unread', T, async (t) => {
+  const { k, port, ws } = await kit(t)
+  k.setState('b', { connection: 'open' })
+  const hostile = {
+    '1 KB of spaces (under the length cap)': 'Bearer x' + ' '.repeat(1000) + 'y',
+    '16 KB of spaces': 'Bearer x' + ' '.repeat(16_000) + 'y',
+    '64 KB of spaces': 'Bearer x' + ' '.repeat(64_000) + 'y',
+    '16 KB of tabs': 'bearer\t' + 'x\t'.repeat(8_000) + 'y',
+    'the token, then 16 KB': `Bearer ${TOKEN}` + ' '.repeat(16_000) + 'y'
+  }
+
+  // The parse itself, as every request runs it before the token is checked. The regex it
+  // replaced took ~100 ms per 16 KB header (and ~0.5 ms per 1 KB one); a linear parse takes
+  // microseconds, so 200 parses staying under 50 ms has a wide margin both ways.
+  const loopback = { remoteAddress: '127.0.0.1', localAddress: '127.0.0.1' }
+  const ROUNDS = 200
+  for (const [what, authorization] of Object.entries(hostile)) {
+    const req = { headers: { authorization }, socket: loopback }
+    const t0 = performance.now()
+    for (let i = 1; i <= ROUNDS; i++) {
+      assert.deepEqual(k.refusal(req), { status: 401, error: 'unauthorized' }, what)
+      const ms = performance.now() - t0
+      // Checked every round, so a quadratic parse fails at once rather than after 200 slow ones.
+      if (ms >= 50) assert.fail(`${what}: ${i} of ${ROUNDS} parses already took ${ms.toFixed(1)} ms`)
+    }
+  }
+  // The grammar: scheme in any case, then spaces or tabs, a visible-ASCII token, blanks around it.
+  for (const authorization of [`Bearer ${TOKEN}`, `bearer\t${TOKEN}`, `BEARER  ${TOKEN} \t`]) {
+    assert.equal(k.refusal({ headers: { authorization }, socket: loopback }), null, JSON.stringify(authorization))
+  }
+  for (const authorization of [`Bearer${TOKEN}`, `Bearer ${TOKEN}x`, `Bearer ${TOKEN} x`, `Bearer ${TOKEN}\u0000`, `Bearer \u00e9${TOKEN}`,
+    'Bearer', 'Bearer ', `Basic ${TOKEN}`, `Bearer ${TOKEN}` + ' '.repeat(1024), ['Bearer', TOKEN]]) {
+    assert.deepEqual(k.refusal({ headers: { authorization }, socket: loopback }), { status: 401, error: 'unauthorized' }, JSON.stringify(authorization))
+  }
+
+  // Over real HTTP and WebSocket upgrades: a 401 (64 KB is over Node's own 16 KiB header limit,
+  // which answers 431 before the kit sees it, unless node runs with a larger --max-http-header-size).
+  for (const [what, authorization] of Object.entries(hostile)) {
+    const expected = what.startsWith('64 KB') ? [401, 431] : [401]
+    const r = await rawHttp(port, 'GET', '/sessions/b/status', { authorization })
+    assert.ok(expected.includes(r.status), `${what}: HTTP ${r.status}`)
+    assert.equal(r.text.includes('open'), false)
+    await assert.rejects(ws('b', { authorization }), (e) => expected.includes(e.status), what)
+  }
+  const c = await ws('b')
+  assert.deepEqual((await c.next()).data, { connection: 'open' }, 'the right token still connects')
+  await c.close()
+
+  // A token has to fit in the header that is read.
+  const longest = 'x'.repeat(1024 - 'Bearer '.length)
+  const big = createStatusServer({ host: '127.0.0.1', port: 0, token: longest })
+  t.after(() => big.close())
+  assert.equal(big.refusal({ headers: { authorization: `Bearer ${longest}` }, socket: loopback }), null)
+  assert.throws(() => createStatusServer({ port: 0, token: longest + 'x' }), (e) => {
+    assert.match(e.message, /at most 1017 characters/)
+    assert.equal(e.message.includes(longest), false, 'the token is never echoed')
+    return true
+  })
+})
+
 test('bound to loopback by default; a token lets an operator choose another host', T, async (t) => {
   const { host } = await kit(t)
   assert.equal(host, '127.0.0.1')
@@ -248,4 +308,103 @@ test('own server: a client that never finishes its headers is dropped', T, async
   sock.write('GET /sessions/b/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ')
   await withTimeout(new Promise((resolve) => sock.once('close', resolve)), 5000, 'the server to drop a slow client')
   assert.match(answer, /^HTTP\/1\.1 408 /)
+})
+
+/** `n` TCP connections to the port that never send a byte; resolves once each is connected (or closed). */
+async function silentSockets (t, port, n) {
+  const socks = []
+  t.after(() => { for (const s of socks) s.destroy() })
+  await Promise.all(Array.from({ length: n }, () => new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    s.closedByServer = false
+    s.on('error', () => {})
+    s.once('close', () => { s.closedByServer = true; resolve() })
+    s.once('connect', resolve)
+    socks.push(s)
+  })))
+  return socks
+}
+
+test('own server: silent connections cannot lock the token out: beyond maxPendingConnections the oldest unauthenticated ones are closed', T, async (t) => {
+  const logger = recordingLogger()
+  let slowStarted = false
+  const { k, port, ws } = await kit(t, {
+    maxConnections: 2,
+    maxPendingConnections: 4,
+    headersTimeoutMs: 30_000, // the flood is trimmed by the pool rule, not by a timeout
+    logger,
+    onRequest (req, res) { slowStarted = true; setTimeout(() => res.end('done'), 400) }
+  })
+  k.setState('b', { connection: 'open' })
+  const first = await ws('b')
+  t.after(() => first.close())
+  assert.deepEqual((await first.next()).data, { connection: 'open' })
+  // An authorized request being answered (a gateway route behind onRequest) is not closed for the flood.
+  const slow = http(port, 'GET', '/slow', { headers: AUTH })
+  await eventually(() => slowStarted, 3000, 'the slow request to start')
+
+  const flood = await silentSockets(t, port, 40)
+  // The pool: the busy request + at most 3 of the flood (maxPendingConnections 4).
+  await eventually(() => flood.filter((s) => !s.closedByServer).length <= 3, 5000, 'the flood to be trimmed to maxPendingConnections')
+  assert.ok(logger.warnings.some((w) => /maxPendingConnections \(4\) reached/.test(w)), 'the operator is told')
+
+  // The token still gets a WebSocket, at once; the one already held is untouched.
+  const second = await ws('b')
+  t.after(() => second.close())
+  assert.deepEqual((await second.next()).data, { connection: 'open' })
+  assert.equal(k.connections(), 2)
+  k.setState('b', { isOnline: true })
+  assert.deepEqual((await first.next()).data, { isOnline: true })
+  assert.deepEqual((await second.next()).data, { isOnline: true })
+  const answered = await slow
+  assert.equal(answered.status, 200)
+  assert.equal(answered.text, 'done')
+  // Authenticated WebSockets are still capped at maxConnections.
+  await assert.rejects(ws('b'), (e) => e.status === 503)
+  for (const bad of [{ maxPendingConnections: 0 }, { maxPendingConnections: 2.5 }]) {
+    assert.throws(() => createStatusServer({ port: 0, token: TOKEN, ...bad }), /maxPendingConnections must be a positive integer/)
+  }
+})
+
+test('own server: clients reconnecting as fast as they can, without a token, do not keep the token out', T, async (t) => {
+  const { k, port, ws } = await kit(t, { maxConnections: 4, maxPendingConnections: 8 })
+  k.setState('b', { connection: 'open' })
+  // 100 silent clients (more than the WebSockets and the pool together), each reconnecting as soon
+  // as the server closes it: bounded to 5000 connects.
+  const MAX_CONNECTS = 5000
+  let stop = false
+  let connects = 0
+  let closedByServer = 0
+  const live = new Set()
+  const open = () => {
+    if (stop || connects >= MAX_CONNECTS) return
+    connects++
+    const s = net.connect(port, '127.0.0.1')
+    live.add(s)
+    s.on('error', () => {})
+    s.once('close', () => {
+      live.delete(s)
+      if (stop) return
+      closedByServer++
+      setImmediate(open)
+    })
+  }
+  const halt = () => { stop = true; for (const s of live) s.destroy() }
+  t.after(halt)
+  for (let i = 0; i < 100; i++) open()
+  await eventually(() => connects >= 300, 10_000, 'the flood to be running')
+
+  let c = null
+  let attempts = 0
+  let lastError
+  while (c === null && attempts < 10) {
+    attempts++
+    c = await ws('b').catch((e) => { lastError = e; return null })
+  }
+  const during = connects
+  halt()
+  assert.ok(c !== null, `no WebSocket in ${attempts} attempts during the flood: ${lastError}`)
+  t.after(() => c.close())
+  assert.deepEqual((await c.next()).data, { connection: 'open' })
+  assert.ok(during > 200 && closedByServer > 200, `the flood ran (${during} connects, ${closedByServer} closed by the server)`)
 })

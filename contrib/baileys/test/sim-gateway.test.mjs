@@ -99,6 +99,9 @@ test('sim gateway: token guards WebSocket, state and control; --initial none', T
   assert.equal((await http(port, 'GET', '/control/b1')).status, 401)
   assert.equal((await http(port, 'POST', '/control/b1', { body: { action: 'open' } })).status, 401)
   assert.equal((await http(port, 'GET', '/sessions/b1/status')).status, 401)
+  // The kit's bearer parse guards the control routes too: no backtracking on a long header.
+  const hostile = { authorization: 'Bearer x' + ' '.repeat(16_000) + 'y' }
+  assert.equal((await http(port, 'GET', '/control/b1', { headers: hostile })).status, 401)
   await assert.rejects(connect(`ws://127.0.0.1:${port}/ws/b1`), (e) => e.status === 401)
 
   const r = await http(port, 'GET', '/control/b1', { headers: auth })

@@ -57,6 +57,7 @@ mergeState({}, frame.data)
 status.setState('b', { connection: 'close', lastDisconnect: { error: new Boom('Logged out', { statusCode: 401 }), date: new Date() } })
 void status.listening.then(({ port, host }) => [port.toFixed(), host.toUpperCase(), isLoopback(host)])
 void status.close().then(() => [pending, code, held])
+void createStatusServer({ token: 'x', maxConnections: 16, maxPendingConnections: 8, headersTimeoutMs: 3000 }).close()
 
 // The declarations are not `any`: each of these must be a type error.
 // @ts-expect-error unknownTenant is 'wait' or 'reject'
@@ -67,6 +68,8 @@ createStatusServer({ token: 'x', port: '3001' })
 createStatusServer()
 // @ts-expect-error allowOrigins is a list
 createStatusServer({ token: 'x', allowOrigins: '*' })
+// @ts-expect-error maxPendingConnections is a number
+createStatusServer({ token: 'x', maxPendingConnections: '64' })
 // @ts-expect-error track needs a socket with ev.on
 status.track('b', {})
 // @ts-expect-error the served qr is only ever QR_PENDING
