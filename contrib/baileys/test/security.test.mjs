@@ -53,8 +53,9 @@ test('a hostile Authorization header costs no event-loop time: no backtracking p
   }
 
   // The parse itself, as every request runs it before the token is checked. The regex it
-  // replaced took ~100 ms per 16 KB header (and ~0.5 ms per 1 KB one); a linear parse takes
-  // microseconds, so 200 parses staying under 50 ms has a wide margin both ways.
+  // replaced took ~100 ms per 16 KB header, so it fails here within about ten rounds; a linear
+  // parse takes microseconds, so 200 staying under 1 s leaves a loaded CI machine a margin of
+  // hundreds (this is a bound on the work, not a performance measurement).
   const loopback = { remoteAddress: '127.0.0.1', localAddress: '127.0.0.1' }
   const ROUNDS = 200
   for (const [what, authorization] of Object.entries(hostile)) {
@@ -64,7 +65,7 @@ test('a hostile Authorization header costs no event-loop time: no backtracking p
       assert.deepEqual(k.refusal(req), { status: 401, error: 'unauthorized' }, what)
       const ms = performance.now() - t0
       // Checked every round, so a quadratic parse fails at once rather than after 200 slow ones.
-      if (ms >= 50) assert.fail(`${what}: ${i} of ${ROUNDS} parses already took ${ms.toFixed(1)} ms`)
+      if (ms >= 1000) assert.fail(`${what}: ${i} of ${ROUNDS} parses already took ${ms.toFixed(1)} ms`)
     }
   }
   // The grammar: scheme in any case, then spaces or tabs, a visible-ASCII token, blanks around it.
