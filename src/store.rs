@@ -1210,7 +1210,7 @@ mod tests {
         let line = serde_json::json!({"gen": 0, "tenant": "late", "record": late});
         fs::write(journal_path(tmp.path(), 0), format!("{line}\n")).unwrap();
 
-        let (_store, restored) = open(tmp.path());
+        let (store, restored) = open(tmp.path());
         assert!(restored.set_aside.is_empty(), "{:?}", restored.set_aside);
         assert_eq!(restored.records["good"], rec(2));
         let negative = &restored.records["negative"];
@@ -1237,6 +1237,13 @@ mod tests {
                 "\"string\": the whole record (not a JSON object)",
             ]
         );
+
+        // What was kept is written back whole: the next start reads it as it was kept.
+        store.close();
+        let (_store, again) = open(tmp.path());
+        assert!(again.salvaged.is_empty(), "{:?}", again.salvaged);
+        assert_eq!(again.records, restored.records);
+        assert_eq!(again.storms, restored.storms);
     }
 
     /// A FIFO (or any file that is not a regular one) where a state file belongs is refused
