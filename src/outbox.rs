@@ -239,14 +239,21 @@ impl Outbox {
             }
             return;
         }
+        // The status it already owes, decided again: a newer reason (a logout during a drop), or
+        // a tenant re-added by a reload while it owed it (its debouncer new). The newest goes,
+        // but after the backoff the backend earned: a reload must not make a failing backend's
+        // retries come at once.
+        let again = slot.owed.as_ref().is_some_and(|o| o.status == owed.status);
         if slot.owed.is_none() {
             self.owed += 1;
         }
         slot.owed = Some(owed);
         slot.decided = Some(now.mono);
-        slot.attempts = 0;
-        // A superseded transition's backoff does not apply to the new one.
-        Self::clear_wait(&mut self.waits, tenant, slot);
+        if !again {
+            slot.attempts = 0;
+            // A superseded transition's backoff does not apply to the new one.
+            Self::clear_wait(&mut self.waits, tenant, slot);
+        }
         let seq = self.persist(tenant);
         self.slots.get_mut(tenant).expect("just inserted").owed_seq = seq;
         self.awaiting.push_back((seq, tenant.clone()));
@@ -931,6 +938,31 @@ mod tests {
             owed(Status::Connected, "k4"),
         );
         assert_eq!(sent_later(&mut o, &mut clock), ["k4"]);
+    }
+
+    /// Removed while a drop is owed after an unanswered call, then added again by the next
+    /// reload: its new debouncer decides the same drop again. The newest goes, after the backoff
+    /// the failing backend earned, not at once.
+    #[test]
+    fn a_tenant_re_added_while_it_owes_a_transition_waits_out_its_backoff() {
+        let mut clock = Clock::new();
+        let mut o = Outbox::new();
+        o.decided(clock.now(), &t("b1"), owed(Status::Connected, "k1"));
+        assert_eq!(sent_later(&mut o, &mut clock), ["k1"]);
+        o.decided(
+            clock.advance(SECOND),
+            &t("b1"),
+            owed(Status::Disconnected, "k2"),
+        );
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.on_outcome(clock.now(), &job, &unanswered(), 0.0);
+        o.removed(&t("b1"));
+        o.added(&t("b1"));
+        o.decided(clock.now(), &t("b1"), owed(Status::Disconnected, "k3"));
+        write(&mut o);
+        assert_eq!(o.poll_job(clock.now(), 16), None, "still in its backoff");
+        assert_eq!(sent_later(&mut o, &mut clock), ["k3"]);
     }
 
     #[test]
