@@ -1078,14 +1078,18 @@ fn check(
         let mine: Vec<&(Instant, Call)> =
             calls.iter().filter(|c| c.1.tenant_id == tenant).collect();
         // Every change decided while the backend was healthy reaches it within a second, unless
-        // the backend already had that status (a 400 dropped the change before it).
+        // the backend already had that status (a 400 dropped the change before it). An answer at
+        // the decision's very instant counts as before it: under the paused clock a retry that
+        // was due then and the decision share one instant, and which ran first is not the
+        // model's to say (the retry, then a newer reason for the status it just delivered,
+        // which the backend has: nothing to send).
         for d in &model.decisions {
             if !healthy_around(world, d.at, steps_end) {
                 continue;
             }
             let last_ack = mine
                 .iter()
-                .rfind(|(at, c)| *at < d.at && settles(world, *at, c))
+                .rfind(|(at, c)| *at <= d.at && settles(world, *at, c))
                 .map(|(_, c)| c.status.clone());
             if last_ack.as_deref() == Some(d.status.as_str()) {
                 continue;
