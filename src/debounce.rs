@@ -134,6 +134,10 @@ pub struct Restored {
     pub penalty: f64,
     /// Whether the tenant was flapping.
     pub flapping: bool,
+    /// A drop held by a mass-outage hold that this process resumed: when the storm began and its
+    /// last close. The tenant's last known state is that drop, held until the hold lifts, unless
+    /// what its link learns first says otherwise.
+    pub held: Option<(Instant, String)>,
 }
 
 /// A decided change of stable state, to be delivered to the backend.
@@ -270,10 +274,20 @@ impl Debouncer {
         } else {
             0.0
         };
+        let held = restored
+            .held
+            .filter(|_| restored.stable != Some(Status::Disconnected));
+        let run = match &held {
+            Some((since, reason)) => Run::Down {
+                since: *since,
+                reason: clean(reason).map(Into::into),
+            },
+            None => Run::Unknown,
+        };
         Debouncer {
             stable: restored.stable,
             last: None,
-            run: Run::Unknown,
+            run,
             link: Link::Up { fresh: true },
             damping: Damping {
                 value: penalty,
@@ -286,7 +300,7 @@ impl Debouncer {
                 first_drop: now,
             },
             reports: Vec::new(),
-            held: false,
+            held: held.is_some(),
         }
     }
 
@@ -1421,6 +1435,7 @@ mod tests {
             stable: Some(Disconnected),
             penalty: 1500.0,
             flapping: true,
+            held: None,
         };
         // 1500 decays to 750 in one half-life.
         let sim = check_with(
@@ -1437,6 +1452,7 @@ mod tests {
                 stable: Some(Connected),
                 penalty: 5000.0,
                 flapping: true,
+                held: None,
             },
         );
         assert!(!d.is_flapping());
@@ -1465,6 +1481,45 @@ mod tests {
         d.on_timeout(s(1000), &policy);
         d.on_timeout(s(5000), &policy);
         assert_eq!(d.poll_report(), None);
+    }
+
+    /// A drop a resumed mass-outage hold holds: reported when the hold lifts, with the outage
+    /// reason and the storm's start, unless the link first shows the session back.
+    #[test]
+    fn a_drop_held_over_a_restart_is_reported_at_release_unless_the_session_is_back() {
+        let policy = Policy::default();
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let held = |_| Restored {
+            held: Some((t0, "Connection Closed (code 428)".to_string())),
+            ..connected()
+        };
+        let outage = "WhatsApp-wide outage: 6 of 20 sessions dropped within 60s; last: …";
+
+        let mut d = Debouncer::new(s(600), held(()));
+        assert!(d.is_held());
+        d.on_timeout(s(700), &policy);
+        assert_eq!(d.poll_report(), None, "held: not at its own grace");
+        d.release(s(900), &policy, outage);
+        let report = d.poll_report().expect("reported at release");
+        assert_eq!(
+            (report.status, report.reason.as_deref(), report.since),
+            (Disconnected, Some(outage), t0)
+        );
+
+        let mut back = Debouncer::new(s(600), held(()));
+        back.link_up(s(600), &policy);
+        back.observe(s(601), &policy, &Observation::Up);
+        back.release(s(900), &policy, outage);
+        back.on_timeout(s(1000), &policy);
+        assert_eq!(back.poll_report(), None, "back before the hold lifted");
+
+        // A record already disconnected has nothing left to hold.
+        let decided = Restored {
+            stable: Some(Disconnected),
+            ..held(())
+        };
+        assert!(!Debouncer::new(s(600), decided).is_held());
     }
 
     #[test]
@@ -1707,6 +1762,7 @@ mod tests {
                         stable: None,
                         penalty,
                         flapping: true,
+                        held: None,
                     },
                 );
                 for (i, ev) in [

@@ -138,10 +138,17 @@ impl Registry {
         let shared = registry.shared_link.lock().unwrap();
         for id in &config.tenants.ids {
             let id: TenantId = id.as_str().into();
-            let seed = restored
+            let mut seed: Restored = restored
                 .get(&*id)
                 .map(|r| restore_of(r, &config.debounce, now))
                 .unwrap_or_default();
+            // A drop a resumed hold holds is what the tenant was last known to be: it is
+            // reported when the hold lifts unless the link learns otherwise first (a gateway
+            // that sends no state on connect would otherwise lose it).
+            let fleet = registry.fleet.lock().unwrap();
+            let held = fleet.detector.held_since(&id);
+            seed.held = held.map(|(since, reason)| (since, reason.to_string()));
+            drop(fleet);
             registry.deliveries.added(&id);
             registry.insert(&shared, id, seed, now);
         }
@@ -747,6 +754,7 @@ fn restore_of(record: &Record, policy: &Policy, now: Now) -> Restored {
         stable,
         penalty: debounce::decay(record.penalty, elapsed, policy.flap_half_life),
         flapping: record.flapping,
+        held: None,
     }
 }
 
@@ -961,5 +969,5 @@ fn resume_storms(storms: Vec<StoredStorm>, config: &Config, now: Now) -> Detecto
                 .collect(),
         }
     });
-    Detector::resume(now.mono, saved)
+    Detector::resume(now.mono, saved, config.debounce.disconnect_grace)
 }

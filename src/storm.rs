@@ -101,9 +101,12 @@
 //!
 //! The hold survives a restart if the registry stores [`Detector::saved`] (with `since` as
 //! wall-clock time) and seeds the next process with [`Detector::resume`]. A resumed storm has
-//! ended: its held members stay held until their original hold end and are released with their
-//! original reason, unless they come back first; the up members, and whether the storm was still
-//! in progress, are not carried over. Without it the hold is lost: the first state each link
+//! ended: its held members stay held until their original hold end (and at least a settle time,
+//! the disconnect grace, after the restart, so their links can show them back first) and are
+//! released with their original reason, unless they come back first; the up members, and
+//! whether the storm was still in progress, are not carried over. The registry seeds each held
+//! member's debouncer with the held drop ([`Detector::held_since`]): it is the tenant's last
+//! known state, reported at the release even when the gateway tells the new process nothing. Without it the hold is lost: the first state each link
 //! learns after the restart is not a drop, so no storm forms again, and every held drop is
 //! reported at its own `disconnect_grace` with its own reason.
 //!
@@ -276,6 +279,9 @@ struct Storm<T> {
     /// Its hold has lifted. An ended storm is dropped when released, so only the storm in
     /// progress can be released.
     released: bool,
+    /// Its hold lasts at least until then: a hold resumed after a restart gives each link the
+    /// time to learn its session first ([`Detector::resume`]); `since` for a storm of this process.
+    settle_until: Instant,
 }
 
 /// How many tenants must be down within the window for a storm, with `linked` tenants linked;
@@ -314,9 +320,16 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
     }
 
     /// A detector continuing the holds of a previous process (see "Restarts" in the module doc).
-    /// Each saved storm resumes as ended, holding its members until `since + hold`; a `since`
-    /// after `now` counts as `now`, and a tenant named twice is held once, by the older storm.
-    pub fn resume(now: Instant, saved: impl IntoIterator<Item = Saved<T>>) -> Self {
+    /// Each saved storm resumes as ended, holding its members until `since + hold`, and at least
+    /// until `now + settle`: time for the links to learn which members are back (the disconnect
+    /// grace), so a hold that ended while the process was down does not report them all at once.
+    /// A `since` after `now` counts as `now`, and a tenant named twice is held once, by the older
+    /// storm.
+    pub fn resume(
+        now: Instant,
+        saved: impl IntoIterator<Item = Saved<T>>,
+        settle: Duration,
+    ) -> Self {
         let mut detector = Self {
             clock: Some(now),
             ..Self::default()
@@ -354,6 +367,11 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
                 tenants,
                 ended: true,
                 released: false,
+                // No settle time keeps the hold's own end, even one already past.
+                settle_until: match settle.is_zero() {
+                    true => s.since.min(now),
+                    false => now.checked_add(settle).unwrap_or(now),
+                },
             });
         }
         detector
@@ -597,6 +615,14 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
             .collect()
     }
 
+    /// When the storm holding the tenant's drop began, and its last close: what a restarted
+    /// process seeds the tenant's debouncer with, as its last known state is that drop.
+    pub fn held_since(&self, tenant: &T) -> Option<(Instant, &str)> {
+        let member = self.members.get(tenant).filter(|m| m.down)?;
+        let storm = &self.storms[find(&self.storms, member.storm)?];
+        (!storm.released).then(|| (storm.since, last_reason(storm)))
+    }
+
     /// The storm whose hold holds `tenant` now (its id in this process) and that storm's last
     /// close reason, to store as the tenant joins.
     pub fn membership(&self, tenant: &T) -> Option<(u64, &str)> {
@@ -671,6 +697,7 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
             tenants,
             ended: false,
             released: false,
+            settle_until: now,
         };
         self.events.push_back(Event::Began {
             since: now,
@@ -781,11 +808,10 @@ fn hold_end<T>(policy: &StormPolicy, storm: &Storm<T>) -> Instant {
     if !is_on(policy) {
         return storm.since;
     }
-    storm
-        .since
-        .checked_add(policy.hold)
+    let end = (storm.since.checked_add(policy.hold))
         .or_else(|| storm.since.checked_add(FOREVER))
-        .unwrap_or(storm.since)
+        .unwrap_or(storm.since);
+    end.max(storm.settle_until)
 }
 
 fn find<T>(storms: &VecDeque<Storm<T>>, id: u64) -> Option<usize> {
@@ -1628,7 +1654,7 @@ mod tests {
         let mut next = Sim::new(small());
         next.base = sim.base;
         next.now = next.at(500.0);
-        next.d = Detector::resume(next.now, saved);
+        next.d = Detector::resume(next.now, saved, Duration::ZERO);
         next.seen.extend(1..=5);
         assert_eq!(next.held_until(1), Some(902.0));
         assert_eq!(next.held_until(4), None);
@@ -1646,7 +1672,7 @@ mod tests {
         let mut late = Sim::new(small());
         late.base = sim.base;
         late.now = late.at(5000.0);
-        late.d = Detector::resume(late.now, sim.d.saved());
+        late.d = Detector::resume(late.now, sim.d.saved(), Duration::ZERO);
         late.seen.extend(1..=5);
         late.run(&[(5000.0, Ev::Wake)]);
         assert_eq!(
@@ -1658,7 +1684,7 @@ mod tests {
         let mut again = Sim::new(small());
         again.base = sim.base;
         again.now = again.at(500.0);
-        again.d = Detector::resume(again.now, sim.d.saved());
+        again.d = Detector::resume(again.now, sim.d.saved(), Duration::ZERO);
         again.seen.extend(1..=5);
         again.run(&drops(510.0, [6, 7, 8]));
         again.finish();
@@ -1670,6 +1696,41 @@ mod tests {
                 (1412.0, "released [6, 7, 8]".to_string()),
             ]
         );
+    }
+
+    /// A hold that ended while the process was down lasts, once resumed, until the links had
+    /// the settle time to learn which members are back; one still running keeps its own end.
+    /// Each held member is seeded from when its storm began, with its last close.
+    #[test]
+    fn a_resumed_hold_lasts_at_least_the_settle_time_after_the_restart() {
+        let base = Instant::now();
+        let now = base + Duration::from_secs(2000);
+        let saved = |since: u64, held: Vec<u32>| Saved {
+            since: base + Duration::from_secs(since),
+            linked: 20,
+            members: held.len(),
+            window: Duration::from_secs(60),
+            last_reason: "Connection Closed (code 428)".to_string(),
+            held,
+        };
+        let settle = Duration::from_secs(60);
+        let d = Detector::resume(now, [saved(0, vec![1]), saved(1500, vec![2])], settle);
+        let policy = small();
+        assert_eq!(
+            d.held_until(&policy, &1),
+            Some(now + settle),
+            "ended while down"
+        );
+        assert_eq!(
+            d.held_until(&policy, &2),
+            Some(base + Duration::from_secs(1500) + policy.hold),
+            "still running"
+        );
+        assert_eq!(
+            d.held_since(&1),
+            Some((base, "Connection Closed (code 428)"))
+        );
+        assert_eq!(d.held_since(&3), None);
     }
 
     #[test]
@@ -1693,6 +1754,7 @@ mod tests {
                 s(10, vec![1, 2, 2], 1),
                 s(20, vec![], 9),
             ],
+            Duration::ZERO,
         );
         let policy = small();
         assert_eq!(

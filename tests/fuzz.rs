@@ -438,7 +438,7 @@ fn restored() -> impl Strategy<Value = Restored> {
             prop_oneof![Just(0.0), 0.0f64..100_000.0],
             any::<bool>(),
         )
-            .prop_map(|(stable, penalty, flapping)| Restored { stable, penalty, flapping }),
+            .prop_map(|(stable, penalty, flapping)| Restored { stable, penalty, flapping, held: None }),
     ]
 }
 
@@ -1080,7 +1080,7 @@ fn storm_case(
                 if !saved.is_empty() {
                     RESTARTS_HOLDING.fetch_add(1, Ordering::Relaxed);
                 }
-                d = Detector::resume(now, saved.clone());
+                d = Detector::resume(now, saved.clone(), Duration::ZERO);
                 model = storm_model::Model::resume(now, saved);
             }
         }

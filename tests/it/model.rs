@@ -610,17 +610,26 @@ impl Model {
             })
             .collect();
         self.resumed = saved.iter().flat_map(|s| s.held.clone()).collect();
-        self.detector = Detector::resume(now, saved);
+        self.detector = Detector::resume(now, saved, DISCONNECT_GRACE);
         // The new process stores what it resumed, under its own ids, anchored to its own clock:
         // the next restart moves the holds by the time since this one.
         self.stored = self.detector.saved_with_ids();
         if self.detector.view(&self.policy).is_some() {
             self.last_saved = now;
         }
-        for model in &mut self.tenants {
+        let detector = &self.detector;
+        for (i, model) in self.tenants.iter_mut().enumerate() {
             model.run = Run::None;
             model.held = false;
             model.linked = false;
+            // A member still held is down as far as the new process knows (SPEC 3: the state
+            // stays as last known): the drop the storm holds, from the storm's start.
+            if let Some((since, reason)) = detector.held_since(&i) {
+                if model.configured && model.stable != Some(Status::Disconnected) {
+                    model.run = Run::Down(since, Some(reason.to_string()));
+                    model.held = true;
+                }
+            }
         }
     }
 }

@@ -43,9 +43,19 @@ async fn connected(rig: &Rig, ids: &[String]) -> Sidecar {
         rig.gateway.set_snapshot(t, sim::baileys_open());
     }
     let sidecar = start(rig, "per-tenant", ids, STORM_DEBOUNCE).await;
-    let calls = calls_until_quiet(&rig.backend, 30 * SECOND, 5 * MINUTE).await;
-    assert_eq!(calls.len(), ids.len(), "every tenant's first state");
+    first_states(rig, ids.len()).await;
     sidecar
+}
+
+/// Takes the first state of `n` tenants, each call within 5 minutes: not "until quiet for 30 s",
+/// which a loaded machine can cut short (the paused clock jumps while the journal writer, on
+/// its own thread, is still at work), and then a call counted in a later step.
+async fn first_states(rig: &Rig, n: usize) {
+    for _ in 0..n {
+        let call = expect_call(&rig.backend, 5 * MINUTE).await;
+        assert_eq!(call.status, "connected", "every tenant's first state");
+    }
+    expect_no_call(&rig.backend, 30 * SECOND).await;
 }
 
 fn metric(sidecar: &Sidecar, series: &str) -> f64 {
@@ -213,46 +223,53 @@ async fn a_reload_that_turns_the_hold_off_reports_the_held_drops_at_once() {
     sidecar.shutdown().await;
 }
 
+/// The hold survives a restart, whatever the gateway tells the new process: the drops still
+/// down are reported once, when the original hold ends, with the outage reason, whether the
+/// gateway sends their close again or nothing at all (the last known state is the held drop);
+/// drops whose sessions came back while the sidecar was down ring no bell.
 #[tokio::test(start_paused = true)]
 async fn the_hold_survives_a_restart() {
-    let rig = rig().await;
-    let ids = tenants(20);
-    let sidecar = connected(&rig, &ids).await;
-    let began = tokio::time::Instant::now();
-    for t in &ids[..6] {
-        rig.gateway
-            .send(t, &sim::baileys_close(428, "Connection Closed"));
-    }
-    tokio::time::sleep(2 * MINUTE).await;
-    sidecar.shutdown().await;
+    for after_restart in ["the close again", "nothing", "the session back"] {
+        let rig = rig().await;
+        let ids = tenants(20);
+        let sidecar = connected(&rig, &ids).await;
+        let began = tokio::time::Instant::now();
+        for t in &ids[..6] {
+            rig.gateway
+                .send(t, &sim::baileys_close(428, "Connection Closed"));
+        }
+        tokio::time::sleep(2 * MINUTE).await;
+        sidecar.shutdown().await;
 
-    // Restarted with the six still down: not reported at their own grace (60 s after the restart),
-    // only when the original hold ends, with the outage reason.
-    for t in &ids[..6] {
-        rig.gateway
-            .set_snapshot(t, sim::baileys_close(428, "Connection Closed"));
+        for t in &ids[..6] {
+            let frames = match after_restart {
+                "the close again" => vec![sim::baileys_close(428, "Connection Closed")],
+                "nothing" => vec![],
+                _ => vec![sim::baileys_open()],
+            };
+            rig.gateway.set_snapshot_frames(t, frames);
+        }
+        let sidecar = start(&rig, "per-tenant", &ids, STORM_DEBOUNCE).await;
+        // Not reported at their own grace (60 s after the restart): only when the hold ends.
+        // (The paused clock moves no wall clock, so the hold resumes as if begun at the restart.)
+        expect_no_call(&rig.backend, 14 * MINUTE).await;
+        let calls = calls_until_quiet(&rig.backend, 2 * MINUTE, 10 * MINUTE).await;
+        assert!(began.elapsed() >= 15 * MINUTE);
+        if after_restart == "the session back" {
+            assert_eq!(calls.len(), 0, "{after_restart}: {calls:?}");
+        } else {
+            assert_eq!(calls.len(), 6, "{after_restart}: {calls:?}");
+            assert!(
+                calls.iter().all(|c| c.status == "disconnected"
+                    && c.reason
+                        .as_deref()
+                        .unwrap()
+                        .starts_with("WhatsApp-wide outage: 6 of 20")),
+                "{after_restart}: {calls:?}"
+            );
+        }
+        sidecar.shutdown().await;
     }
-    let sidecar = start(&rig, "per-tenant", &ids, STORM_DEBOUNCE).await;
-    eprintln!("DBG storm {:?}", sidecar.tenants()[0].storm);
-    eprintln!(
-        "DBG files {:?}",
-        std::fs::read_to_string(rig.dir.path().join("state.json"))
-            .unwrap()
-            .lines()
-            .last()
-    );
-    tokio::time::sleep(2 * MINUTE).await;
-    eprintln!("DBG b00 {:?}", sidecar.tenant("b00"));
-    expect_no_call(&rig.backend, 12 * MINUTE).await;
-    let calls = calls_until_quiet(&rig.backend, MINUTE, 10 * MINUTE).await;
-    assert!(began.elapsed() >= 15 * MINUTE);
-    assert_eq!(calls.len(), 6, "{calls:?}");
-    assert!(calls.iter().all(|c| c
-        .reason
-        .as_deref()
-        .unwrap()
-        .starts_with("WhatsApp-wide outage: 6 of 20")));
-    sidecar.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -264,8 +281,7 @@ async fn a_storm_over_a_shared_link() {
     for t in &ids {
         rig.gateway.send(sim::SHARED, &waha(t, "WORKING"));
     }
-    let calls = calls_until_quiet(&rig.backend, 30 * SECOND, 5 * MINUTE).await;
-    assert_eq!(calls.len(), 20);
+    first_states(&rig, 20).await;
     // WAHA's STARTING is a transient drop.
     for t in &ids[..10] {
         rig.gateway.send(sim::SHARED, &waha(t, "STARTING"));
