@@ -20,7 +20,7 @@
 //! `state_url`, whose client never follows a redirect and reads at most 64 KiB.
 
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -89,6 +89,8 @@ const MAX_UPGRADE_RESPONSE: usize = 16 * 1024;
 const LARGE_FRAME: u64 = 4 * READ_BUFFER as u64;
 /// The longest text kept from a close frame's reason (SPEC 3 rev 12).
 const MAX_REASON_CHARS: usize = 256;
+/// At most one WARN line a minute about links that cannot connect, for all links together.
+const CONNECT_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the links share.
 pub struct LinkContext {
@@ -99,6 +101,8 @@ pub struct LinkContext {
     pub state_fetches: Arc<Semaphore>,
     /// The TLS settings and the `state_url` client, replaced by a reload.
     clients: RwLock<Arc<GatewayClients>>,
+    /// When a failed connect was last logged at WARN, by any link.
+    connect_warned: Mutex<Option<Instant>>,
 }
 
 impl LinkContext {
@@ -113,7 +117,21 @@ impl LinkContext {
             handshakes,
             state_fetches,
             clients: RwLock::new(Arc::new(clients)),
+            connect_warned: Mutex::new(None),
         }
+    }
+
+    /// Whether a failed connect is logged at WARN now: at most once a minute for all the links
+    /// together, so an operator sees a gateway that cannot be reached (a certificate the private
+    /// CA does not sign, a wrong port) without waiting for `gateway_down_grace`, and a gateway
+    /// restart under 10,000 links is one line, not 10,000.
+    fn warn_connect_failure(&self, now: Instant) -> bool {
+        let mut last = self.connect_warned.lock().unwrap();
+        let due = last.is_none_or(|at| now.saturating_duration_since(at) >= CONNECT_WARN_INTERVAL);
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 
     /// What the next connect and the next state fetch use.
@@ -232,7 +250,12 @@ pub async fn run(ctx: Arc<LinkContext>, target: Target, stop: CancellationToken)
                 }
                 reason
             }
-            Err(error) => error,
+            Err(error) => {
+                if ctx.warn_connect_failure(Instant::now()) {
+                    tracing::warn!(tenant = %target.label(), error = %error, "cannot connect to the gateway; retrying with backoff (logged at most once a minute for all links: /tenants shows each link's error)");
+                }
+                error
+            }
         };
         tracing::debug!(tenant = %target.label(), error = %error, attempt, "gateway link down");
         match &target {

@@ -360,6 +360,44 @@ async fn credentials_stay_out_of_the_log_even_at_trace() {
     }
 }
 
+/// A gateway that cannot be reached is said at WARN at once, naming a tenant and the error, and
+/// at most once a minute for all the links together, however often they retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_cannot_be_reached_is_warned_once_a_minute_for_all_links() {
+    let rig = rig().await;
+    // A port nobody listens on: every connect is refused at once.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let gateway = format!("url = \"ws://{refused}/ws/{{tenant}}\"");
+    let ids: Vec<String> = (1..=3).map(|i| format!("business_{i}")).collect();
+    rig.write_config_for(&gateway, &ids, "");
+    let mut child = rig.spawn(1);
+    const WARNED: &str = "cannot connect to the gateway";
+    until(20 * SECOND, "the warning", &child, || {
+        let log = child.log();
+        async move { log.contains(WARNED) }
+    })
+    .await;
+    // Three links, each retrying from 0.5 s: at least 9 attempts in a few seconds.
+    until(30 * SECOND, "nine connect attempts", &child, || async {
+        metric_sum(&rig, "wa_sidecar_reconnects")
+            .await
+            .unwrap_or(0.0)
+            >= 9.0
+    })
+    .await;
+    child.terminate().await;
+    let log = rig.log(1);
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(WARNED)).collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("business_") && warned[0].contains("refused"),
+        "{}",
+        warned[0]
+    );
+}
+
 /// `backend.allow_plain_http` is a risk the operator took: it is said at every start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_plain_http_is_warned_at_start() {
