@@ -226,6 +226,78 @@ def test_connected_only_touches_its_own_business(kit):
     assert {r["tenant_id"]: r["is_completed"] for r in kit.reminders()} == {"b1": False, "b2": True}
 
 
+# ------------------------------------------------------------------ order (X-Status-Changed-At)
+
+
+def test_a_late_older_call_is_acknowledged_and_changes_nothing(kit, caplog):
+    # The sidecar gave up on "connected" (timeout, kill) and delivered the newer "disconnected";
+    # the slow backend then applies the first call: it must not close the open bell.
+    caplog.set_level("INFO", logger="wa_status_backend")
+    assert kit.post(down(), key="k-down-1", changed_at="2026-12-02T08:13:17.542Z").status_code == 200
+    assert kit.post(down(reason="Connection Closed (code 428)"), key="k-down-2",
+                    changed_at="2026-12-02T08:13:33.318Z").status_code == 200
+    r = kit.post(up(), key="k-up-late", changed_at="2026-12-02T08:13:30.532Z")
+    assert r.status_code == 200 and r.get_json() == {"ok": True}
+    [rem] = kit.reminders()
+    assert rem["is_completed"] is False and rem["idempotency_key"] == "k-down-1"
+    st = kit.statuses()["business_1"]
+    assert (st.status, st.reason) == ("disconnected", "Connection Closed (code 428)")
+    assert st.changed_at.isoformat() == "2026-12-02T08:13:33.318000"
+    assert any("business_1" in m and "older" in m and "ignored" in m for m in caplog.messages)
+    # its retry gets the stored answer and still changes nothing
+    again = kit.post(up(), key="k-up-late", changed_at="2026-12-02T08:13:30.532Z")
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert kit.open_reminders("b1") != [] and kit.statuses()["business_1"].status == "disconnected"
+
+
+def test_a_late_older_disconnect_does_not_reopen_a_completed_bell(kit):
+    kit.post(down(), key="k-1", changed_at="2026-12-02T08:00:00.100Z")
+    kit.post(up(), key="k-2", changed_at="2026-12-02T08:00:09.900+00:00")
+    # the same instant written with another offset, a few ms before the recovery: still older
+    assert kit.post(down(reason="late"), key="k-3", changed_at="2026-12-02T10:00:09.850+02:00").status_code == 200
+    assert [r["is_completed"] for r in kit.reminders()] == [True]
+    assert kit.statuses()["business_1"].status == "connected"
+    # a newer drop opens a new one
+    kit.post(down(), key="k-4", changed_at="2026-12-02T08:00:20Z")
+    assert [r["is_completed"] for r in kit.reminders()] == [True, False]
+
+
+def test_order_is_kept_per_tenant(kit):
+    kit.post(up(tenant="business_1"), changed_at="2026-12-02T08:00:10.000Z")
+    kit.post(down(tenant="business_1"), changed_at="2026-12-02T08:00:20.000Z")
+    # business_2 has its own clock of changes: an earlier time there is not "older"
+    kit.post(down(tenant="business_2"), changed_at="2026-12-02T08:00:05.000Z")
+    assert {r["tenant_id"] for r in kit.open_reminders()} == {"b1", "b2"}
+
+
+def test_an_equal_changed_at_applies(kit):
+    kit.post(down(), key="k-1", changed_at="2026-12-02T08:00:00.250Z")
+    assert kit.post(up(), key="k-2", changed_at="2026-12-02T08:00:00.250Z").status_code == 200
+    assert kit.reminders()[0]["is_completed"] is True
+    assert kit.statuses()["business_1"].status == "connected"
+
+
+def test_a_call_without_changed_at_applies(kit):
+    kit.post(down(), key="k-1", changed_at="2026-12-02T08:00:10.000Z")
+    assert kit.post(up(), key="k-2").status_code == 200  # another sender, no header
+    assert kit.reminders()[0]["is_completed"] is True
+    st = kit.statuses()["business_1"]
+    assert (st.status, st.changed_at) == ("connected", None)
+    # an unparsable header is no header: it applies too
+    assert kit.post(down(), key="k-3", changed_at="yesterday").status_code == 200
+    assert len(kit.open_reminders("b1")) == 1
+
+
+def test_a_whole_second_stored_changed_at_is_read_as_possibly_rounded(kit):
+    # MySQL's DATETIME keeps whole seconds (rounded): 08:00:10 may have been 08:00:09.6, so a
+    # call at 08:00:09.7 is not known to be older and applies; one at 08:00:09.4 is older.
+    kit.post(down(), changed_at="2026-12-02T08:00:10Z")
+    kit.post(up(), changed_at="2026-12-02T08:00:09.400Z")
+    assert kit.statuses()["business_1"].status == "disconnected"
+    kit.post(up(), changed_at="2026-12-02T08:00:09.700Z")
+    assert kit.statuses()["business_1"].status == "connected"
+
+
 # ------------------------------------------------------------------ idempotency
 
 

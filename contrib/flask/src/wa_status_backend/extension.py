@@ -11,7 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -94,6 +94,26 @@ def _rfc3339(value: Any) -> Optional[str]:
             value = value.astimezone(timezone.utc).replace(tzinfo=None)
         return value.isoformat(timespec="seconds") + "Z"
     return value.isoformat()  # a date column
+
+
+def _rfc3339_exact(value: Optional[datetime]) -> str:
+    return "-" if value is None else value.isoformat() + "Z"
+
+
+def _older(changed_at: Optional[datetime], applied: Optional[datetime]) -> bool:
+    """Whether a call's X-Status-Changed-At is strictly older than the one of the status applied
+    last. Unknown on either side (no header, an unparsable one, nothing applied with one yet) is
+    never older: such a call applies, as it always did.
+
+    A stored value with no fraction may be one a database without fractional seconds (MySQL's
+    DATETIME) rounded or truncated: it then stands for anything from half a second below it, so
+    only a call older than that is known to be older.
+    """
+    if changed_at is None or applied is None:
+        return False
+    if applied.microsecond == 0:
+        applied -= timedelta(milliseconds=500)
+    return changed_at < applied
 
 
 class WaStatus:
@@ -296,6 +316,12 @@ class WaStatus:
         body = {"ok": True}
         if business is None:
             log.warning("status webhook: unknown tenant %r (status %s); ignored", change.tenant_id, change.status)
+        elif _older(changed_at, lock.changed_at):
+            # A call its sender gave up on (timeout, kill) that reaches us after a newer
+            # transition was applied: acknowledged, so it is not retried, but it changes nothing.
+            log.info("status webhook: tenant %r %s changed at %s is older than the %s changed at %s "
+                     "already applied; ignored", change.tenant_id, change.status, _rfc3339_exact(changed_at),
+                     lock.status, _rfc3339_exact(lock.changed_at))
         else:
             assert lock is not None
             self._apply(s, lock, business, change, key, changed_at)
