@@ -541,9 +541,16 @@ fn log_restored(restored: &store::Restored, config: &Config) {
         );
     }
     if !restored.salvaged.is_empty() {
+        // A hostile state file can name a million bad records: the line shows the first ten.
+        let shown: Vec<&str> = restored
+            .salvaged
+            .iter()
+            .take(10)
+            .map(String::as_str)
+            .collect();
         tracing::warn!(
             count = restored.salvaged.len(),
-            fields = %restored.salvaged.join("; "),
+            fields = %shown.join("; "),
             "state records with fields that do not parse were kept without them (those fields took their defaults; a lost owed transition is not sent)"
         );
     }
