@@ -502,26 +502,32 @@ async fn a_gateway_refusing_for_minutes_is_retried_within_the_cap_and_spread() {
         (10.0..=20.0).contains(&mean),
         "mean gap at the cap {mean:.1}s"
     );
-    // Spread: the tenants' attempts after the first minute are not synchronised. No 250 ms window
-    // holds more than half the tenants' attempts.
+    // Spread: the tenants' attempts after the first minute are not synchronised. Without jitter
+    // every attempt shares a 250 ms window with all the other tenants'; with it, a window holding
+    // more than half the tenants' attempts is a rare chance (about one run in a thousand saw
+    // one). Asserting that no window ever does made the test flaky, so it bounds how many
+    // attempts fall into such crowds: a tenth, against all of them when synchronised.
     let mut late: Vec<Instant> = attempts
         .iter()
         .map(|(_, at)| *at)
         .filter(|at| *at > started + MINUTE)
         .collect();
     late.sort();
-    let crowd = late
+    let window = Duration::from_millis(250);
+    let crowded = late
         .iter()
-        .map(|a| {
-            late.iter()
-                .filter(|b| **b >= *a && **b < *a + Duration::from_millis(250))
-                .count()
+        .filter(|a| {
+            let near = late
+                .iter()
+                .filter(|b| **b + window > **a && **b < **a + window)
+                .count();
+            near > tenants.len() / 2
         })
-        .max()
-        .unwrap();
+        .count();
     assert!(
-        crowd <= tenants.len() / 2,
-        "{crowd} attempts in one 250 ms window"
+        crowded * 10 <= late.len(),
+        "{crowded} of {} attempts after the first minute came within 250 ms of more than half the tenants' attempts",
+        late.len()
     );
     assert!(sidecar.metrics().reconnects.get() as usize >= attempts.len() - tenants.len());
     sidecar.shutdown().await;
