@@ -223,53 +223,148 @@ async fn a_reload_that_turns_the_hold_off_reports_the_held_drops_at_once() {
     sidecar.shutdown().await;
 }
 
-/// The hold survives a restart, whatever the gateway tells the new process: the drops still
-/// down are reported once, when the original hold ends, with the outage reason, whether the
-/// gateway sends their close again or nothing at all (the last known state is the held drop);
-/// drops whose sessions came back while the sidecar was down ring no bell.
+/// What the gateway shows of the held sessions after the restart, and what the operator does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum AfterRestart {
+    TheCloseAgain,
+    Nothing,
+    TheSessionBack,
+    /// Nothing, and a reload removes three of the six held tenants before the hold ends.
+    NothingThenThreeRemoved,
+}
+
+/// A frame that shows `tenant`'s session up (`true`) or dropped in `mode`, with the link it
+/// goes on.
+fn session_frame(mode: &str, tenant: &str, up: bool) -> (String, String) {
+    match (mode, up) {
+        ("shared", true) => (sim::SHARED.to_string(), waha(tenant, "WORKING")),
+        // WAHA's STARTING is a transient drop.
+        ("shared", false) => (sim::SHARED.to_string(), waha(tenant, "STARTING")),
+        (_, true) => (tenant.to_string(), sim::baileys_open()),
+        (_, false) => (
+            tenant.to_string(),
+            sim::baileys_close(428, "Connection Closed"),
+        ),
+    }
+}
+
+/// Sets what every new link shows first: for each tenant of `frames`, its frames in order.
+fn set_first_frames(rig: &Rig, mode: &str, frames: &[(String, Vec<String>)]) {
+    if mode == "shared" {
+        let all = frames.iter().flat_map(|(_, f)| f.clone()).collect();
+        rig.gateway.set_snapshot_frames(sim::SHARED, all);
+    } else {
+        for (tenant, f) in frames {
+            rig.gateway.set_snapshot_frames(tenant, f.clone());
+        }
+    }
+}
+
+/// The hold survives a restart in both gateway modes, whatever the gateway tells the new
+/// process: the drops still down are reported once, when the original hold ends, with the
+/// outage reason, whether the gateway sends their close again or nothing at all (the last
+/// known state is the held drop); drops whose sessions came back while the sidecar was down
+/// ring no bell, and a held tenant that a reload removes before the hold ends is never
+/// reported.
 #[tokio::test(start_paused = true)]
 async fn the_hold_survives_a_restart() {
-    for after_restart in ["the close again", "nothing", "the session back"] {
-        let rig = rig().await;
-        let ids = tenants(20);
-        let sidecar = connected(&rig, &ids).await;
-        let began = tokio::time::Instant::now();
-        for t in &ids[..6] {
-            rig.gateway
-                .send(t, &sim::baileys_close(428, "Connection Closed"));
+    use AfterRestart::*;
+    for mode in ["per-tenant", "shared"] {
+        for after_restart in [
+            TheCloseAgain,
+            Nothing,
+            TheSessionBack,
+            NothingThenThreeRemoved,
+        ] {
+            hold_over_a_restart(mode, after_restart).await;
         }
-        tokio::time::sleep(2 * MINUTE).await;
-        sidecar.shutdown().await;
-
-        for t in &ids[..6] {
-            let frames = match after_restart {
-                "the close again" => vec![sim::baileys_close(428, "Connection Closed")],
-                "nothing" => vec![],
-                _ => vec![sim::baileys_open()],
-            };
-            rig.gateway.set_snapshot_frames(t, frames);
-        }
-        let sidecar = start(&rig, "per-tenant", &ids, STORM_DEBOUNCE).await;
-        // Not reported at their own grace (60 s after the restart): only when the hold ends.
-        // (The paused clock moves no wall clock, so the hold resumes as if begun at the restart.)
-        expect_no_call(&rig.backend, 14 * MINUTE).await;
-        let calls = calls_until_quiet(&rig.backend, 2 * MINUTE, 10 * MINUTE).await;
-        assert!(began.elapsed() >= 15 * MINUTE);
-        if after_restart == "the session back" {
-            assert_eq!(calls.len(), 0, "{after_restart}: {calls:?}");
-        } else {
-            assert_eq!(calls.len(), 6, "{after_restart}: {calls:?}");
-            assert!(
-                calls.iter().all(|c| c.status == "disconnected"
-                    && c.reason
-                        .as_deref()
-                        .unwrap()
-                        .starts_with("WhatsApp-wide outage: 6 of 20")),
-                "{after_restart}: {calls:?}"
-            );
-        }
-        sidecar.shutdown().await;
     }
+}
+
+async fn hold_over_a_restart(mode: &str, after_restart: AfterRestart) {
+    use AfterRestart::*;
+    let case = format!("{mode}, {after_restart:?}");
+    let rig = rig().await;
+    let ids = tenants(20);
+    let up: Vec<_> = ids
+        .iter()
+        .map(|t| (t.clone(), vec![session_frame(mode, t, true).1]))
+        .collect();
+    set_first_frames(&rig, mode, &up);
+    let sidecar = start(&rig, mode, &ids, STORM_DEBOUNCE).await;
+    first_states(&rig, ids.len()).await;
+    let began = tokio::time::Instant::now();
+    let held = &ids[..6];
+    for t in held {
+        let (link, frame) = session_frame(mode, t, false);
+        rig.gateway.send(&link, &frame);
+    }
+    tokio::time::sleep(2 * MINUTE).await;
+    assert_eq!(
+        metric(&sidecar, "wa_sidecar_storm_active"),
+        1.0,
+        "{case}: the drops make a storm"
+    );
+    sidecar.shutdown().await;
+
+    let shown: Vec<_> = held
+        .iter()
+        .map(|t| {
+            let frames = match after_restart {
+                TheCloseAgain => vec![session_frame(mode, t, false).1],
+                Nothing | NothingThenThreeRemoved => vec![],
+                TheSessionBack => vec![session_frame(mode, t, true).1],
+            };
+            (t.clone(), frames)
+        })
+        .collect();
+    set_first_frames(&rig, mode, &shown);
+    let sidecar = start(&rig, mode, &ids, STORM_DEBOUNCE).await;
+    let mut kept: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Not reported at their own grace (60 s after the restart): only when the hold ends.
+    // (The paused clock moves no wall clock, so the hold resumes as if begun at the restart.)
+    if after_restart == NothingThenThreeRemoved {
+        expect_no_call(&rig.backend, 5 * MINUTE).await;
+        kept.retain(|t| !held[..3].iter().any(|h| h == t));
+        let url = match mode {
+            "shared" => rig.gateway.shared_url(),
+            _ => rig.gateway.url_template(),
+        };
+        let cfg = config(
+            mode,
+            &url,
+            &rig.backend,
+            rig.dir.path(),
+            &kept,
+            STORM_DEBOUNCE,
+        );
+        sidecar.reload(cfg).unwrap();
+        expect_no_call(&rig.backend, 9 * MINUTE).await;
+    } else {
+        expect_no_call(&rig.backend, 14 * MINUTE).await;
+    }
+    let calls = calls_until_quiet(&rig.backend, 2 * MINUTE, 10 * MINUTE).await;
+    assert!(began.elapsed() >= 15 * MINUTE);
+    let reported: Vec<&str> = calls.iter().map(|c| c.tenant_id.as_str()).collect();
+    let expected: Vec<&str> = match after_restart {
+        TheSessionBack => vec![],
+        NothingThenThreeRemoved => held[3..].iter().map(String::as_str).collect(),
+        _ => held.iter().map(String::as_str).collect(),
+    };
+    let mut sorted = reported.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "{case}: {calls:?}");
+    assert!(
+        calls.iter().all(|c| c.status == "disconnected"
+            && c.reason
+                .as_deref()
+                .unwrap()
+                .starts_with("WhatsApp-wide outage: 6 of 20")),
+        "{case}: {calls:?}"
+    );
+    // Nothing else follows: no late call for a removed tenant, no second report.
+    expect_no_call(&rig.backend, 30 * MINUTE).await;
+    sidecar.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
