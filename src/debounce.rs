@@ -432,18 +432,19 @@ impl Debouncer {
 
     /// Lifts the hold. A drop still down whose grace has run out is decided now, with `reason`,
     /// the outage's (its episode still began at its first Down); one that has not is decided at
-    /// its grace, as any drop.
-    pub(crate) fn release(&mut self, now: Instant, policy: &Policy, reason: &str) {
+    /// its grace, as any drop. Says whether a report was decided.
+    pub(crate) fn release(&mut self, now: Instant, policy: &Policy, reason: &str) -> bool {
         if !std::mem::take(&mut self.held) {
-            return;
+            return false;
         }
         if let Some((at, _)) = self.timers(policy)[1] {
             if at <= now {
                 if let Run::Down { since, .. } = self.run {
-                    self.decide(Status::Disconnected, Some(reason.to_string()), since);
+                    return self.decide(Status::Disconnected, Some(reason.to_string()), since);
                 }
             }
         }
+        false
     }
 
     /// Whether a mass-outage hold defers this tenant's disconnect now.
@@ -671,9 +672,10 @@ impl Debouncer {
     }
 
     /// Moves the stable state to `status`, reporting it only when it changes.
-    fn decide(&mut self, status: Status, reason: Option<String>, since: Instant) {
+    /// Decides `status`, reporting it unless it is already the stable one; says whether it did.
+    fn decide(&mut self, status: Status, reason: Option<String>, since: Instant) -> bool {
         if self.stable == Some(status) {
-            return;
+            return false;
         }
         self.stable = Some(status);
         let reason = match status {
@@ -690,6 +692,7 @@ impl Debouncer {
             reason,
             since,
         });
+        true
     }
 }
 
@@ -1500,7 +1503,7 @@ mod tests {
         assert!(d.is_held());
         d.on_timeout(s(700), &policy);
         assert_eq!(d.poll_report(), None, "held: not at its own grace");
-        d.release(s(900), &policy, outage);
+        assert!(d.release(s(900), &policy, outage), "says it reported");
         let report = d.poll_report().expect("reported at release");
         assert_eq!(
             (report.status, report.reason.as_deref(), report.since),
@@ -1510,7 +1513,10 @@ mod tests {
         let mut back = Debouncer::new(s(600), held(()));
         back.link_up(s(600), &policy);
         back.observe(s(601), &policy, &Observation::Up);
-        back.release(s(900), &policy, outage);
+        assert!(
+            !back.release(s(900), &policy, outage),
+            "says it reported nothing"
+        );
         back.on_timeout(s(1000), &policy);
         assert_eq!(back.poll_report(), None, "back before the hold lifted");
 

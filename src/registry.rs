@@ -420,7 +420,7 @@ impl Registry {
                 });
                 if !held && entry.debounce.is_held() {
                     // The storm ended or lifted between the two looks: nothing holds this drop.
-                    entry.debounce.release(now.mono, policy, "");
+                    let _ = entry.debounce.release(now.mono, policy, "");
                 }
             }
             (Edge::Up, _) => {
@@ -498,28 +498,44 @@ impl Registry {
                     still_down,
                     ..
                 } => {
-                    tracing::warn!(
-                        members,
-                        still_down,
-                        "mass outage over: fewer than half of its sessions are still down"
-                    );
+                    // A storm ends on its own when fewer than half of its members are still
+                    // down; otherwise a reload turned the hold off (storm_fraction = 0).
+                    if members == 0 || still_down.saturating_mul(2) < members {
+                        tracing::warn!(
+                            members,
+                            still_down,
+                            "mass outage over: fewer than half of its sessions are still down"
+                        );
+                    } else {
+                        tracing::warn!(
+                            members,
+                            still_down,
+                            "mass-outage hold turned off (storm_fraction = 0): the storm is forgotten and the sessions still down are reported"
+                        );
+                    }
                 }
                 storm::Event::Released { tenants, reason } => {
-                    tracing::info!(
-                        tenants = tenants.len(),
-                        reason = %reason,
-                        "mass-outage hold lifted: the sessions still down are reported"
-                    );
                     let config = self.config();
+                    let held = tenants.len();
+                    let mut reported = 0usize;
                     for id in tenants {
                         let Some(mut entry) = self.tenants.get_mut(&id) else {
                             continue;
                         };
-                        entry.debounce.release(now.mono, &config.debounce, &reason);
+                        if entry.debounce.release(now.mono, &config.debounce, &reason) {
+                            reported += 1;
+                        }
                         if self.settle(&id, &mut entry, &config.debounce, now) {
                             self.persist_damping(&id, &entry, &config.debounce, now);
                         }
                     }
+                    // Counted, not assumed: a held member that logged out was reported already.
+                    tracing::info!(
+                        held,
+                        reported,
+                        reason = %reason,
+                        "mass-outage hold lifted: the sessions still down are reported"
+                    );
                 }
             }
         }
