@@ -8,7 +8,9 @@
 It is a demo: anyone who reaches it can log in as any seeded business. So it starts only with the
 explicit ``--demo`` flag and only on a loopback address, and it answers only requests whose
 ``Host`` is a loopback name (localhost, 127.x.y.z, [::1] or the ``--host`` name; 403 otherwise),
-so a web page cannot reach it through DNS rebinding. A real app calls
+so a web page cannot reach it through DNS rebinding. It serves at most 64 connections at once
+(one more is answered 503) and closes one that stays silent for 10 s, so local clients that open
+connections and send nothing cannot pile up its threads. A real app calls
 ``wa_status_backend.init_app`` with its own login instead (see README.md).
 
 ``--seed`` takes ``tenant[:owner_id[:locale]]`` items: the gateway's tenant id is the business id
@@ -58,9 +60,54 @@ except ImportError as e:  # pragma: no cover - says how to fix a missing install
 from flask import Flask, Response, request, session  # noqa: E402
 from sqlalchemy import Integer, String, create_engine, event, func, select  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker  # noqa: E402
-from werkzeug.serving import make_server  # noqa: E402
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler  # noqa: E402
 
 EXIT_USAGE = 2
+# Connections served at once. Werkzeug's threaded server gives every connection a thread for as
+# long as it stays open, and by itself never closes a silent one: without a cap, anyone who can
+# reach the port (any local process) holds a thread, its stack and a descriptor per connection, as
+# many as it likes. One more than this is answered 503 and closed (the sidecar retries a webhook
+# call). The sidecar's admin server uses the same number.
+MAX_CONNECTIONS = 64
+# A connection that sends nothing (no request, a stalled one, an idle keep-alive) for this long is
+# closed, so a silent client gives its slot back. Longer than any pause of a real client between
+# two reads; Node's HTTP agent drops its own idle keep-alive sockets after 5 s.
+IDLE_TIMEOUT_S = 10
+
+
+class DemoRequestHandler(WSGIRequestHandler):
+    # socketserver sets this as the socket timeout: every read and write, the headers included.
+    timeout = IDLE_TIMEOUT_S
+
+
+class DemoServer(ThreadedWSGIServer):
+    """Werkzeug's threaded server with at most ``max_connections`` connections (threads) at once."""
+
+    def __init__(self, host: str, port: int, app, max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(host, port, app, handler=DemoRequestHandler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+                                b"Content-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class DemoBase(DeclarativeBase):
@@ -307,7 +354,7 @@ def main(argv=None) -> int:
 
     app = create_app(args.db, secret, signing, bind_host=args.host)
     seed(app, items)
-    server = make_server(args.host, args.port, app, threaded=True)
+    server = DemoServer(args.host, args.port, app)
 
     def stop(signum, frame):
         # shutdown() blocks until serve_forever returns: call it off the main thread

@@ -409,3 +409,63 @@ test('own server: clients reconnecting as fast as they can, without a token, do 
   assert.deepEqual((await c.next()).data, { connection: 'open' })
   assert.ok(during > 200 && closedByServer > 200, `the flood ran (${during} connects, ${closedByServer} closed by the server)`)
 })
+
+/**
+ * The pool's first-byte grace, on a hand-moved clock (the kit reads `performance.now()`), so
+ * nothing here depends on how fast this machine runs: the pool (maxPendingConnections 3) holds
+ * a silent client A, then two clients that have each had a request refused (401, kept alive:
+ * bytes read, newer than A); one more connection makes the pool trim one. The oldest goes first,
+ * unless it is A and A has been silent for less than the grace: then a refused one goes instead.
+ * Returns which of the four the server closed, and whether A was then served.
+ */
+async function trimWithSilentFor (t, silentMs) {
+  let clock = 1_000_000
+  t.mock.method(performance, 'now', () => clock)
+  const { k, port } = await kit(t, { maxPendingConnections: 3, headersTimeoutMs: 60_000 })
+  k.setState('b', { connection: 'open' })
+  let accepted = 0
+  k.server.on('connection', () => { accepted++ })
+
+  const all = []
+  t.after(() => { for (const c of all) c.socket.destroy() })
+  const open = async (label) => {
+    const c = { label, socket: net.connect(port, '127.0.0.1'), gone: false, received: '' }
+    c.socket.on('error', () => {})
+    c.socket.on('data', (d) => { c.received += d })
+    c.socket.once('close', () => { c.gone = true })
+    all.push(c)
+    const n = accepted + 1
+    await eventually(() => accepted >= n, 5000, `the server to accept ${label}`)
+    return c
+  }
+  const roundTrip = async (c, headers, status) => {
+    const from = c.received.length
+    c.socket.write(`GET /sessions/b/status HTTP/1.1\r\nHost: 127.0.0.1\r\n${headers}\r\n`)
+    await eventually(() => c.received.includes(`HTTP/1.1 ${status} `, from) || c.gone, 5000, `${c.label}: HTTP ${status}`)
+    return c.received.includes(`HTTP/1.1 ${status} `, from)
+  }
+
+  const a = await open('A (silent)')
+  for (const label of ['B1 (refused)', 'B2 (refused)']) {
+    assert.equal(await roundTrip(await open(label), '', 401), true, label)
+  }
+  clock += silentMs
+  await open('C (new, silent)') // the fourth: over maxPendingConnections, a trim closes one
+  await eventually(() => all.some((c) => c.gone), 5000, 'the pool to close one connection')
+  // The trim closes all it chose at once: a round trip on a survivor comes after every close.
+  const survivor = a.gone ? all[2] : a
+  const served = await roundTrip(survivor, a.gone ? '' : `Authorization: ${AUTH.authorization}\r\n`, a.gone ? 401 : 200)
+  assert.equal(served, true, `${survivor.label} was served`)
+  return all.filter((c) => c.gone).map((c) => c.label)
+}
+
+test('own server: a new connection silent for less than 250 ms is spared by the pool while one that has sent bytes can go', T, async (t) => {
+  // A is the oldest: without the grace it would be the one closed.
+  assert.deepEqual(await trimWithSilentFor(t, 0), ['B1 (refused)'])
+  // The grace is measured: at 200 ms A is still spared.
+  assert.deepEqual(await trimWithSilentFor(t, 200), ['B1 (refused)'])
+})
+
+test('own server: a connection silent for 250 ms or more has had its grace: the oldest goes first', T, async (t) => {
+  assert.deepEqual(await trimWithSilentFor(t, 300), ['A (silent)'])
+})

@@ -6,7 +6,9 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
+import re
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -309,3 +311,60 @@ def test_the_bind_hosts_own_name_is_a_trusted_host(tmp_path):
         assert r.status_code == 403 and r.get_json()["error"] == "untrusted_host"
     finally:
         del sys.modules[spec.name]
+
+
+def _demo_constant(name: str) -> int:
+    """A module-level ``NAME = <int>`` of app.py, read without importing it (its models would be
+    declared twice)."""
+    match = re.search(rf"^{name} = ([0-9]+)$", APP_PY.read_text(encoding="utf-8"), re.MULTILINE)
+    assert match, f"app.py defines no {name}"
+    return int(match.group(1))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the demo's threads in /proc")
+def test_silent_connections_cannot_pile_up_threads(demo):
+    """Whoever reaches the port may open connections and send nothing. Werkzeug's threaded server
+    alone keeps a thread per connection for as long as the client likes; the demo serves at most
+    MAX_CONNECTIONS at once (one more: 503, closed at once) and closes a connection silent for
+    IDLE_TIMEOUT_S, so the slots come back."""
+    cap, idle = _demo_constant("MAX_CONNECTIONS"), _demo_constant("IDLE_TIMEOUT_S")
+    d = demo()
+    port = int(d.base.rsplit(":", 1)[1])
+    threads = lambda: len(os.listdir(f"/proc/{d.proc.pid}/task"))  # noqa: E731
+    extra = 36
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(cap + extra)]
+    received = {s: b"" for s in socks}
+    ended = set()
+
+    def poll():
+        for s in socks:
+            if s in ended:
+                continue
+            s.setblocking(False)
+            try:
+                while chunk := s.recv(4096):
+                    received[s] += chunk
+                ended.add(s)
+            except BlockingIOError:
+                pass
+            except OSError:
+                ended.add(s)
+
+    try:
+        deadline = time.monotonic() + 10
+        while len(ended) < extra and time.monotonic() < deadline:
+            time.sleep(0.05)
+            poll()
+        refused = [s for s in ended if received[s].startswith(b"HTTP/1.1 503 ")]
+        assert len(refused) == extra, f"{len(refused)} of {cap + extra} connections refused with a 503 (cap {cap})"
+        assert threads() <= cap + 2, f"{threads()} threads for {cap + extra} silent connections (cap {cap})"
+        # The demo still answers once a slot is free: the silent ones are closed after IDLE_TIMEOUT_S.
+        deadline = time.monotonic() + idle + 20  # generous: a loaded machine may be late
+        while len(ended) < len(socks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            poll()
+        assert len(ended) == len(socks), f"{len(socks) - len(ended)} silent connections still open after {idle + 20}s"
+        assert d.call("/healthz") == (200, b'{"ok": true}')
+    finally:
+        for s in socks:
+            s.close()
