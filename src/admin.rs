@@ -424,6 +424,10 @@ impl Conn {
         let mut state = self.state.lock().unwrap();
         state.phase = Phase::Busy;
         state.read_while_busy = None;
+        drop(state);
+        // Its request has been read. A client pipelining requests may never let a read come back
+        // empty, the other sign of it: it would stay fresh, never to be closed for a newer one.
+        self.first_read_done();
     }
 
     fn request_done(&self) {

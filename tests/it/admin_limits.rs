@@ -251,3 +251,48 @@ async fn a_flood_of_silent_connections_delays_a_probe_by_a_grace_at_most() {
     }
     sidecar.shutdown().await;
 }
+
+/// Clients that pipeline many requests and never read the answers: every read of theirs
+/// brought more bytes, so they never counted as read from and could not be closed to make room;
+/// a probe waited for the 30 s idle timeout (a security probe saw `/livez` fail 17 times in 22
+/// this way). Once a request of theirs has been read they are like any other: a probe is
+/// answered at once.
+#[tokio::test(start_paused = true)]
+async fn clients_that_never_read_their_answers_cannot_hold_the_admin_port() {
+    let rig = rig().await;
+    let sidecar = rig.start(&["business_1"]).await;
+    let addr = sidecar.admin_addr();
+    let pipelined = b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".repeat(4000);
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let requests = pipelined.clone();
+        // Writes what the server reads; never reads an answer.
+        let writing = tokio::spawn(async move {
+            let _ = writer.write_all(&requests).await;
+            writer
+        });
+        held.push((reader, writing));
+    }
+    // Every connection is answering, stuck on its client.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let asked = Instant::now();
+    let mut probe = TcpStream::connect(addr).await.unwrap();
+    probe.write_all(LIVEZ).await.unwrap();
+    let answer = read_livez(&mut probe).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        asked.elapsed() < Duration::from_millis(100),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    for (_, writing) in &held {
+        writing.abort();
+    }
+    drop(held);
+    sidecar.shutdown().await;
+}
