@@ -93,6 +93,28 @@ pub fn limit_malloc_arenas() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
+/// Opens `path` for reading, refusing anything that is not a regular file (symlinks to one are
+/// followed: mounted secrets are often links).
+///
+/// Config, secret, tenants and CA files are read this way: opening a FIFO put in their place
+/// would wait for ever for a writer (`check` hung, and a reload blocked the signal loop, SIGTERM
+/// included), and a device or socket never ends. O_NONBLOCK makes the open return at once; a
+/// regular file ignores the flag.
+pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device cannot be read as one): use a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 /// File descriptors the process needs besides one per gateway link: the admin listener, backend
 /// connections (up to `max_in_flight`), state files, logs, the runtime's own.
 pub const NOFILE_OVERHEAD: u64 = 64;

@@ -75,7 +75,7 @@ pub fn client_config(ca_file: Option<&Path>, needed: bool) -> Result<Arc<ClientC
 pub(crate) fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let shown = || path.display().to_string();
     let mut text = Vec::new();
-    std::fs::File::open(path)
+    crate::system::open_regular(path)
         .and_then(|file| file.take(CA_FILE_LIMIT + 1).read_to_end(&mut text))
         .map_err(|error| TlsError::Read {
             path: shown(),

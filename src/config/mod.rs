@@ -451,7 +451,7 @@ fn fill_template(template: &str, tenant: &str) -> String {
 fn read_file(path: &Path) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind};
     let mut bytes = Vec::new();
-    let file = std::fs::File::open(path)?;
+    let file = crate::system::open_regular(path)?;
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));

@@ -1467,3 +1467,52 @@ fn an_unreadable_config_file_names_the_fix_that_applies() {
         "{said}"
     );
 }
+
+/// A FIFO put where the config names a file is refused at once, naming the key: opening it
+/// waited for ever for a writer (`check` hung; a reload blocked the signal loop, SIGTERM too).
+#[test]
+fn a_fifo_in_place_of_a_named_file_is_refused_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo has no memory effects.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let cases = [
+        ("backend.secret_file", "[backend]\nsecret_file = \"pipe\""),
+        (
+            "backend.signing_secret_file",
+            "[backend]\nsigning_secret_file = \"pipe\"",
+        ),
+        ("backend.ca_file", "[backend]\nca_file = \"pipe\""),
+        ("gateway.ca_file", "[gateway]\nca_file = \"pipe\""),
+        ("gateway.token_file", "[gateway]\ntoken_file = \"pipe\""),
+        ("tenants.file", "[tenants]\nfile = \"pipe\""),
+    ];
+    let within = |f: Box<dyn FnOnce() -> Result<Config, ConfigError> + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f().map(|_| ()).map_err(|e| e.to_string()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("returns without a writer")
+            .expect_err("a FIFO is refused")
+    };
+    for (key, section) in cases {
+        let (table, rest) = section.split_once('\n').unwrap();
+        let text = MINIMAL.replace(table, &format!("{table}\n{rest}"));
+        let base = dir.path().to_path_buf();
+        // The secret file is read only when the environment gives no secret.
+        let env = match key {
+            "backend.secret_file" => [("", "")],
+            _ => ENV,
+        };
+        let error = within(Box::new(move || Config::from_toml_str(&text, &base, &env)));
+        let line = error
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("{key} not named: {error}"));
+        assert!(line.contains("not a regular file"), "{key}: {error}");
+    }
+    let error = within(Box::new(move || Config::load(&fifo, &ENV)));
+    assert!(error.contains("not a regular file"), "{error}");
+}
