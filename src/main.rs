@@ -97,27 +97,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Healthcheck { admin } => {
-            let url = format!("{}/livez", admin.trim_end_matches('/'));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a current-thread runtime starts");
-            let answer = runtime.block_on(async {
-                reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(3))
-                    .build()?
-                    .get(&url)
-                    .send()
-                    .await
-            });
-            match answer {
-                Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
-                Ok(response) => {
-                    eprintln!("{url} answered {}", response.status());
-                    ExitCode::FAILURE
-                }
+            match runtime.block_on(status::healthcheck(&admin)) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("cannot reach {url}: {e}");
+                    eprintln!("{e}");
                     ExitCode::FAILURE
                 }
             }
@@ -158,7 +145,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config, loaded))
+            let code = runtime.block_on(run(config, loaded));
+            // Whatever still runs has been told to stop and its state is on disk; a config read
+            // stuck on a hung mount must not keep the process from exiting.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
     }
 }
@@ -216,8 +207,19 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             _ = hup.recv() => {
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
                 system::notify("RELOADING=1");
-                match Config::load(&path, &ProcessEnv) {
-                    Ok(new) => {
+                // Read off the runtime: a config, secret or tenants file on a mount that hangs
+                // must not keep this loop from SIGTERM.
+                let load = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || Config::load(&path, &ProcessEnv)
+                });
+                let loaded = tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    loaded = load => loaded,
+                };
+                match loaded {
+                    Ok(Ok(new)) => {
                         for warning in &new.warnings {
                             tracing::warn!("{warning}");
                         }
@@ -225,12 +227,13 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
                             tracing::error!("reload failed, keeping the old config: {e}");
                         }
                     }
-                                        Err(e) => {
+                    Ok(Err(e)) => {
                         // One line per problem: a log line never holds a line break.
                         for problem in &e.problems {
                             tracing::error!(config = %e.source_name, problem = %problem, "the new config is invalid; keeping the old one");
                         }
                     }
+                    Err(e) => tracing::error!(error = %e, "reading the new config failed; keeping the old one"),
                 }
                 system::notify("READY=1");
             }

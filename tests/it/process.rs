@@ -473,3 +473,97 @@ async fn a_full_disk_makes_the_sidecar_unready_while_it_keeps_delivering_from_me
     assert!(more.is_empty(), "{more:?}");
     child.terminate().await;
 }
+
+/// A loopback HTTP server, on its own thread, that gives every connection `answer`; returns its
+/// port and how many connections it took.
+fn answering(answer: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = taken.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.read(&mut [0u8; 4096]);
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, taken)
+}
+
+/// `healthcheck` prints no password from its `--admin` URL (container engines keep its output)
+/// and, like every client of the sidecar (SPEC 2 rev 12), follows no redirect.
+#[test]
+fn healthcheck_shows_no_password_and_follows_no_redirect() {
+    let healthcheck = |admin: &str| {
+        let output = Command::new(BIN)
+            .args(["healthcheck", "--admin", admin])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr)
+    };
+    let (code, stderr) = healthcheck("http://probe:hunter2@127.0.0.1:1");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password was printed: {stderr}"
+    );
+    assert!(
+        stderr.contains("http://probe:<redacted>@127.0.0.1:1/livez"),
+        "{stderr}"
+    );
+
+    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n";
+    let (target, reached) = answering(ok.to_string());
+    let (redirect, _) = answering(format!(
+        "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{target}/livez\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    ));
+    let (code, stderr) = healthcheck(&format!("http://127.0.0.1:{redirect}"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("302"), "{stderr}");
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The same target asked directly passes.
+    let (code, stderr) = healthcheck(&format!("http://127.0.0.1:{target}"));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A reload whose config names a FIFO (here as `tenants.file`) is refused and the old config
+/// kept; the process still answers the next SIGHUP and exits 0 on SIGTERM. Before, opening the
+/// FIFO waited for ever on the signal loop: the next SIGHUP and SIGTERM were never handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_naming_a_fifo_is_refused_and_signals_are_still_handled() {
+    let rig = rig().await;
+    std::fs::write(rig.dir.path().join("secret"), SECRET).unwrap();
+    rig.write_config(&["b1".into()]);
+    rig.gateway.set_snapshot("b1", sim::baileys_open());
+    rig.gateway.set_snapshot("b2", sim::baileys_open());
+    let mut child = rig.spawn(1);
+    assert_eq!(expect_call(&rig.backend, 20 * SECOND).await.tenant_id, "b1");
+
+    let fifo = rig.dir.path().join("tenants.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo has no memory effects.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let text = std::fs::read_to_string(rig.config_path()).unwrap();
+    let with_fifo = text.replace("[tenants]\n", "[tenants]\nfile = \"tenants.fifo\"\n");
+    std::fs::write(rig.config_path(), with_fifo).unwrap();
+    child.signal(libc::SIGHUP);
+    let deadline = tokio::time::Instant::now() + 10 * SECOND;
+    while !child.log().contains("not a regular file") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the FIFO was not refused; log:\n{}",
+            child.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next reload, with a good config adding b2, is handled.
+    rig.write_config(&["b1".into(), "b2".into()]);
+    child.signal(libc::SIGHUP);
+    assert_eq!(expect_call(&rig.backend, 20 * SECOND).await.tenant_id, "b2");
+    child.terminate().await;
+}
