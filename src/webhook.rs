@@ -348,7 +348,7 @@ impl Webhook {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         // Read (a bounded prefix of) the body on every answer, not only the ones we log: a
         // small body read to its end lets the connection go back to the pool.
-        let body = read_prefix(response, BODY_PREFIX_LIMIT).await;
+        let body = self.redact(read_prefix(response, BODY_PREFIX_LIMIT).await);
         match status {
             200..=299 => Outcome::Delivered { status },
             401 | 403 => Outcome::Credentials { status },
@@ -363,6 +363,18 @@ impl Webhook {
             },
             _ => Outcome::WrongUrl { status },
         }
+    }
+
+    /// `body` without our credentials: a backend or proxy whose error page echoes the request's
+    /// headers would otherwise put the shared secret in the log and `/tenants`. Each signing
+    /// key is looked for in its base64 text too.
+    fn redact(&self, body: String) -> String {
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let signing = self.signing.iter().map(|s| base64.encode(s.key()));
+        let secret = String::from_utf8_lossy(self.secret.as_bytes()).into_owned();
+        std::iter::once(secret)
+            .chain(signing)
+            .fold(body, |body, credential| without(body, &credential))
     }
 
     /// A transport failure as one line for logs and `/tenants`: what kind, then the cause chain.
@@ -460,6 +472,27 @@ async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
         }
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `text` with every occurrence of `credential` replaced by `<redacted>`, and so is a beginning
+/// of it (4 bytes or more) that `text` ends with: a body cut at its 512th byte may end inside one.
+fn without(text: String, credential: &str) -> String {
+    const SHOWN: &str = "<redacted>";
+    if credential.is_empty() {
+        return text;
+    }
+    let mut text = match text.contains(credential) {
+        true => text.replace(credential, SHOWN),
+        false => text,
+    };
+    let cut = (4..credential.len())
+        .rev()
+        .find(|&n| credential.is_char_boundary(n) && text.ends_with(&credential[..n]));
+    if let Some(n) = cut {
+        text.truncate(text.len() - n);
+        text.push_str(SHOWN);
+    }
+    text
 }
 
 fn answered(status: u16, body: &str) -> String {
@@ -883,6 +916,43 @@ mod tests {
                 body: "bad status".into(),
             }
         );
+    }
+
+    /// A backend (or a proxy's error page) that echoes the request's headers: the secret never
+    /// reaches the outcome, which the log and `/tenants` show, not even cut off at the limit.
+    #[tokio::test]
+    async fn an_answer_echoing_the_secret_keeps_it_out_of_the_outcome() {
+        let echo = format!("<pre>x-internal-secret: {SECRET}\nagain {SECRET}</pre>");
+        let outcome = send_to(503, &[], &echo).await;
+        let Outcome::Retry { error, .. } = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            error,
+            "backend answered 503: <pre>x-internal-secret: <redacted>\nagain <redacted></pre>"
+        );
+        // The 512-byte prefix ends 6 bytes into the secret.
+        let cut = format!("{}{SECRET}", "x".repeat(BODY_PREFIX_LIMIT - 6));
+        let outcome = send_to(400, &[], &cut).await;
+        let Outcome::Refused { body, .. } = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            body,
+            &format!("{}<redacted>", "x".repeat(BODY_PREFIX_LIMIT - 6))
+        );
+        assert!(!body.contains(&SECRET[..6]));
+    }
+
+    #[test]
+    fn without_redacts_whole_and_cut_off_credentials_only() {
+        let w = |text: &str| without(text.to_string(), "s3cr3t-key");
+        assert_eq!(w("a s3cr3t-key b s3cr3t-key"), "a <redacted> b <redacted>");
+        assert_eq!(w("ends in s3cr"), "ends in <redacted>");
+        // Three bytes could be anything.
+        assert_eq!(w("ends in s3c"), "ends in s3c");
+        assert_eq!(w("nothing here"), "nothing here");
+        assert_eq!(without("kept".into(), ""), "kept");
     }
 
     #[tokio::test]
