@@ -11,21 +11,42 @@ pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// Longest wait for the whole answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A client for the admin API at `url`: never follows a redirect (SPEC 2 rev 12), gives up
+/// after `timeout`.
+fn client(url: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+    let tls =
+        crate::tls::client_config(None, url.starts_with("https:")).map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `wa-status-sidecar healthcheck`: whether `/livez` at `admin` answers 2xx within 3 s. The
+/// error names the URL with any password redacted (container engines keep this output).
+pub async fn healthcheck(admin: &str) -> Result<(), String> {
+    let url = format!("{}/livez", admin.trim_end_matches('/'));
+    let shown = crate::logging::redact_url(&url);
+    let response = client(&url, Duration::from_secs(3))?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {shown}: {}", e.without_url()))?;
+    match response.status() {
+        status if status.is_success() => Ok(()),
+        status => Err(format!("{shown} answered {status}")),
+    }
+}
+
 /// Fetches `/tenants` from the admin API at `admin` (e.g. `http://127.0.0.1:9464`). A redirect
 /// is not followed and at most [`BODY_LIMIT`] bytes are read (SPEC 2 rev 12): whatever answers
 /// on that address cannot send this command elsewhere or fill its memory.
 pub async fn fetch(admin: &str) -> Result<Vec<TenantView>, String> {
     let url = format!("{}/tenants", admin.trim_end_matches('/'));
     let shown = crate::logging::redact_url(&url);
-    let tls =
-        crate::tls::client_config(None, url.starts_with("https:")).map_err(|e| e.to_string())?;
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut response = client.get(&url).send().await.map_err(|e| {
+    let mut response = client(&url, TIMEOUT)?.get(&url).send().await.map_err(|e| {
         format!("cannot reach the sidecar's admin API at {shown}: {}\n(is it running? pass --admin or set WA_SIDECAR_ADMIN to its admin.listen address)", e.without_url())
     })?;
     let status = response.status();

@@ -461,20 +461,35 @@ impl Check<'_> {
     /// Finds the shared secret: env, else `secret_file`, else the systemd credential. A configured
     /// `secret_file` that cannot be read is a problem of its own (no silent fallback past it).
     fn shared_secret(&mut self, secret_file: Option<PathBuf>) -> Option<(Secret, SecretSource)> {
-        if let Some(secret) = env_var(self.env, ENV_SHARED_SECRET) {
-            return Some((Secret::new(secret), SecretSource::Env));
-        }
-        if let Some(path) = secret_file {
-            let secret = self.read_secret("backend.secret_file", &path, "the shared secret")?;
-            self.warn_if_world_readable("backend.secret_file", &path);
-            return Some((Secret::new(secret), SecretSource::File(path)));
-        }
         let credentials = env_var(self.env, ENV_CREDENTIALS_DIRECTORY);
         let credential = credentials.map(|dir| Path::new(&dir).join(CREDENTIAL_NAME));
-        if let Some(path) = credential.filter(|path| path.exists()) {
+        let (key, secret, source) = if let Some(secret) = env_var(self.env, ENV_SHARED_SECRET) {
+            ("backend.secret", secret, SecretSource::Env)
+        } else if let Some(path) = secret_file {
+            let secret = self.read_secret("backend.secret_file", &path, "the shared secret")?;
+            self.warn_if_world_readable("backend.secret_file", &path);
+            ("backend.secret_file", secret, SecretSource::File(path))
+        } else if let Some(path) = credential.filter(|path| path.exists()) {
             let secret = self.read_secret("backend.secret", &path, "the shared secret")?;
-            return Some((Secret::new(secret), SecretSource::Credential(path)));
+            ("backend.secret", secret, SecretSource::Credential(path))
+        } else {
+            return self.no_shared_secret();
+        };
+        // It travels as the X-INTERNAL-SECRET header. Other bytes would reach the backend (WSGI
+        // reads headers as Latin-1) as a different string, and `run` refuses them.
+        if !secret.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            let from = match &source {
+                SecretSource::Env => format!("env {ENV_SHARED_SECRET}"),
+                SecretSource::File(path) | SecretSource::Credential(path) => {
+                    path.display().to_string()
+                }
+            };
+            return self.bad(key, format!("the shared secret in {from} must be printable ASCII (it is sent as the X-INTERNAL-SECRET header); write it without accents, other non-ASCII letters or control characters"));
         }
+        Some((Secret::new(secret), source))
+    }
+
+    fn no_shared_secret(&mut self) -> Option<(Secret, SecretSource)> {
         let blank = self.env.var(ENV_SHARED_SECRET);
         let blank = blank.map(|_| format!(" ({ENV_SHARED_SECRET} is set but empty)"));
         self.bad("backend.secret", format!(

@@ -107,7 +107,8 @@ pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
 /// Text reads best on a terminal and in journald; JSON is opt-in for log shippers.
 pub(crate) const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Largest file read for the config (the config itself, tenants, secrets, CAs): a mistaken
-/// `/dev/zero` or a log file must give a problem, not exhaust memory.
+/// log file must give a problem, not exhaust memory (a device such as `/dev/zero` is refused
+/// before reading, [`crate::system::open_regular`]).
 const MAX_FILE_BYTES: u64 = 16 << 20;
 /// What a template's `{tenant}` is replaced by.
 pub(crate) const TENANT_PLACEHOLDER: &str = "{tenant}";
@@ -446,8 +447,8 @@ fn fill_template(template: &str, tenant: &str) -> String {
     template.replace(TENANT_PLACEHOLDER, &encoded)
 }
 
-/// Reads a whole text file of at most [`MAX_FILE_BYTES`], so that a mistaken `/dev/zero` or a
-/// huge log file is a problem rather than all the memory.
+/// Reads a whole regular text file of at most [`MAX_FILE_BYTES`], so that a FIFO, a device or a
+/// huge log file is a problem rather than a hang or all the memory.
 fn read_file(path: &Path) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind};
     let mut bytes = Vec::new();

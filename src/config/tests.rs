@@ -821,11 +821,23 @@ fn deeply_nested_or_huge_values_are_problems_not_crashes() {
     assert!(
         message(&fail(&long_key), &format!("log.{}", "k".repeat(100_000))).contains("[log] takes")
     );
-    // A file that never ends is refused, not read for ever.
+    // A device that never ends is refused, not read for ever; so is a file too large.
     let err = fail(&MINIMAL.replace("ids = [\"t1\"]", "ids = [\"t1\"]\nfile = \"/dev/zero\""));
     assert!(
-        message(&err, "tenants.file").contains("larger than 16777216 bytes"),
+        message(&err, "tenants.file").contains("not a regular file"),
         "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("tenants.txt");
+    std::fs::File::create(&large)
+        .unwrap()
+        .set_len(MAX_FILE_BYTES + 1)
+        .unwrap();
+    let text = MINIMAL.replace("ids = [\"t1\"]", "ids = [\"t1\"]\nfile = \"tenants.txt\"");
+    let large_err = Config::from_toml_str(&text, dir.path(), &ENV).unwrap_err();
+    assert!(
+        message(&large_err, "tenants.file").contains("larger than 16777216 bytes"),
+        "{large_err}"
     );
     // Only a file that is not there is to be created.
     assert!(
@@ -1463,6 +1475,17 @@ fn an_unreadable_config_file_names_the_fix_that_applies() {
     let endless = Config::load(Path::new("/dev/zero"), &ENV).unwrap_err();
     let said = endless.to_string();
     assert!(
+        said.contains("not a regular file") && !said.contains("pass an existing file"),
+        "{said}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("sidecar.toml");
+    std::fs::File::create(&large)
+        .unwrap()
+        .set_len(MAX_FILE_BYTES + 1)
+        .unwrap();
+    let said = Config::load(&large, &ENV).unwrap_err().to_string();
+    assert!(
         said.contains("larger than") && !said.contains("pass an existing file"),
         "{said}"
     );
@@ -1515,4 +1538,44 @@ fn a_fifo_in_place_of_a_named_file_is_refused_without_waiting() {
     }
     let error = within(Box::new(move || Config::load(&fifo, &ENV)));
     assert!(error.contains("not a regular file"), "{error}");
+}
+
+/// A shared secret that `run` would refuse to send (not printable ASCII) is a config problem,
+/// named at its source, whichever source gives it; `check` passed it before.
+#[test]
+fn a_shared_secret_that_cannot_be_a_header_is_refused_at_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "S\u{e9}KRIT-value\n").unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join(CREDENTIAL_NAME), "tab\there").unwrap();
+    let creds_dir = creds.path().to_str().unwrap();
+    let with_file = MINIMAL.replace("[backend]", "[backend]\nsecret_file = \"secret.txt\"");
+    let cases: [(&str, &dyn Env, &str, &str); 3] = [
+        (
+            MINIMAL,
+            &[(ENV_SHARED_SECRET, "caf\u{e9}")],
+            "backend.secret",
+            "env INTERNAL_SHARED_SECRET",
+        ),
+        (&with_file, &[("", "")], "backend.secret_file", "secret.txt"),
+        (
+            MINIMAL,
+            &[(ENV_CREDENTIALS_DIRECTORY, creds_dir)],
+            "backend.secret",
+            CREDENTIAL_NAME,
+        ),
+    ];
+    for (text, env, key, source) in cases {
+        let err = Config::from_toml_str(text, dir.path(), env).unwrap_err();
+        assert_eq!(paths(&err), BTreeSet::from([key]), "{err}");
+        let message = message(&err, key);
+        assert!(
+            message.contains(source) && message.contains("printable ASCII"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("KRIT") && !message.contains("caf"),
+            "{message}"
+        );
+    }
 }
