@@ -292,6 +292,9 @@ impl Check<'_> {
         let ping_interval = self.duration(g.ping_interval(), DEFAULT_PING_INTERVAL, false);
         let idle_timeout = self.duration(g.idle_timeout(), DEFAULT_IDLE_TIMEOUT, false);
         let (idle, ping) = (idle_timeout, ping_interval);
+        if ping < MIN_PING_INTERVAL && self.fine(&["gateway.ping_interval"]) {
+            self.problem("gateway.ping_interval", format!("{} is too short: every link would ping the gateway that often (\"1ns\" kept a gateway core busy for two links); the minimum is {}, the default {}", human(ping), human(MIN_PING_INTERVAL), human(DEFAULT_PING_INTERVAL)));
+        }
         if idle <= ping && self.fine(&["gateway.ping_interval", "gateway.idle_timeout"]) {
             self.problem("gateway.idle_timeout", format!("{} must be longer than ping_interval ({}), or a healthy link would be dropped between pings; e.g. idle_timeout = \"{}\"", human(idle), human(ping), human(ping * 2 + ping / 4)));
         }

@@ -72,6 +72,9 @@ pub(crate) const ENV_STATE_DIRECTORY: &str = "STATE_DIRECTORY";
 pub(crate) const DEFAULT_GATEWAY_MODE: GatewayMode = GatewayMode::PerTenant;
 /// Well under the 60 s idle cut-off of common proxies and load balancers in front of a gateway.
 pub(crate) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Shortest `gateway.ping_interval`: each link pings that often, so a mistaken "1ms" would
+/// flood the gateway. Tests and demos use 1 s.
+pub(crate) const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
 /// Two pings plus slack: tolerates one lost pong, still catches a half-open link within a minute.
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// 1 MiB: status frames are a few KiB; anything bigger is a bug or an attack, not a status.

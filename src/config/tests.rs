@@ -439,6 +439,25 @@ fn durations_are_humane_strings() {
         message(&err, "gateway.idle_timeout").contains("longer than ping_interval"),
         "{err}"
     );
+
+    // A ping interval short enough to flood the gateway is refused; 100 ms is the least.
+    for short in ["1ns", "1ms", "99ms"] {
+        let err = fail(&MINIMAL.replace(
+            "[backend]",
+            &format!("ping_interval = \"{short}\"\n[backend]"),
+        ));
+        assert_eq!(
+            paths(&err),
+            BTreeSet::from(["gateway.ping_interval"]),
+            "{err}"
+        );
+        assert!(
+            message(&err, "gateway.ping_interval").contains("the minimum is 100ms"),
+            "{err}"
+        );
+    }
+    let least = load(&MINIMAL.replace("[backend]", "ping_interval = \"100ms\"\n[backend]"));
+    assert_eq!(least.gateway.ping_interval, MIN_PING_INTERVAL);
 }
 
 #[test]
