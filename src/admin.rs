@@ -13,6 +13,10 @@
 //!   rev 12), or `{"storm": null}`. Each tenant of `/tenants` carries the same object, and
 //!   `held` when its own drop is held.
 //!
+//! A browser's request for a page of the same site (`Sec-Fetch-Site: same-origin` or
+//! `same-site`) is refused with 403: only a page that DNS rebinding pointed at this port makes
+//! one, to read `/tenants` as its own origin.
+//!
 //! # Whoever reaches the port cannot hold it (SPEC 5 rev 12)
 //!
 //! The server is hyper's HTTP/1.1 connection driven here (not `axum::serve`) so each connection
@@ -94,7 +98,28 @@ fn router(engine: Arc<Engine>) -> Router {
         .route("/tenants", get(tenants))
         .route("/tenants/{id}", get(tenant))
         .route("/storm", get(storm))
+        .layer(axum::middleware::from_fn(no_page_of_this_site))
         .with_state(engine)
+}
+
+/// Refuses a request a browser makes for a page of the same site. The admin API serves no page,
+/// so such a request can only come from a page that DNS rebinding gave our address to: a name
+/// its attacker controls, first resolving to the attacker's server and then to 127.0.0.1, makes
+/// `/tenants` the page's own origin, readable by its script. Tools (curl, Prometheus, `status`)
+/// send no `Sec-Fetch-Site`; a person typing the URL sends `none`; a cross-site request cannot
+/// read the answer (no CORS header is ever sent).
+async fn no_page_of_this_site(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let site = request.headers().get("sec-fetch-site");
+    if site.is_some_and(|site| site == "same-origin" || site == "same-site") {
+        let refused = serde_json::json!({
+            "error": "a request from a web page of the same site is refused (DNS rebinding); open the URL directly or use curl",
+        });
+        return (StatusCode::FORBIDDEN, Json(refused)).into_response();
+    }
+    next.run(request).await
 }
 
 /// Serves the admin API until `stop` fires; then requests in progress get [`SHUTDOWN_GRACE`].

@@ -314,3 +314,47 @@ async fn a_reload_picks_up_tenants_added_to_the_tenants_file() {
     assert_eq!(gateway.accepted("b1"), 1, "b1's link was kept");
     sidecar.shutdown().await;
 }
+
+/// A page that DNS rebinding pointed at the admin port asks as its own origin
+/// (`Sec-Fetch-Site: same-origin`, or `same-site`): refused, so its script cannot read the
+/// tenants. A tool (no such header), a typed URL (`none`) and a cross-site request (which the
+/// browser lets no script read) are answered.
+#[tokio::test]
+async fn a_rebound_web_page_cannot_read_the_admin_api() {
+    let gateway = SimGateway::start().await.unwrap();
+    let backend = SimBackend::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        "per-tenant",
+        &gateway.url_template(),
+        &backend,
+        dir.path(),
+        &["business_1"],
+        DEFAULT_DEBOUNCE,
+    );
+    let sidecar = Sidecar::start(cfg).await.unwrap();
+    let client = reqwest::Client::new();
+    for path in ["/tenants", "/tenants/business_1", "/metrics", "/livez"] {
+        let url = format!("http://{}{path}", sidecar.admin_addr());
+        for (site, want) in [
+            (None, 200),
+            (Some("none"), 200),
+            (Some("cross-site"), 200),
+            (Some("same-origin"), 403),
+            (Some("same-site"), 403),
+        ] {
+            let mut request = client.get(&url).header("host", "rebound.example:9464");
+            if let Some(site) = site {
+                request = request.header("sec-fetch-site", site);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            assert_eq!(status, want, "{path} with {site:?}: {body}");
+            if want == 403 {
+                assert!(!body.contains("business_1"), "{body}");
+            }
+        }
+    }
+    sidecar.shutdown().await;
+}
