@@ -99,13 +99,11 @@ impl Deliveries {
         self.change(|o| o.decided(now, tenant, owed));
     }
 
-    /// After a reload: new in-flight cap, and every owed delivery tried at once.
+    /// After a reload: the new in-flight cap and webhook URL; see [`Outbox::reloaded`] for what
+    /// is tried at once.
     pub fn reloaded(&self, max_in_flight: usize, webhook_url: &str) {
         self.max_in_flight.store(max_in_flight, Ordering::Relaxed);
-        self.change(|o| {
-            o.set_webhook_url(webhook_url);
-            o.reloaded();
-        });
+        self.change(|o| o.reloaded(webhook_url));
     }
 
     pub fn set_webhook_url(&self, url: &str) {

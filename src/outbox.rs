@@ -26,8 +26,9 @@
 //!   write and reported itself degraded) the line that holds it.
 //! - **Nothing owed is dropped** except on a 400/422 (the backend refused that payload).
 //!   Connection errors, timeouts, 408, 429 and 5xx are retried for ever with full-jitter backoff
-//!   (1 s to 5 min) that `Retry-After` can only lengthen; 401/403/404 are configuration faults,
-//!   retried every 30 s and at once after a reload.
+//!   (1 s to 5 min) that `Retry-After` can only lengthen, and that no reload shortens (unless it
+//!   changes the webhook URL); 401/403/404 are configuration faults, retried every 30 s and at
+//!   once after a reload.
 //! - **Lifecycle.** A slot of a tenant that is no longer configured (removed by a reload, or found
 //!   in the state file at start) still delivers a transition it owes (it was true), and is then
 //!   deleted, its record with it. A tenant configured again is configured again: if its old
@@ -69,6 +70,9 @@ struct Slot {
     unsure: bool,
     /// Not before this instant (backoff, Retry-After, configuration-fault pause).
     not_before: Option<Instant>,
+    /// `not_before` is a configuration-fault pause (401, 403, 404), which a reload ends: the
+    /// fix may be in it. A backoff or a `Retry-After` is the backend's to end, never a reload's.
+    fault_pause: bool,
     last_error: Option<String>,
     /// False once the tenant is no longer configured: it delivers what it owes, then goes.
     configured: bool,
@@ -408,6 +412,7 @@ impl Outbox {
                 };
                 slot.last_error = Some(error);
                 Self::set_wait(&mut self.waits, &job.tenant, slot, at);
+                slot.fault_pause = true;
                 if self.health.fault.as_deref() != Some(fault.as_str()) {
                     settled.new_fault = Some(fault.clone());
                 }
@@ -455,11 +460,29 @@ impl Outbox {
         self.persists.pop_front()
     }
 
-    /// A reload happened: answers to requests sent before it say nothing about the new config,
-    /// and every owed delivery is tried at once (the credentials may have been fixed).
-    pub fn reloaded(&mut self) {
+    /// A reload happened: answers to requests sent before it say nothing about the new config.
+    /// What a configuration fault paused is tried at once (the credentials or the URL may have
+    /// been fixed), and everything owed when the webhook URL changed (the new backend asked for
+    /// no wait). A backoff or `Retry-After` the same backend asked for still holds (SPEC 2 rev
+    /// 12): a reload, however often, never makes the sidecar hammer a backend that is failing.
+    pub fn reloaded(&mut self, webhook_url: &str) {
         self.epoch += 1;
-        self.retry_all_now();
+        if self.webhook_url != webhook_url {
+            self.set_webhook_url(webhook_url);
+            self.retry_all_now();
+            return;
+        }
+        let paused: Vec<TenantId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.owed.is_some() && s.fault_pause)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tenant in paused {
+            let slot = self.slots.get_mut(&tenant).expect("listed");
+            Self::clear_wait(&mut self.waits, &tenant, slot);
+            self.enqueue(&tenant);
+        }
     }
 
     /// The shutdown flush begins: every owed delivery gets exactly one more try, at once (a
@@ -638,6 +661,7 @@ impl Outbox {
     }
 
     fn clear_wait(waits: &mut BTreeSet<(Instant, TenantId)>, tenant: &TenantId, slot: &mut Slot) {
+        slot.fault_pause = false;
         if let Some(at) = slot.not_before.take() {
             waits.remove(&(at, tenant.clone()));
         }
@@ -1091,6 +1115,40 @@ mod tests {
         assert_eq!((again.idempotency_key.as_str(), again.attempt), ("k1", 2));
     }
 
+    /// A reload that keeps the webhook URL.
+    fn reload(o: &mut Outbox) {
+        let url = o.webhook_url.clone();
+        o.reloaded(&url);
+    }
+
+    /// A backend that answered 429 with `Retry-After: 30` (or failed and earned a backoff) is
+    /// not called again before that, however many reloads come (the lifecycle probe saw a
+    /// retry 10 ms after each SIGHUP); a reload that changes the webhook URL sends at once, as
+    /// the new backend asked for no wait.
+    #[test]
+    fn a_reload_keeps_the_wait_the_backend_asked_for_unless_the_url_changes() {
+        let mut clock = Clock::new();
+        let mut o = Outbox::new();
+        o.set_webhook_url("https://backend/hook");
+        o.decided(clock.now(), &t("b1"), owed(Status::Disconnected, "k1"));
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        let asked = retry(Some(30 * SECOND));
+        let wait = o
+            .on_outcome(clock.now(), &job, &asked, 0.0)
+            .retry_in
+            .unwrap();
+        assert_eq!(wait, 30 * SECOND);
+        for _ in 0..3 {
+            reload(&mut o);
+            o.on_timeout(clock.advance(2 * SECOND).mono);
+            assert_eq!(o.poll_job(clock.now(), 16), None, "not before Retry-After");
+        }
+        o.reloaded("https://other-backend/hook");
+        let job = o.poll_job(clock.now(), 16).expect("at once to a new URL");
+        assert_eq!((job.idempotency_key.as_str(), job.attempt), ("k1", 2));
+    }
+
     #[test]
     fn a_credentials_fault_retries_every_30s_or_at_once_after_a_reload_and_heals() {
         let mut clock = Clock::new();
@@ -1115,12 +1173,12 @@ mod tests {
         assert_eq!(o.not_ready_reasons(clock.now().mono).len(), 1);
 
         // A reload: tried at once.
-        o.reloaded();
+        reload(&mut o);
         let job = o
             .poll_job(clock.advance(SECOND), 16)
             .expect("at once after a reload");
         // An answer to a request sent before the next reload says nothing about the new config.
-        o.reloaded();
+        reload(&mut o);
         o.on_outcome(
             clock.now(),
             &job,
@@ -1128,6 +1186,7 @@ mod tests {
             0.0,
         );
         assert_eq!(o.next_deadline(), Some(clock.now().mono), "retried at once");
+        o.on_timeout(clock.now().mono);
         let job = o.poll_job(clock.now(), 16).unwrap();
 
         // Any answer that is not the fault heals readiness, even a 503.
