@@ -73,6 +73,9 @@ struct Slot {
     /// `not_before` is a configuration-fault pause (401, 403, 404), which a reload ends: the
     /// fix may be in it. A backoff or a `Retry-After` is the backend's to end, never a reload's.
     fault_pause: bool,
+    /// Until when the backend's last `Retry-After` (capped at 5 min) asked for no call for this
+    /// tenant: a new transition waits for it too, not only a retry.
+    asked_until: Option<Instant>,
     last_error: Option<String>,
     /// False once the tenant is no longer configured: it delivers what it owes, then goes.
     configured: bool,
@@ -255,8 +258,12 @@ impl Outbox {
         slot.decided = Some(now.mono);
         if !again {
             slot.attempts = 0;
-            // A superseded transition's backoff does not apply to the new one.
+            // A superseded transition's backoff does not apply to the new one, which is no
+            // retry; but no call goes while the backend's own Retry-After runs.
             Self::clear_wait(&mut self.waits, tenant, slot);
+            if let Some(until) = slot.asked_until.filter(|until| *until > now.mono) {
+                Self::set_wait(&mut self.waits, tenant, slot, until);
+            }
         }
         let seq = self.persist(tenant);
         self.slots.get_mut(tenant).expect("just inserted").owed_seq = seq;
@@ -363,6 +370,7 @@ impl Outbox {
                 slot.attempts = 0;
                 slot.last_error = None;
                 slot.unsure = false;
+                slot.asked_until = None;
                 let owed_now = slot.owed.as_ref().map(|o| o.status);
                 if current == Some(true) || owed_now == Some(job.status) {
                     // Delivered, or superseded by a transition back to what was just delivered.
@@ -379,6 +387,8 @@ impl Outbox {
                 maybe_applied,
             } => {
                 slot.unsure |= *maybe_applied;
+                let asked = after.unwrap_or_default().min(webhook::RETRY_CAP);
+                slot.asked_until = (!asked.is_zero()).then_some(now.mono + asked);
                 let wait = retry_wait(*after, job.attempt, unit);
                 settled.retry_in = Some(wait);
                 slot.last_error = Some(error.clone());
@@ -569,6 +579,7 @@ impl Outbox {
         for tenant in owing {
             let slot = self.slots.get_mut(&tenant).expect("listed");
             Self::clear_wait(&mut self.waits, &tenant, slot);
+            slot.asked_until = None;
             self.enqueue(&tenant);
         }
     }
@@ -1147,6 +1158,45 @@ mod tests {
         o.reloaded("https://other-backend/hook");
         let job = o.poll_job(clock.now(), 16).expect("at once to a new URL");
         assert_eq!((job.idempotency_key.as_str(), job.attempt), ("k1", 2));
+    }
+
+    /// A new transition decided while the backend's `Retry-After: 30` runs waits it out too: the
+    /// backend asked for no call, whatever its payload (the lifecycle probe saw one 2.5 s after a
+    /// 429). It is then sent as its own first attempt. Our own backoff is the old transition's.
+    #[test]
+    fn a_new_transition_waits_out_the_retry_after_the_backend_asked_for() {
+        let mut clock = Clock::new();
+        let mut o = Outbox::new();
+        o.decided(clock.now(), &t("b1"), owed(Status::Disconnected, "k1"));
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).unwrap();
+        o.on_outcome(clock.now(), &job, &retry(Some(30 * SECOND)), 0.0);
+        o.decided(
+            clock.advance(10 * SECOND),
+            &t("b1"),
+            owed(Status::Connected, "k2"),
+        );
+        write(&mut o);
+        o.on_timeout(clock.now().mono);
+        assert_eq!(o.poll_job(clock.now(), 16), None, "inside Retry-After");
+        o.on_timeout(clock.advance(20 * SECOND - Duration::from_millis(1)).mono);
+        assert_eq!(o.poll_job(clock.now(), 16), None, "inside Retry-After");
+        o.on_timeout(clock.advance(Duration::from_millis(1)).mono);
+        let job = o.poll_job(clock.now(), 16).expect("once it is over");
+        assert_eq!((job.idempotency_key.as_str(), job.attempt), ("k2", 1));
+
+        // The backoff of a failure without Retry-After is the old transition's: the new one,
+        // no retry, goes at once.
+        o.on_outcome(clock.now(), &job, &retry(None), 0.999);
+        assert!(o.next_deadline().is_some(), "k2 backs off");
+        o.decided(
+            clock.advance(Duration::from_millis(100)),
+            &t("b1"),
+            owed(Status::Disconnected, "k3"),
+        );
+        write(&mut o);
+        let job = o.poll_job(clock.now(), 16).expect("at once");
+        assert_eq!((job.idempotency_key.as_str(), job.attempt), ("k3", 1));
     }
 
     #[test]
