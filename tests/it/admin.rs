@@ -321,18 +321,8 @@ async fn a_reload_picks_up_tenants_added_to_the_tenants_file() {
 /// browser lets no script read) are answered.
 #[tokio::test]
 async fn a_rebound_web_page_cannot_read_the_admin_api() {
-    let gateway = SimGateway::start().await.unwrap();
-    let backend = SimBackend::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        "per-tenant",
-        &gateway.url_template(),
-        &backend,
-        dir.path(),
-        &["business_1"],
-        DEFAULT_DEBOUNCE,
-    );
-    let sidecar = Sidecar::start(cfg).await.unwrap();
+    let rig = crate::common::rig().await;
+    let sidecar = rig.start(&["business_1"]).await;
     let client = reqwest::Client::new();
     for path in ["/tenants", "/tenants/business_1", "/metrics", "/livez"] {
         let url = format!("http://{}{path}", sidecar.admin_addr());
