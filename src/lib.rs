@@ -390,8 +390,15 @@ impl Sidecar {
         self.link_ctx.set_clients(gateway_clients);
         let (added, removed) = registry.reload(config.clone(), Now::read());
         self.sync_links(&config);
-        // The credentials or the URL may have been fixed: try every owed delivery now; and the
-        // disk may have been: retry a failed compaction now.
+        // A tenant added to a shared link that stays up has no connect of its own to fetch its
+        // state after: fetch it now, or a gateway that sends no snapshot never tells it.
+        if config.gateway.mode == GatewayMode::Shared && registry.shared_link_is_up() {
+            if let Some((_, stop)) = &self.links.lock().unwrap().shared {
+                link::spawn_state_fetches(&self.link_ctx, added.clone(), &config, stop);
+            }
+        }
+        // A configuration fault's pause ends (the credentials or the URL may have been fixed;
+        // see `Outbox::reloaded`); and the disk may have been: retry a failed compaction now.
         self.engine
             .deliveries
             .reloaded(config.backend.max_in_flight, &url);

@@ -592,6 +592,11 @@ impl Registry {
         tenant.link_error = Some(error.into());
     }
 
+    /// Whether the shared link is up now (shared mode).
+    pub(crate) fn shared_link_is_up(&self) -> bool {
+        matches!(*self.shared_link.lock().unwrap(), SharedLink::Up)
+    }
+
     /// The shared link is up: every configured tenant is linked, now and as they are added.
     pub(crate) fn shared_link_up(&self, now: Now) {
         let mut shared = self.shared_link.lock().unwrap();

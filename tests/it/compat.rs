@@ -433,3 +433,51 @@ async fn per_tenant_links_learn_the_state_from_the_state_url_after_each_connect(
     expect_no_call(&backend, 10 * MINUTE).await;
     sidecar.shutdown().await;
 }
+
+/// Shared mode: a tenant a reload adds while the shared link stays up has no connect of its own,
+/// yet its state is fetched from `state_url` at once (the lifecycle probe saw it never fetched,
+/// so a gateway that sends no snapshot never told its first state).
+#[tokio::test(start_paused = true)]
+async fn a_tenant_added_to_an_up_shared_link_learns_its_state_from_the_state_url() {
+    let gateway = SimGateway::start().await.unwrap();
+    let backend = SimBackend::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let states = StateServer::default();
+    let state_addr = states.start().await;
+    let open = serde_json::json!({"connection": "open", "receivedPendingNotifications": true});
+    states.set("b1", open.clone());
+    states.set("b2", open);
+    let shared = |tenants: &[&str]| {
+        crate::common::config_with(
+            "shared",
+            &gateway.shared_url(),
+            &format!("state_url = \"http://{state_addr}/sessions/{{tenant}}/status\""),
+            &backend,
+            dir.path(),
+            tenants,
+            DEFAULT_DEBOUNCE,
+        )
+    };
+    let sidecar = Sidecar::start(shared(&["b1"])).await.unwrap();
+    let call = expect_call(&backend, MINUTE).await;
+    assert_eq!(
+        (call.tenant_id, call.status, call.reason),
+        seen("b1", "connected", None)
+    );
+    assert_eq!(states.fetched("b2"), 0);
+
+    sidecar.reload(shared(&["b1", "b2"])).unwrap();
+    let call = expect_call(&backend, MINUTE).await;
+    assert_eq!(
+        (call.tenant_id, call.status, call.reason),
+        seen("b2", "connected", None)
+    );
+    assert_eq!(
+        gateway.accepted(sim::SHARED),
+        1,
+        "the shared link stayed up"
+    );
+    assert_eq!(states.fetched("b2"), 1);
+    expect_no_call(&backend, 10 * MINUTE).await;
+    sidecar.shutdown().await;
+}
