@@ -367,13 +367,16 @@ impl Webhook {
 
     /// `body` without our credentials: a backend or proxy whose error page echoes the request's
     /// headers would otherwise put the shared secret in the log and `/tenants`. Each signing
-    /// key is looked for in its base64 text too.
+    /// key is looked for in its base64 text too, and each credential also as a JSON string
+    /// writes it (`\"`, `\\`, and `\/` as some encoders do: base64 secrets hold `/`).
     fn redact(&self, body: String) -> String {
         let base64 = base64::engine::general_purpose::STANDARD;
         let signing = self.signing.iter().map(|s| base64.encode(s.key()));
         let secret = String::from_utf8_lossy(self.secret.as_bytes()).into_owned();
+        let json = |c: &String| c.replace('\\', "\\\\").replace('"', "\\\"");
         std::iter::once(secret)
             .chain(signing)
+            .flat_map(|c| [json(&c).replace('/', "\\/"), json(&c), c])
             .fold(body, |body, credential| without(body, &credential))
     }
 
@@ -942,6 +945,41 @@ mod tests {
             &format!("{}<redacted>", "x".repeat(BODY_PREFIX_LIMIT - 6))
         );
         assert!(!body.contains(&SECRET[..6]));
+    }
+
+    /// A secret with `/`, `"` and `\` echoed inside JSON, with or without `/` escaped, is
+    /// redacted too.
+    #[tokio::test]
+    async fn a_secret_echoed_as_a_json_string_is_redacted_too() {
+        let secret = r#"ab/c"d\e+f="#;
+        let url = answering(
+            503,
+            &[],
+            [
+                r#"{"x-internal-secret": "ab\/c\"d\\e+f=", "#,
+                r#""again": "ab/c\"d\\e+f="}"#,
+            ]
+            .concat(),
+        )
+        .await;
+        let hook = Webhook::new(
+            &url,
+            Secret::new(secret),
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+        );
+        // `"` and `\` are visible ASCII: the secret is a valid header value.
+        let outcome = hook
+            .unwrap()
+            .send(&delivery(Status::Disconnected, Some("x")))
+            .await;
+        let Outcome::Retry { error, .. } = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            error,
+            r#"backend answered 503: {"x-internal-secret": "<redacted>", "again": "<redacted>"}"#
+        );
     }
 
     #[test]
