@@ -496,23 +496,26 @@ impl Registry {
                 storm::Event::Ended {
                     members,
                     still_down,
+                    turned_off: false,
                     ..
                 } => {
-                    // A storm ends on its own when fewer than half of its members are still
-                    // down; otherwise a reload turned the hold off (storm_fraction = 0).
-                    if members == 0 || still_down.saturating_mul(2) < members {
-                        tracing::warn!(
-                            members,
-                            still_down,
-                            "mass outage over: fewer than half of its sessions are still down"
-                        );
-                    } else {
-                        tracing::warn!(
-                            members,
-                            still_down,
-                            "mass-outage hold turned off (storm_fraction = 0): the storm is forgotten and the sessions still down are reported"
-                        );
-                    }
+                    tracing::warn!(
+                        members,
+                        still_down,
+                        "mass outage over: fewer than half of its sessions are still down"
+                    );
+                }
+                storm::Event::Ended {
+                    members,
+                    still_down,
+                    turned_off: true,
+                    ..
+                } => {
+                    tracing::warn!(
+                        members,
+                        still_down,
+                        "mass-outage hold turned off (storm_fraction = 0): the storm is forgotten and the sessions still down are reported"
+                    );
                 }
                 storm::Event::Released { tenants, reason } => {
                     let config = self.config();

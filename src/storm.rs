@@ -190,6 +190,8 @@ pub enum Event<T> {
         since: Instant,
         members: usize,
         still_down: usize,
+        /// Ended because a reload turned the hold off, whatever was still down.
+        turned_off: bool,
         /// Until when those still down stay held; None when nothing is held any more.
         held_until: Option<Instant>,
     },
@@ -728,6 +730,7 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
             since: storm.since,
             members: storm.members,
             still_down: storm.down,
+            turned_off: false,
             held_until,
         });
         if storm.released {
@@ -788,6 +791,7 @@ impl<T: Clone + Eq + Hash + Ord> Detector<T> {
                     since: storm.since,
                     members: storm.members,
                     still_down: storm.down,
+                    turned_off: true,
                     held_until: None,
                 });
             }
@@ -1079,13 +1083,15 @@ mod tests {
                     members,
                     still_down,
                     held_until,
+                    turned_off,
                     ..
-                } => match held_until {
-                    Some(t) => format!(
+                } => match (held_until, turned_off) {
+                    (Some(t), _) => format!(
                         "ended {still_down} of {members} down, held until {}",
                         self.secs(*t)
                     ),
-                    None => format!("ended {still_down} of {members} down"),
+                    (None, false) => format!("ended {still_down} of {members} down"),
+                    (None, true) => format!("ended {still_down} of {members} down, turned off"),
                 },
             }
         }
@@ -1581,7 +1587,7 @@ mod tests {
                 (202.0, "began 3 of 10"),
                 (220.0, "released [4]"),
                 (220.0, "released [5, 6, 7, 8]"),
-                (220.0, "ended 4 of 4 down"),
+                (220.0, "ended 4 of 4 down, turned off"),
             ],
         );
         assert!(sim.d.recent.is_empty() && sim.d.members.is_empty());

@@ -689,6 +689,7 @@ mod storm_model {
                             since: s.since,
                             members: s.n(),
                             still_down: s.down().len(),
+                            turned_off: true,
                             held_until: None,
                         });
                     }
@@ -828,6 +829,7 @@ mod storm_model {
                     since: s.since,
                     members: n,
                     still_down: down,
+                    turned_off: false,
                     held_until,
                 };
                 s.frozen = Some(n);
