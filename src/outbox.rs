@@ -479,19 +479,9 @@ impl Outbox {
         self.epoch += 1;
         if self.webhook_url != webhook_url {
             self.set_webhook_url(webhook_url);
-            self.retry_all_now();
-            return;
-        }
-        let paused: Vec<TenantId> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.owed.is_some() && s.fault_pause)
-            .map(|(t, _)| t.clone())
-            .collect();
-        for tenant in paused {
-            let slot = self.slots.get_mut(&tenant).expect("listed");
-            Self::clear_wait(&mut self.waits, &tenant, slot);
-            self.enqueue(&tenant);
+            self.retry_now(|_| true);
+        } else {
+            self.retry_now(|slot| slot.fault_pause);
         }
     }
 
@@ -502,7 +492,7 @@ impl Outbox {
         for slot in self.slots.values_mut() {
             slot.flush_try = slot.owed.is_some();
         }
-        self.retry_all_now();
+        self.retry_now(|_| true);
     }
 
     /// Requests in flight.
@@ -569,14 +559,15 @@ impl Outbox {
             .map(|(t, _)| t)
     }
 
-    fn retry_all_now(&mut self) {
-        let owing: Vec<TenantId> = self
+    /// Tries at once every owed delivery whose slot `pick` chooses, whatever it waits for.
+    fn retry_now(&mut self, pick: impl Fn(&Slot) -> bool) {
+        let chosen: Vec<TenantId> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.owed.is_some())
+            .filter(|(_, s)| s.owed.is_some() && pick(s))
             .map(|(t, _)| t.clone())
             .collect();
-        for tenant in owing {
+        for tenant in chosen {
             let slot = self.slots.get_mut(&tenant).expect("listed");
             Self::clear_wait(&mut self.waits, &tenant, slot);
             slot.asked_until = None;

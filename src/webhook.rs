@@ -376,7 +376,10 @@ impl Webhook {
         let json = |c: &String| c.replace('\\', "\\\\").replace('"', "\\\"");
         std::iter::once(secret)
             .chain(signing)
-            .flat_map(|c| [json(&c).replace('/', "\\/"), json(&c), c])
+            .flat_map(|c| {
+                let json = json(&c);
+                [json.replace('/', "\\/"), json, c]
+            })
             .fold(body, |body, credential| without(body, &credential))
     }
 
