@@ -349,16 +349,23 @@ fn bare(frame: &str) -> serde_json::Value {
     value["data"].take()
 }
 
-fn per_tenant_with_state_url(
+/// A config in `mode` ("per-tenant" or "shared") whose `state_url` is the [`StateServer`] at
+/// `state_addr`.
+fn with_state_url(
+    mode: &str,
     gateway: &SimGateway,
     state_addr: std::net::SocketAddr,
     backend: &SimBackend,
     dir: &Path,
     tenants: &[&str],
 ) -> Config {
+    let url = match mode {
+        "shared" => gateway.shared_url(),
+        _ => gateway.url_template(),
+    };
     crate::common::config_with(
-        "per-tenant",
-        &gateway.url_template(),
+        mode,
+        &url,
         &format!("state_url = \"http://{state_addr}/sessions/{{tenant}}/status\""),
         backend,
         dir,
@@ -377,8 +384,14 @@ async fn per_tenant_links_learn_the_state_from_the_state_url_after_each_connect(
     // No snapshots on the WebSocket: the state endpoint is the only source after a connect.
     let open = serde_json::json!({"connection": "open", "receivedPendingNotifications": true});
     states.set("b1", open.clone());
-    let config =
-        per_tenant_with_state_url(&gateway, state_addr, &backend, dir.path(), &["b1", "b2"]);
+    let config = with_state_url(
+        "per-tenant",
+        &gateway,
+        state_addr,
+        &backend,
+        dir.path(),
+        &["b1", "b2"],
+    );
     let sidecar = Sidecar::start(config).await.unwrap();
 
     // b1's state comes from the endpoint; b2 is unknown there (404) and stays unknown.
@@ -448,14 +461,13 @@ async fn a_tenant_added_to_an_up_shared_link_learns_its_state_from_the_state_url
     states.set("b1", open.clone());
     states.set("b2", open);
     let shared = |tenants: &[&str]| {
-        crate::common::config_with(
+        with_state_url(
             "shared",
-            &gateway.shared_url(),
-            &format!("state_url = \"http://{state_addr}/sessions/{{tenant}}/status\""),
+            &gateway,
+            state_addr,
             &backend,
             dir.path(),
             tenants,
-            DEFAULT_DEBOUNCE,
         )
     };
     let sidecar = Sidecar::start(shared(&["b1"])).await.unwrap();
